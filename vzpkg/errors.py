@@ -1,0 +1,50 @@
+"""The one user-facing error type and the exit-code table.
+
+Codes below 200 follow vzctl's documented exit statuses where the meaning is the same (so scripts
+written against OpenVZ keep working); codes from 200 up are vzpkg's own. The table is documented
+in docs/exit-codes.md and must be kept in step with it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1  # an operation failed (e.g. one of several caches did not build)
+    USAGE = 2  # bad command line (click's own code)
+    SYSTEM = 3  # generic system error
+    EXEC_FAILED = 8  # vzctl exec: the command returned non-zero
+    LOCKED = 9  # another invocation holds the lock
+    CONFIG = 10  # host configuration file missing or invalid
+    TOOL_MISSING = 11  # a required host program is not installed
+    PERMISSION = 12  # must be run as root
+    CT_CONFIG_MISSING = 14
+    INVALID_ARGUMENT = 20
+    INVALID_VALUE = 21
+    NOT_RUNNING = 31
+    RUNNING = 32
+    PRIVATE_EXISTS = 44
+    TEMPLATE_NOT_FOUND = 91  # unknown template name, or no cache for it
+    # vzpkg's own
+    METADATA_INVALID = 201  # template metadata failed validation
+    SIGNATURE = 202  # repository or package signature could not be verified
+    BOOTSTRAP = 203  # the bootstrap tool (mmdebstrap, debootstrap, dnf) failed
+    HOOK = 204  # a template hook failed
+    ARCHIVE = 205  # a cache archive is corrupt or unsafe
+    UPSTREAM = 206  # a repository could not be reached
+    INTERRUPTED = 130  # SIGINT, as shells report it
+
+
+class VzError(Exception):
+    """An error the user can act on: a message, an exit code and an optional hint."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.FAILURE, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"

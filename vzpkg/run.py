@@ -1,0 +1,141 @@
+"""The one place that runs external programs.
+
+argv lists only, never shell strings; stdin from /dev/null unless given; a small rebuilt
+environment; a pasteable ``+ argv`` line at debug level. A missing program becomes a user error
+naming the Debian package that provides it. Children die with us (PR_SET_PDEATHSIG) so a killed
+vzpkg never leaves a bootstrap tool writing into a directory that the next run sweeps away.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from vzpkg.errors import ExitCode, VzError
+
+log = logging.getLogger("vzpkg")
+
+PR_SET_PDEATHSIG = 1
+
+# Program -> Debian package providing it, for "not found" hints.
+PACKAGE_OF: dict[str, str] = {
+    "mmdebstrap": "mmdebstrap",
+    "debootstrap": "debootstrap",
+    "tar": "tar",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
+    "dnf": "dnf",
+    "rpm": "rpm",
+    "runc": "runc",
+    "gpg": "gpg",
+    "gpgv": "gpgv",
+    "zstd": "zstd",
+}
+
+# Variables passed through from the caller's environment; everything else is dropped so that a
+# user's shell settings (LD_PRELOAD, PYTHONPATH, odd locales) never leak into bootstrap tools.
+PASSTHROUGH_ENV = ("TERM", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                   "NO_PROXY", "SOURCE_DATE_EPOCH", "TMPDIR")
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {"PATH": BASE_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root" if os.geteuid() == 0 else
+           os.environ.get("HOME", "/")}
+    env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+    if extra:
+        env.update(extra)
+    return env
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name, path=BASE_PATH + ":" + os.environ.get("PATH", ""))
+
+
+def check_tool(name: str, reason: str, package: str | None = None) -> str:
+    """Return the path of ``name`` or fail with a hint naming the package to install."""
+    path = find_tool(name)
+    if path is None:
+        pkg = package or PACKAGE_OF.get(name, name)
+        raise VzError(f"{name} is needed {reason} but is not installed",
+                      ExitCode.TOOL_MISSING, hint=f"apt-get install {pkg}")
+    return path
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = subprocess.PIPE,
+    check: bool = True,
+    error_code: ExitCode = ExitCode.FAILURE,
+    error_hint: str | None = None,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a program to completion. On failure raise VzError carrying its stderr's tail."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    if input is not None:
+        stdin = None
+    try:
+        proc = subprocess.run(args, env=base_env(env), cwd=cwd, stdin=stdin, stdout=stdout,
+                              stderr=stderr, input=input, preexec_fn=_die_with_parent,
+                              check=False)
+    except FileNotFoundError:
+        name = os.path.basename(args[0])
+        raise VzError(f"{name}: command not found", ExitCode.TOOL_MISSING,
+                      hint=f"apt-get install {PACKAGE_OF.get(name, name)}") from None
+    if check and proc.returncode != 0:
+        raise VzError(failure_message(args, proc.returncode, proc.stderr), error_code,
+                      hint=error_hint)
+    return proc
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a program that runs alongside us (e.g. tar feeding a compressor)."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    try:
+        return subprocess.Popen(args, env=base_env(env), cwd=cwd, stdin=stdin, stdout=stdout,
+                                stderr=stderr, preexec_fn=_die_with_parent)
+    except FileNotFoundError:
+        name = os.path.basename(args[0])
+        raise VzError(f"{name}: command not found", ExitCode.TOOL_MISSING,
+                      hint=f"apt-get install {PACKAGE_OF.get(name, name)}") from None
+
+
+def failure_message(args: Sequence[str], returncode: int, stderr: bytes | None) -> str:
+    name = os.path.basename(args[0])
+    if returncode < 0:
+        what = f"{name} was killed by signal {signal.Signals(-returncode).name}"
+    else:
+        what = f"{name} failed with exit code {returncode}"
+    tail = ""
+    if stderr:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        tail = "\n" + "\n".join("  " + line for line in lines[-15:])
+    return what + tail
