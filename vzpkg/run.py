@@ -8,6 +8,7 @@ vzpkg never leaves a bootstrap tool writing into a directory that the next run s
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -15,7 +16,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -139,3 +140,38 @@ def failure_message(args: Sequence[str], returncode: int, stderr: bytes | None) 
         lines = stderr.decode(errors="replace").strip().splitlines()
         tail = "\n" + "\n".join("  " + line for line in lines[-15:])
     return what + tail
+
+
+def run_streaming(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    on_line: Callable[[str], None],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    error_code: ExitCode = ExitCode.FAILURE,
+    error_hint: str | None = None,
+) -> None:
+    """Run a long job, handing each line of its output (stdout and stderr) to ``on_line``.
+
+    The last lines are kept for the error message when it fails.
+    """
+    proc = spawn(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: collections.deque[str] = collections.deque(maxlen=25)
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                tail.append(line)
+                on_line(line)
+    except BaseException:
+        proc.kill()  # interrupted: do not leave it running behind us
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+    returncode = proc.wait()
+    if returncode != 0:
+        args = [os.fspath(a) for a in argv]
+        raise VzError(failure_message(args, returncode, "\n".join(tail).encode()), error_code,
+                      hint=error_hint)

@@ -1,0 +1,152 @@
+"""The cache directory: atomic publish with a kept ``-old``, removal, sweeping of stale temps.
+
+Layout of CACHE_DIR::
+
+    <name>.tar.zst, <name>.json          the published cache and its manifest
+    <name>-old.tar.zst, <name>-old.json  the previous one, kept when a new one is published
+    .tmp-<name>-<pid>-<rand>/            a build in progress (swept by the next build)
+
+A cache is published by renames inside CACHE_DIR only after the new archive was verified, so a
+reader sees either the previous cache or the new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg import run
+from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
+from vzpkg.errors import ExitCode, VzError
+
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    prefix = str(path.resolve())
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def remove_tree_safely(path: Path) -> None:
+    """Detach any mount left below ``path`` (never recurse into one), then delete it."""
+    for point in mounts_under(path):
+        run.run(["umount", "--lazy", point], check=False)
+    if mounts_under(path):
+        raise VzError(f"cannot remove {path}: it still has mounts below it", ExitCode.SYSTEM,
+                      hint=f"umount them by hand: grep {path} /proc/mounts")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class CachedInfo:
+    name: str
+    archive: Path
+    manifest: Manifest | None  # None when the manifest is missing or unreadable
+    size: int
+    mtime: float
+
+
+class CacheStore:
+    def __init__(self, cache_dir: Path) -> None:
+        self.dir = cache_dir
+
+    def archive_path(self, name: str) -> Path:
+        return self.dir / f"{name}.tar.zst"
+
+    def manifest_path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def old_archive_path(self, name: str) -> Path:
+        return self.dir / f"{name}-old.tar.zst"
+
+    def old_manifest_path(self, name: str) -> Path:
+        return self.dir / f"{name}-old.json"
+
+    def exists(self, name: str) -> bool:
+        return self.archive_path(name).is_file()
+
+    def info(self, name: str) -> CachedInfo | None:
+        archive = self.archive_path(name)
+        try:
+            st = archive.stat()
+        except FileNotFoundError:
+            return None
+        try:
+            manifest: Manifest | None = read_manifest(self.manifest_path(name))
+        except VzError:
+            manifest = None
+        return CachedInfo(name, archive, manifest, st.st_size, st.st_mtime)
+
+    def new_workdir(self, name: str, parent: Path | None = None) -> Path:
+        """A private directory for one build, in the cache directory or in ``parent``."""
+        where = parent or self.dir
+        where.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-{os.getpid()}-", dir=where))
+        path.chmod(0o755)  # apt's sandbox user must be able to reach the new root inside
+        return path
+
+    def sweep(self, name: str, *elsewhere: Path) -> list[Path]:
+        """Remove what interrupted builds of ``name`` left. The caller holds its lock."""
+        swept = []
+        for where in (self.dir, *elsewhere):
+            if not where.is_dir():
+                continue
+            for path in sorted(where.iterdir()):
+                if path.name.startswith(f"{TMP_PREFIX}{name}-") and path.is_dir():
+                    remove_tree_safely(path)
+                    swept.append(path)
+        return swept
+
+    def publish(self, name: str, new_archive: Path, manifest: Manifest) -> None:
+        """Make ``new_archive`` (inside a workdir of this store) the cache ``name``.
+
+        The current cache, if any, becomes ``-old`` first through hard links, so at every
+        moment a complete cache exists under the current name.
+        """
+        workdir = new_archive.parent
+        new_manifest = workdir / "manifest.json"
+        write_file_durably(new_manifest, manifest.to_json().encode())
+        current, current_manifest = self.archive_path(name), self.manifest_path(name)
+        if current.exists():
+            old_link, old_manifest = workdir / "old.tar.zst", workdir / "old.json"
+            os.link(current, old_link)
+            if current_manifest.exists():
+                shutil.copyfile(current_manifest, old_manifest)
+                os.replace(old_manifest, self.old_manifest_path(name))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.old_manifest_path(name).unlink()
+            os.replace(old_link, self.old_archive_path(name))
+        os.replace(new_archive, current)
+        os.replace(new_manifest, current_manifest)
+        fsync_dir(self.dir)
+
+    def remove(self, name: str) -> list[Path]:
+        removed = []
+        for path in (self.archive_path(name), self.manifest_path(name),
+                     self.old_archive_path(name), self.old_manifest_path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+        if removed:
+            fsync_dir(self.dir)
+        return removed

@@ -1,0 +1,73 @@
+"""vzpkgls: list templates (from metadata) and their caches."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import click
+
+from vzpkg.cache.store import CacheStore, CachedInfo
+from vzpkg.cli.common import debug_option, edge, host_and_catalog, json_option, print_json, setup
+from vzpkg.metadata.model import Template
+
+
+def describe(t: Template, info: CachedInfo | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": t.name, "os": t.distribution.name, "version": t.release.version,
+        "arch": t.arch, "set": t.package_set.name, "family": t.family, "summary": t.summary,
+        "metadata_digest": t.digest, "cached": info is not None, "cache": None,
+    }
+    if info is not None:
+        m = info.manifest
+        entry["cache"] = {
+            "file": str(info.archive), "size": info.size,
+            "mtime": datetime.datetime.fromtimestamp(info.mtime, datetime.UTC).isoformat(
+                timespec="seconds"),
+            "created": m.created if m else None,
+            "sha256": m.archive.sha256 if m else None,
+            "packages": len(m.packages) if m else None,
+            # The metadata changed since the cache was built: vzpkgcache -f brings it up to date.
+            "stale": m is None or m.metadata_digest != t.digest,
+        }
+    return entry
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--cached", is_flag=True, help="Only templates that have a cache.")
+@click.option("-l", "--long", "long_", is_flag=True, help="Columns: cache date and size.")
+@click.option("--arch", help="Only templates of this arch.")
+@json_option
+@debug_option
+@edge("vzpkgls")
+def main(cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool) -> None:
+    """List the templates that the metadata describes, one per line."""
+    setup(debug)
+    host, catalog = host_and_catalog()
+    store = CacheStore(host.cache_dir)
+    rows = []
+    for name in sorted(catalog.templates):
+        t = catalog.templates[name]
+        if arch and t.arch != arch:
+            continue
+        info = store.info(name)
+        if cached and info is None:
+            continue
+        rows.append(describe(t, info))
+    if as_json:
+        print_json(rows)
+        return
+    if not long_:
+        for row in rows:
+            click.echo(row["name"])
+        return
+    width = max((len(r["name"]) for r in rows), default=8)
+    click.echo(f"{'TEMPLATE':<{width}}  {'CACHED':<16}  {'SIZE':>9}  SUMMARY")
+    for row in rows:
+        cache = row["cache"]
+        if cache:
+            when = datetime.datetime.fromisoformat(cache["mtime"]).strftime("%Y-%m-%d %H:%M")
+            size = f"{cache['size'] / 2**20:.1f}M" + ("*" if cache["stale"] else "")
+        else:
+            when, size = "-", "-"
+        click.echo(f"{row['name']:<{width}}  {when:<16}  {size:>9}  {row['summary']}")

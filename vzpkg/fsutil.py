@@ -1,0 +1,116 @@
+"""File operations inside a tree the host must not trust (a new root, a container's root).
+
+Every path is walked one component at a time with O_NOFOLLOW relative to a directory fd, so a
+symlink planted in the tree (``etc -> /etc``) can never redirect a host-side write outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(rel: str | PurePosixPath) -> list[str]:
+    parts = [p for p in PurePosixPath(rel).parts if p not in ("/", ".")]
+    if any(p == ".." for p in parts):
+        raise ValueError(f"path {rel} leaves its root")
+    return parts
+
+
+@contextlib.contextmanager
+def open_dir_beneath(root: Path, rel: str | PurePosixPath = ".", *,
+                     create: bool = False) -> Iterator[int]:
+    """An fd of directory ``root/rel``, never following a symlink on the way."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in _parts(rel):
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``root/rel`` with a regular file holding ``data`` (a symlink there is replaced)."""
+    parent, name = str(PurePosixPath(rel).parent), PurePosixPath(rel).name
+    with open_dir_beneath(root, parent, create=True) as dfd:
+        tmp = f".{name}.vzpkg-tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=dfd)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def remove_beneath(root: Path, rel: str) -> None:
+    """Remove ``root/rel`` (file, symlink or whole directory) if it exists."""
+    parent, name = str(PurePosixPath(rel).parent), PurePosixPath(rel).name
+    try:
+        with open_dir_beneath(root, parent) as dfd:
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if stat.S_ISDIR(st.st_mode):
+                # shutil.rmtree with dir_fd is the fd-based, symlink-safe implementation.
+                shutil.rmtree(name, dir_fd=dfd)
+            else:
+                os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            return  # a symlink where a directory was expected: nothing of ours to remove
+        raise
+
+
+def empty_dir_beneath(root: Path, rel: str, *, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything inside directory ``root/rel`` except the names in ``keep``."""
+    try:
+        with open_dir_beneath(root, rel) as dfd:
+            names = os.listdir(dfd)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return
+        raise
+    for name in names:
+        if name not in keep:
+            remove_beneath(root, f"{rel}/{name}")
+
+
+def glob_remove_beneath(root: Path, rel_dir: str, predicate: str) -> None:
+    """Remove entries of ``root/rel_dir`` whose name starts with ``predicate``."""
+    try:
+        with open_dir_beneath(root, rel_dir) as dfd:
+            names = os.listdir(dfd)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return
+        raise
+    for name in names:
+        if name.startswith(predicate):
+            remove_beneath(root, f"{rel_dir}/{name}")
