@@ -57,12 +57,9 @@ class UnpackResult:
     uncompressed_size: int
 
 
-def _corrupt(archive: Path | str, why: str) -> VzError:
-    return VzError(
-        f"{archive}: {why}",
-        ExitCode.ARCHIVE,
-        hint="delete the cache and build or download it again",
-    )
+def _corrupt(archive: Path, why: str) -> VzError:
+    hint = "delete the cache and build or download it again"
+    return VzError(f"{archive}: {why}", ExitCode.ARCHIVE, hint=hint)
 
 
 def pack_argv(tar: str, root: Path, *, source_date_epoch: int, index_file: Path) -> list[str]:
@@ -107,7 +104,9 @@ def pack_tree(
     if not root.is_dir():
         raise VzError(f"{root} is not a directory", ExitCode.INVALID_ARGUMENT)
     workers = threads or os.cpu_count() or 1
-    compressor = zstandard.ZstdCompressor(level=level, threads=workers, write_checksum=True)
+    cctx = zstandard.ZstdCompressor(level=level, threads=workers, write_checksum=True)
+    digest = hashlib.sha256()
+    uncompressed = reported = 0
     with ExitStack() as stack:
         index = stack.enter_context(tempfile.NamedTemporaryFile(prefix="vzpkg-tar-index-"))
         errors = stack.enter_context(tempfile.TemporaryFile(prefix="vzpkg-tar-stderr-"))
@@ -115,38 +114,28 @@ def pack_tree(
             out = stack.enter_context(open(dest, "xb"))
         except FileExistsError:
             raise VzError(f"{dest} already exists", ExitCode.FAILURE) from None
+        argv = pack_argv(
+            tar, root, source_date_epoch=source_date_epoch, index_file=Path(index.name)
+        )
         try:
-            argv = pack_argv(
-                tar, root, source_date_epoch=source_date_epoch, index_file=Path(index.name)
-            )
-            digest = hashlib.sha256()
-            compressed = uncompressed = 0
-            reported = 0
             with run.spawn(argv, stdout=subprocess.PIPE, stderr=errors) as proc:
                 assert proc.stdout is not None
-                cobj = compressor.compressobj()
+                compressor = cctx.compressobj()
                 try:
                     while chunk := proc.stdout.read(CHUNK_SIZE):
                         uncompressed += len(chunk)
-                        data = cobj.compress(chunk)
+                        data = compressor.compress(chunk)
                         digest.update(data)
                         out.write(data)
-                        compressed += len(data)
                         if progress is not None and uncompressed - reported >= PROGRESS_INTERVAL:
-                            progress(uncompressed)
-                            reported = uncompressed
+                            progress(reported := uncompressed)
                 except BaseException:
                     proc.kill()
                     raise
-                data = cobj.flush()
-            if proc.returncode != 0:
-                errors.seek(0)
-                raise VzError(
-                    run.failure_message(argv, proc.returncode, errors.read()), ExitCode.FAILURE
-                )
+            _raise_if_failed(argv, proc.returncode, errors)
+            data = compressor.flush()
             digest.update(data)
             out.write(data)
-            compressed += len(data)
             out.flush()
             os.fsync(out.fileno())
         except BaseException:
@@ -156,12 +145,14 @@ def pack_tree(
         if progress is not None:
             progress(uncompressed)
         members = sum(block.count(b"\n") for block in iter(lambda: index.read(CHUNK_SIZE), b""))
-    return PackResult(
-        sha256=digest.hexdigest(),
-        compressed_size=compressed,
-        uncompressed_size=uncompressed,
-        members=members,
-    )
+        return PackResult(sha256=digest.hexdigest(), compressed_size=out.tell(),
+                          uncompressed_size=uncompressed, members=members)  # fmt: skip
+
+
+def _raise_if_failed(argv: list[str], returncode: int, errors: IO[bytes]) -> None:
+    if returncode != 0:
+        errors.seek(0)
+        raise VzError(run.failure_message(argv, returncode, errors.read()), ExitCode.FAILURE)
 
 
 class _ZstdReader(io.RawIOBase):
@@ -178,7 +169,6 @@ class _ZstdReader(io.RawIOBase):
         self._dctx = zstandard.ZstdDecompressor()
         self._frame = self._dctx.decompressobj()
         self._frame_started = False
-        self._frames = 0
         self._input = b""
         self._input_pos = 0
         self._output = bytearray()
@@ -204,7 +194,7 @@ class _ZstdReader(io.RawIOBase):
             self._input, self._input_pos = self._raw.read(CHUNK_SIZE), 0
             self.digest.update(self._input)
             if not self._input:
-                if self._frame_started or self._frames == 0:
+                if self._frame_started:
                     raise _corrupt(self._name, "truncated zstd stream")
                 self._done = True
                 return
@@ -218,7 +208,6 @@ class _ZstdReader(io.RawIOBase):
                 self._input_pos -= len(self._frame.unused_data)
                 self._frame = self._dctx.decompressobj()
                 self._frame_started = False
-                self._frames += 1
         except zstandard.ZstdError as e:
             raise _corrupt(self._name, f"corrupt zstd stream: {e}") from None
 
@@ -397,8 +386,4 @@ def _extract(tar: str, reader: _ZstdReader, target: Path) -> None:
             except BaseException:
                 proc.kill()
                 raise
-        if proc.returncode != 0:
-            errors.seek(0)
-            raise VzError(
-                run.failure_message(argv, proc.returncode, errors.read()), ExitCode.FAILURE
-            )
+        _raise_if_failed(argv, proc.returncode, errors)

@@ -19,7 +19,8 @@ from vzpkg import fsutil, lock, run
 from vzpkg.cache.archive import pack_tree, validate_archive
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore, remove_tree_safely
-from vzpkg.distro.base import Family, family_for
+from vzpkg.cache.freshness import staleness
+from vzpkg.distro.base import Family, Fingerprint, family_for
 from vzpkg.distro.debian import namespace_wrapper
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
@@ -40,7 +41,7 @@ class BuildOptions:
 @dataclass(frozen=True)
 class BuildResult:
     template: str
-    status: str  # built | skipped | failed
+    status: str  # built | up-to-date | failed
     message: str
     code: int = 0
     archive: str | None = None
@@ -168,10 +169,19 @@ def build_cache(template: Template, host: HostConfig, options: BuildOptions,
                          what=f"cache {template.name}"):
             for path in store.sweep(template.name, build_parent(host)):
                 report.phase(f"removed {path.name} left by an interrupted build")
-            if store.exists(template.name) and not options.force:
-                return BuildResult(template.name, "skipped", "cache exists (use -f to rebuild)",
-                                   archive=str(store.archive_path(template.name)))
-            info = _build_locked(template, host, family, store, report)
+            report.phase("checking upstream repositories")
+            fingerprints = family.fingerprints()
+            existing = store.info(template.name)
+            if existing is not None and not options.force:
+                reason = staleness(template, existing.manifest, fingerprints)
+                if reason is None:
+                    report.phase("up to date")
+                    return BuildResult(template.name, "up-to-date",
+                                       "metadata and upstream unchanged (-f rebuilds anyway)",
+                                       archive=str(existing.archive), size=existing.size,
+                                       seconds=round(time.monotonic() - started, 1))
+                report.phase(f"rebuilding: {reason}")
+            info = _build_locked(template, host, family, store, report, fingerprints)
     except VzError as e:
         report.phase(f"FAILED: {e}")
         return BuildResult(template.name, "failed", str(e), int(e.code),
@@ -185,12 +195,9 @@ def build_cache(template: Template, host: HostConfig, options: BuildOptions,
 
 
 def _build_locked(template: Template, host: HostConfig, family: Family, store: CacheStore,
-                  report: Reporter) -> ArchiveInfo:
+                  report: Reporter, fingerprints: list[Fingerprint]) -> ArchiveInfo:
     timings: dict[str, float] = {}
     total_start = time.monotonic()
-    report.phase("checking upstream repositories")
-    with _timed(timings, "upstream"):
-        fingerprints = family.fingerprints()
     epoch = choose_epoch([f.epoch for f in fingerprints])
     workdir = store.new_workdir(template.name)
     rootdir = store.new_workdir(template.name, build_parent(host))
