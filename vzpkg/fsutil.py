@@ -24,6 +24,15 @@ def _parts(rel: str | PurePosixPath) -> list[str]:
     return parts
 
 
+def _split(rel: str) -> tuple[str, str]:
+    """``rel`` as (parent, name) where name is an entry beneath the root: never ``..`` (which
+    made ``remove_beneath(root, "..")`` empty the root's parent), never the root itself."""
+    parts = _parts(rel)
+    if not parts:
+        raise ValueError(f"path {rel!r} names the root itself, not an entry beneath it")
+    return "/".join(parts[:-1]) or ".", parts[-1]
+
+
 @contextlib.contextmanager
 def open_dir_beneath(root: Path, rel: str | PurePosixPath = ".", *,
                      create: bool = False) -> Iterator[int]:
@@ -47,7 +56,7 @@ def open_dir_beneath(root: Path, rel: str | PurePosixPath = ".", *,
 
 def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``root/rel`` with a regular file holding ``data`` (a symlink there is replaced)."""
-    parent, name = str(PurePosixPath(rel).parent), PurePosixPath(rel).name
+    parent, name = _split(rel)
     with open_dir_beneath(root, parent, create=True) as dfd:
         tmp = f".{name}.vzpkg-tmp"
         with contextlib.suppress(FileNotFoundError):
@@ -64,7 +73,7 @@ def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> 
 
 def remove_beneath(root: Path, rel: str) -> None:
     """Remove ``root/rel`` (file, symlink or whole directory) if it exists."""
-    parent, name = str(PurePosixPath(rel).parent), PurePosixPath(rel).name
+    parent, name = _split(rel)
     try:
         with open_dir_beneath(root, parent) as dfd:
             try:

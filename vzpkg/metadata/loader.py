@@ -57,7 +57,10 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, path: Path, key: str | None, message: str) -> None:
-        self.items.append(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+        item = f"{path}: {key}: {message}" if key else f"{path}: {message}"
+        # A set is resolved once per release, so the same base-set problem comes up repeatedly.
+        if item not in self.items:
+            self.items.append(item)
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -83,7 +86,7 @@ class _Table:
                 near = ", ".join(sorted(allowed))
                 self.problems.add(self.path, self.key(name), f"unknown key (known: {near})")
 
-    def str(self, name: str, default: str | None = None, *, required: bool = False,
+    def string(self, name: str, default: str | None = None, *, required: bool = False,
             pattern: re.Pattern[str] | None = None) -> str | None:
         value = self.data.get(name)
         if value is None:
@@ -98,7 +101,7 @@ class _Table:
             return default
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str, default: bool) -> bool:
         value = self.data.get(name, default)
         if not isinstance(value, bool):
             self.problems.add(self.path, self.key(name), "must be true or false")
@@ -198,17 +201,19 @@ def _load_distribution(directory: Path, problems: Problems) -> Distribution | No
     name = directory.name
     if not NAME_RE.match(name):
         problems.add(directory, None, "distribution directory names are lowercase letters and digits")
-    family = t.str("family", "deb", required=True) or "deb"
+    family = t.string("family", "deb", required=True) or "deb"
     if family not in FAMILIES:
         problems.add(path, "family", f"must be one of {', '.join(FAMILIES)}")
         family = "deb"
-    pm = t.str("package_manager", PACKAGE_MANAGERS[family][0]) or PACKAGE_MANAGERS[family][0]
+    pm = t.string("package_manager", PACKAGE_MANAGERS[family][0]) or PACKAGE_MANAGERS[family][0]
     if pm not in PACKAGE_MANAGERS[family]:
         problems.add(path, "package_manager",
                      f"{pm!r} does not drive the {family} family (use {PACKAGE_MANAGERS[family][0]})")
     arches = t.arches("arches")
-    if not arches and "arches" not in t.data:
+    if "arches" not in t.data:
         problems.add(path, "arches", "missing")
+    elif t.data["arches"] == []:
+        problems.add(path, "arches", "must name at least one arch")
     bootstrap = t.strs("bootstrap") or BOOTSTRAP_TOOLS[family]
     for tool in bootstrap:
         if tool not in BOOTSTRAP_TOOLS[family]:
@@ -222,7 +227,7 @@ def _load_distribution(directory: Path, problems: Problems) -> Distribution | No
             if m is None:
                 continue
             m.check_keys(MIRROR_KEYS)
-            mirrors[mname] = Mirror(mname, m.str("url"), m.str("host_suite"))
+            mirrors[mname] = Mirror(mname, m.string("url"), m.string("host_suite"))
             if mirrors[mname].url is None and mirrors[mname].host_suite is None:
                 problems.add(path, m.key(""), "a mirror needs url or host_suite")
     keys = t.files("keys")
@@ -230,17 +235,17 @@ def _load_distribution(directory: Path, problems: Problems) -> Distribution | No
         problems.add(path, "keys", "a deb distribution needs a keyring (fail-closed signatures)")
     return Distribution(
         name=name,
-        summary=t.str("summary", name, required=True) or name,
+        summary=t.string("summary", name, required=True) or name,
         family=family,
         package_manager=pm,
         bootstrap=bootstrap,
         arches=arches,
-        default_set=t.str("default_set", "default", pattern=SET_RE) or "default",
+        default_set=t.string("default_set", "default", pattern=SET_RE) or "default",
         keys=keys,
         mirrors=mirrors,
         environment=t.environment(),
         hooks=t.hooks(),
-        description=t.str("description", "") or "",
+        description=t.string("description", "") or "",
         path=path,
     )
 
@@ -250,16 +255,16 @@ def _load_release(path: Path, dist: Distribution, problems: Problems) -> Release
     if t is None:
         return None
     t.check_keys(RELEASE_KEYS)
-    version = t.str("version", required=True, pattern=VERSION_RE)
+    version = t.string("version", required=True, pattern=VERSION_RE)
     repos = []
     for r in t.tables("repositories"):
         r.check_keys(REPO_KEYS)
         repo = Repository(
-            id=r.str("id", required=True, pattern=ID_RE) or "?",
-            mirror=r.str("mirror"), suite=r.str("suite"), components=r.strs("components"),
-            baseurl=r.str("baseurl"), metalink=r.str("metalink"), mirrorlist=r.str("mirrorlist"),
-            gpgkeys=r.files("gpgkeys"), repo_gpgcheck=r.bool("repo_gpgcheck", False),
-            enabled=r.bool("enabled", True))
+            id=r.string("id", required=True, pattern=ID_RE) or "?",
+            mirror=r.string("mirror"), suite=r.string("suite"), components=r.strs("components"),
+            baseurl=r.string("baseurl"), metalink=r.string("metalink"), mirrorlist=r.string("mirrorlist"),
+            gpgkeys=r.files("gpgkeys"), repo_gpgcheck=r.boolean("repo_gpgcheck", False),
+            enabled=r.boolean("enabled", True))
         if dist.family == "deb":
             if repo.suite is None:
                 problems.add(path, r.key("suite"), "missing (deb repositories name a suite)")
@@ -284,17 +289,17 @@ def _load_release(path: Path, dist: Distribution, problems: Problems) -> Release
             if st is not None:
                 st.check_keys({"packages"})
                 set_packages[sname] = st.strs("packages")
-    codename = t.str("codename")
+    codename = t.string("codename")
     if dist.family == "deb" and codename is None:
         problems.add(path, "codename", "missing (deb releases have a codename)")
     return Release(
         version=version or "?",
-        summary=t.str("summary", required=True) or "",
+        summary=t.string("summary", required=True) or "",
         codename=codename,
         repositories=tuple(repos),
         keys=t.files("keys"),
         arches=t.arches("arches"),
-        releasever=t.str("releasever"),
+        releasever=t.string("releasever"),
         set_packages=set_packages,
         environment=t.environment(),
         hooks=t.hooks(),
@@ -312,15 +317,15 @@ def _load_set(path: Path, problems: Problems) -> PackageSet | None:
         problems.add(path, None, "set file names are lowercase letters, digits and _")
     pset = PackageSet(
         name=name,
-        summary=t.str("summary", required=True) or "",
+        summary=t.string("summary", required=True) or "",
         packages=t.strs("packages"),
         exclude=t.strs("exclude"),
-        base=t.str("base", pattern=SET_RE),
-        variant=t.str("variant"),
+        base=t.string("base", pattern=SET_RE),
+        variant=t.string("variant"),
         releases=t.strs("releases"),
         environment=t.environment(),
         hooks=t.hooks(),
-        description=t.str("description", "") or "",
+        description=t.string("description", "") or "",
         path=path,
     )
     if not pset.packages and pset.base is None:
@@ -365,7 +370,8 @@ def _resolve_packages(dist: Distribution, release: Release, pset: PackageSet,
     chain.reverse()  # base first
     packages: list[str] = []
     exclude: list[str] = []
-    hooks, env = Hooks(), {}
+    hooks = Hooks()
+    env: dict[str, str] = {}
     for s in chain:
         packages.extend(s.packages)
         packages.extend(release.set_packages.get(s.name, ()))
@@ -408,6 +414,11 @@ def load_catalog(root: Path) -> Catalog:
             problems.add(directory / "sets", None, "no package set files")
         elif dist.default_set not in sets:
             problems.add(dist.path, "default_set", f"no set {dist.default_set!r}")
+        known_versions = set(versions)
+        for pset in sets.values():
+            for version in pset.releases:
+                if version not in known_versions:
+                    problems.add(pset.path, "releases", f"no release {version!r} in {dist.name}")
         for rel in rels:
             for sname in rel.set_packages:
                 if sname not in sets:

@@ -7,11 +7,56 @@ import platform
 
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.loader import Catalog
-from vzpkg.metadata.model import ARCH_ALIASES
+from vzpkg.metadata.model import ARCH_ALIASES, Template
+
+NEAR_MATCHES = 5
+NEAR_CUTOFF = 0.6
 
 
 def host_arch() -> str:
     return ARCH_ALIASES.get(platform.machine(), platform.machine())
+
+
+def _take_arch(rest: list[str]) -> str | None:
+    """Remove a leading arch from ``rest`` (aliases such as ``x86-64`` span two words)."""
+    if len(rest) >= 2 and f"{rest[0]}-{rest[1]}" in ARCH_ALIASES:
+        arch = ARCH_ALIASES[f"{rest[0]}-{rest[1]}"]
+        del rest[:2]
+        return arch
+    if rest and rest[0] in ARCH_ALIASES:
+        return ARCH_ALIASES[rest.pop(0)]
+    return None
+
+
+def _short_forms(template: Template, arch: str) -> list[str]:
+    """The names a user may type for ``template`` when ``arch`` is implied."""
+    forms = [template.name]
+    if template.arch != arch:
+        return forms
+    dist, release = template.distribution, template.release
+    versions = [release.version] + ([release.codename] if release.codename else [])
+    for version in versions:
+        forms.append(f"{dist.name}-{version}-{template.package_set.name}")
+        if template.package_set.name == dist.default_set:
+            forms.append(f"{dist.name}-{version}")
+    return forms
+
+
+def near_matches(name: str, catalog: Catalog, arch: str) -> list[str]:
+    """Template names close to ``name``: ``arch`` and the default set first, then the rest."""
+    typed = name.strip().lower()
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(typed)
+    scored = []
+    for template in catalog.templates.values():
+        score = 0.0
+        for form in _short_forms(template, arch):
+            matcher.set_seq1(form)
+            score = max(score, matcher.ratio())
+        if score >= NEAR_CUTOFF:
+            is_default = template.package_set.name == template.distribution.default_set
+            scored.append((-round(score, 2), template.arch != arch, not is_default, template.name))
+    return [entry[-1] for entry in sorted(scored)[:NEAR_MATCHES]]
 
 
 def canonical_name(name: str, catalog: Catalog, arch: str | None = None) -> str:
@@ -32,14 +77,11 @@ def canonical_name(name: str, catalog: Catalog, arch: str | None = None) -> str:
                 version = release.version
                 break
         rest = parts[2:]
-        t_arch, t_set = default_arch, dist.default_set
-        if rest and rest[0] in ARCH_ALIASES:
-            t_arch = ARCH_ALIASES[rest.pop(0)]
-        if rest:
-            t_set = "_".join(rest) if len(rest) > 1 else rest[0]
+        t_arch = _take_arch(rest) or default_arch
+        t_set = "_".join(rest) if rest else dist.default_set
         candidate = f"{dist.name}-{version}-{t_arch}-{t_set}"
         if candidate in catalog.templates:
             return candidate
-    near = difflib.get_close_matches(name, list(catalog.templates), n=5, cutoff=0.5)
+    near = near_matches(name, catalog, default_arch)
     hint = ("did you mean: " + ", ".join(near)) if near else "vzpkgls lists the known templates"
     raise VzError(f"unknown template {name!r}", ExitCode.TEMPLATE_NOT_FOUND, hint=hint)

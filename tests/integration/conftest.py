@@ -1,0 +1,91 @@
+"""Fixtures for integration tests: real tools, as root, against temp directories only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="integration tests need root (CI runs them as root)")
+        for item in items:
+            if "integration" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@dataclass
+class VzHost:
+    """A host configuration of temp directories, and a way to run the commands against it."""
+
+    base: Path
+    conf: Path
+    cache_dir: Path
+    lock_dir: Path
+    metadata_dir: Path
+    pkgcache_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VZPKG_")}
+        env["VZPKG_CONF"] = str(self.conf)
+        return env
+
+    def run(self, tool: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / tool), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+    def popen(self, tool: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([str(BIN / tool), *args], env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+
+    def build(self, *args: str) -> dict[str, Any]:
+        proc = self.run("vzpkgcache", "--json", *args)
+        assert proc.stdout, proc.stderr
+        result: dict[str, Any] = json.loads(proc.stdout)["results"][0]
+        result["returncode"] = proc.returncode
+        result["stderr"] = proc.stderr
+        return result
+
+    def archive(self, name: str) -> Path:
+        return self.cache_dir / f"{name}.tar.zst"
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.cache_dir / f"{name}.json").read_text())
+        return data
+
+    def leftovers(self) -> list[Path]:
+        """Work directories of builds: there must be none once a command has returned."""
+        found = []
+        for where in (self.cache_dir, Path("/dev/shm")):
+            if where.is_dir():
+                found += [p for p in where.iterdir() if p.name.startswith(".tmp-")]
+        return found
+
+
+@pytest.fixture(scope="session")
+def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
+    base = tmp_path_factory.mktemp("vzhost")
+    metadata = base / "metadata"
+    shutil.copytree(REPO / "metadata" / "debian", metadata / "debian")
+    shutil.copytree(REPO / "tests" / "integration" / "metadata", metadata, dirs_exist_ok=True)
+    host = VzHost(base, base / "vzpkg.conf", base / "cache", base / "lock", metadata,
+                  base / "pkgcache")
+    host.conf.write_text(
+        f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
+        f'PKGCACHE_DIR="{host.pkgcache_dir}"\n')
+    yield host
+    shutil.rmtree(base, ignore_errors=True)

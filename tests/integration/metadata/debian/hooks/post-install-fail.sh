@@ -1,0 +1,2 @@
+echo "this hook fails on purpose" >&2
+exit 7
