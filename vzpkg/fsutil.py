@@ -33,13 +33,22 @@ def _split(rel: str) -> tuple[str, str]:
     return "/".join(parts[:-1]) or ".", parts[-1]
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked; loop until everything is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 @contextlib.contextmanager
-def open_dir_beneath(root: Path, rel: str | PurePosixPath = ".", *,
-                     create: bool = False) -> Iterator[int]:
+def open_dir_beneath(
+    root: Path, rel: str | PurePosixPath = ".", *, create: bool = False
+) -> Iterator[int]:
     """An fd of directory ``root/rel``, never following a symlink on the way."""
+    parts = _parts(rel)
     fd = os.open(root, _DIR_FLAGS)
     try:
-        for part in _parts(rel):
+        for depth, part in enumerate(parts, start=1):
             try:
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -47,6 +56,15 @@ def open_dir_beneath(root: Path, rel: str | PurePosixPath = ".", *,
                     raise
                 os.mkdir(part, 0o755, dir_fd=fd)
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                # Same errno (callers tell "nothing to do" by it), but a message that says why.
+                raise OSError(
+                    e.errno,
+                    "not a directory (a symlink is never followed here)",
+                    str(root.joinpath(*parts[:depth])),
+                ) from None
             os.close(fd)
             fd = nxt
         yield fd
@@ -61,10 +79,14 @@ def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> 
         tmp = f".{name}.vzpkg-tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode, dir_fd=dfd)
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            mode,
+            dir_fd=dfd,
+        )
         try:
-            os.write(fd, data)
+            write_all(fd, data)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)

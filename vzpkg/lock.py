@@ -25,8 +25,11 @@ def ensure_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.lstat()
     if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
-        raise VzError(f"lock directory {path} is writable by others or not owned by root",
-                      ExitCode.SYSTEM, hint=f"chown root: {path} && chmod 700 {path}")
+        raise VzError(
+            f"lock directory {path} is writable by others or not owned by root",
+            ExitCode.SYSTEM,
+            hint=f"chown root: {path} && chmod 700 {path}",
+        )
 
 
 def holder_of(path: Path) -> str:
@@ -38,8 +41,14 @@ def holder_of(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def locked(lock_dir: Path, name: str, *, timeout: float = 0, what: str | None = None,
-           on_wait: str | None = None) -> Iterator[Path]:
+def locked(
+    lock_dir: Path,
+    name: str,
+    *,
+    timeout: float = 0,
+    what: str | None = None,
+    on_wait: str | None = None,
+) -> Iterator[Path]:
     """Hold the lock ``name`` for the duration of the block.
 
     timeout 0 fails at once when the lock is held; a positive timeout waits that many seconds;
@@ -58,8 +67,10 @@ def locked(lock_dir: Path, name: str, *, timeout: float = 0, what: str | None = 
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise VzError(
-                        f"{what or name} is locked by {holder_of(path)}", ExitCode.LOCKED,
-                        hint="wait for it to finish, or pass --timeout SECONDS to wait") from None
+                        f"{what or name} is locked by {holder_of(path)}",
+                        ExitCode.LOCKED,
+                        hint="wait for it to finish, or pass --timeout SECONDS to wait",
+                    ) from None
                 if not announced and on_wait:
                     print(f"{on_wait} (held by {holder_of(path)})", file=sys.stderr)
                     announced = True

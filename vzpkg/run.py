@@ -43,8 +43,17 @@ PACKAGE_OF: dict[str, str] = {
 
 # Variables passed through from the caller's environment; everything else is dropped so that a
 # user's shell settings (LD_PRELOAD, PYTHONPATH, odd locales) never leak into bootstrap tools.
-PASSTHROUGH_ENV = ("TERM", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                   "NO_PROXY", "SOURCE_DATE_EPOCH", "TMPDIR")
+PASSTHROUGH_ENV = (
+    "TERM",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "SOURCE_DATE_EPOCH",
+    "TMPDIR",
+)
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -54,8 +63,11 @@ def _die_with_parent() -> None:
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {"PATH": BASE_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root" if os.geteuid() == 0 else
-           os.environ.get("HOME", "/")}
+    env = {
+        "PATH": BASE_PATH,
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/root" if os.geteuid() == 0 else os.environ.get("HOME", "/"),
+    }
     env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
     if extra:
         env.update(extra)
@@ -71,8 +83,11 @@ def check_tool(name: str, reason: str, package: str | None = None) -> str:
     path = find_tool(name)
     if path is None:
         pkg = package or PACKAGE_OF.get(name, name)
-        raise VzError(f"{name} is needed {reason} but is not installed",
-                      ExitCode.TOOL_MISSING, hint=f"apt-get install {pkg}")
+        raise VzError(
+            f"{name} is needed {reason} but is not installed",
+            ExitCode.TOOL_MISSING,
+            hint=f"apt-get install {pkg}",
+        )
     return path
 
 
@@ -95,16 +110,28 @@ def run(
     if input is not None:
         stdin = None
     try:
-        proc = subprocess.run(args, env=base_env(env), cwd=cwd, stdin=stdin, stdout=stdout,
-                              stderr=stderr, input=input, preexec_fn=_die_with_parent,
-                              check=False)
+        proc = subprocess.run(
+            args,
+            env=base_env(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            input=input,
+            preexec_fn=_die_with_parent,
+            check=False,
+        )
     except FileNotFoundError:
         name = os.path.basename(args[0])
-        raise VzError(f"{name}: command not found", ExitCode.TOOL_MISSING,
-                      hint=f"apt-get install {PACKAGE_OF.get(name, name)}") from None
+        raise VzError(
+            f"{name}: command not found",
+            ExitCode.TOOL_MISSING,
+            hint=f"apt-get install {PACKAGE_OF.get(name, name)}",
+        ) from None
     if check and proc.returncode != 0:
-        raise VzError(failure_message(args, proc.returncode, proc.stderr), error_code,
-                      hint=error_hint)
+        raise VzError(
+            failure_message(args, proc.returncode, proc.stderr), error_code, hint=error_hint
+        )
     return proc
 
 
@@ -121,12 +148,22 @@ def spawn(
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     try:
-        return subprocess.Popen(args, env=base_env(env), cwd=cwd, stdin=stdin, stdout=stdout,
-                                stderr=stderr, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            args,
+            env=base_env(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            preexec_fn=_die_with_parent,
+        )
     except FileNotFoundError:
         name = os.path.basename(args[0])
-        raise VzError(f"{name}: command not found", ExitCode.TOOL_MISSING,
-                      hint=f"apt-get install {PACKAGE_OF.get(name, name)}") from None
+        raise VzError(
+            f"{name}: command not found",
+            ExitCode.TOOL_MISSING,
+            hint=f"apt-get install {PACKAGE_OF.get(name, name)}",
+        ) from None
 
 
 def failure_message(args: Sequence[str], returncode: int, stderr: bytes | None) -> str:
@@ -173,5 +210,6 @@ def run_streaming(
     returncode = proc.wait()
     if returncode != 0:
         args = [os.fspath(a) for a in argv]
-        raise VzError(failure_message(args, returncode, "\n".join(tail).encode()), error_code,
-                      hint=error_hint)
+        raise VzError(
+            failure_message(args, returncode, "\n".join(tail).encode()), error_code, hint=error_hint
+        )

@@ -44,13 +44,25 @@ class VzHost:
         return env
 
     def run(self, tool: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / tool), *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        return subprocess.run(
+            [str(BIN / tool), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
 
     def popen(self, tool: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(BIN / tool), *args], env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [str(BIN / tool), *args],
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
 
     def build(self, *args: str) -> dict[str, Any]:
         proc = self.run("vzpkgcache", "--json", *args)
@@ -82,10 +94,12 @@ def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
     metadata = base / "metadata"
     shutil.copytree(REPO / "metadata" / "debian", metadata / "debian")
     shutil.copytree(REPO / "tests" / "integration" / "metadata", metadata, dirs_exist_ok=True)
-    host = VzHost(base, base / "vzpkg.conf", base / "cache", base / "lock", metadata,
-                  base / "pkgcache")
+    host = VzHost(
+        base, base / "vzpkg.conf", base / "cache", base / "lock", metadata, base / "pkgcache"
+    )
     host.conf.write_text(
         f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
-        f'PKGCACHE_DIR="{host.pkgcache_dir}"\n')
+        f'PKGCACHE_DIR="{host.pkgcache_dir}"\n'
+    )
     yield host
     shutil.rmtree(base, ignore_errors=True)

@@ -103,18 +103,19 @@ def test_archive_keeps_capabilities_setuid_and_has_no_devices(vzhost: VzHost) ->
     assert read_member(vzhost.archive(MINIMAL), "./etc/hostname") == b"localhost\n"
     if "./etc/machine-id" in entries:  # only present when systemd is installed
         assert read_member(vzhost.archive(MINIMAL), "./etc/machine-id") == b""
-    assert not [n for n in entries if n.startswith("./var/cache/apt/archives/") and
-                n.endswith(".deb")]
-    assert not [n for n in entries if n.startswith("./var/lib/apt/lists/") and
-                n.endswith("InRelease")]
+    assert not [
+        n for n in entries if n.startswith("./var/cache/apt/archives/") and n.endswith(".deb")
+    ]
+    assert not [
+        n for n in entries if n.startswith("./var/lib/apt/lists/") and n.endswith("InRelease")
+    ]
 
 
 def test_safe_unpack_of_a_real_cache_is_faithful(vzhost: VzHost, tmp_path: Path) -> None:
     target = tmp_path / "root"
     target.mkdir()
     manifest = vzhost.manifest(MINIMAL)
-    unpack_archive(vzhost.archive(MINIMAL), target,
-                   expected_sha256=manifest["archive"]["sha256"])
+    unpack_archive(vzhost.archive(MINIMAL), target, expected_sha256=manifest["archive"]["sha256"])
     assert os.getxattr(target / "usr/bin/ping", "security.capability")
     assert (target / "usr/bin/passwd").stat().st_mode & 0o4000
     assert (target / "etc/debian_version").read_text().startswith("12.")
@@ -169,29 +170,53 @@ def test_failing_hook_publishes_nothing(vzhost: VzHost) -> None:
     assert mounts_mentioning(".tmp-") == []
 
 
-def test_signature_check_fails_closed_with_a_foreign_key(vzhost: VzHost,
-                                                         tmp_path: Path) -> None:
+def test_signature_check_fails_closed_with_a_foreign_key(vzhost: VzHost, tmp_path: Path) -> None:
     # A distribution exactly like Debian but trusting only a throwaway key.
     metadata = tmp_path / "metadata"
     shutil.copytree(vzhost.metadata_dir / "debian", metadata / "debian")
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(gnupg)}
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
-                    "vzpkg test <test@vzpkg.invalid>", "ed25519", "sign", "1d"],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "vzpkg test <test@vzpkg.invalid>",
+            "ed25519",
+            "sign",
+            "1d",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     key = metadata / "debian" / "keys" / "foreign.asc"
     key.parent.mkdir()
-    key.write_bytes(subprocess.run(["gpg", "--armor", "--export"], env=env, check=True,
-                                   capture_output=True).stdout)
+    key.write_bytes(
+        subprocess.run(
+            ["gpg", "--armor", "--export"], env=env, check=True, capture_output=True
+        ).stdout
+    )
     dist = metadata / "debian" / "distribution.toml"
-    dist.write_text(dist.read_text().replace(
-        'keys = ["/usr/share/keyrings/debian-archive-keyring.gpg"]', 'keys = ["keys/foreign.asc"]'))
+    dist.write_text(
+        dist.read_text().replace(
+            'keys = ["/usr/share/keyrings/debian-archive-keyring.gpg"]',
+            'keys = ["keys/foreign.asc"]',
+        )
+    )
     conf = tmp_path / "vzpkg.conf"
     conf.write_text(vzhost.conf.read_text() + f'METADATA_DIR="{metadata}"\n')
     env2 = {**vzhost.env, "VZPKG_CONF": str(conf)}
-    result = subprocess.run([str(BIN / "vzpkgcache"), "-f", "debian-12-x86_64-minimal"],
-                            env=env2, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "vzpkgcache"), "-f", "debian-12-x86_64-minimal"],
+        env=env2,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 202, result.stderr
     assert "signature" in result.stderr
     assert "NO_PUBKEY" in result.stderr
@@ -200,17 +225,20 @@ def test_signature_check_fails_closed_with_a_foreign_key(vzhost: VzHost,
     assert vzhost.leftovers() == []
 
 
-def test_unknown_metadata_key_is_reported_with_file_and_key(vzhost: VzHost,
-                                                            tmp_path: Path) -> None:
+def test_unknown_metadata_key_is_reported_with_file_and_key(vzhost: VzHost, tmp_path: Path) -> None:
     metadata = tmp_path / "metadata"
     shutil.copytree(vzhost.metadata_dir / "debian", metadata / "debian")
     minimal = metadata / "debian" / "sets" / "minimal.toml"
     minimal.write_text(minimal.read_text() + 'colour = "red"\n')
     conf = tmp_path / "vzpkg.conf"
     conf.write_text(vzhost.conf.read_text() + f'METADATA_DIR="{metadata}"\n')
-    result = subprocess.run([str(BIN / "vzpkgcache"), "debian-12-x86_64-minimal"],
-                            env={**vzhost.env, "VZPKG_CONF": str(conf)},
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "vzpkgcache"), "debian-12-x86_64-minimal"],
+        env={**vzhost.env, "VZPKG_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 201
     assert f"{minimal}: colour: unknown key" in result.stderr
 

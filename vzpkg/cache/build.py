@@ -17,9 +17,9 @@ from pathlib import Path
 
 from vzpkg import fsutil, lock, run
 from vzpkg.cache.archive import pack_tree, validate_archive
+from vzpkg.cache.freshness import staleness
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore, remove_tree_safely
-from vzpkg.cache.freshness import staleness
 from vzpkg.distro.base import Family, Fingerprint, family_for
 from vzpkg.distro.debian import namespace_wrapper
 from vzpkg.errors import ExitCode, VzError
@@ -76,39 +76,59 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 def hook_env(template: Template, hook: str, root: Path | None) -> dict[str, str]:
     env = {
         **template.environment,
-        "VZPKG_TEMPLATE": template.name, "VZPKG_OS": template.distribution.name,
-        "VZPKG_VERSION": template.release.version, "VZPKG_ARCH": template.arch,
-        "VZPKG_SET": template.package_set.name, "VZPKG_FAMILY": template.family,
-        "VZPKG_HOOK": hook,
+        "VZ_TEMPLATE": template.name,
+        "VZ_OS": template.distribution.name,
+        "VZ_VERSION": template.release.version,
+        "VZ_ARCH": template.arch,
+        "VZ_SET": template.package_set.name,
+        "VZ_FAMILY": template.family,
+        "VZ_HOOK": hook,
     }
     if root is not None:
-        env["VZPKG_ROOT"] = str(root)
+        env["VZ_ROOT"] = str(root)
     return env
 
 
-def run_host_hooks(template: Template, hook: str, scripts: tuple[Path, ...], root: Path,
-                   report: Reporter) -> None:
+def run_host_hooks(
+    template: Template, hook: str, scripts: tuple[Path, ...], root: Path, report: Reporter
+) -> None:
     for script in scripts:
         report.phase(f"{hook} hook {script.name}")
-        run.run_streaming(["/bin/sh", "-e", script], on_line=report.detail, cwd=root,
-                          env=hook_env(template, hook, root), error_code=ExitCode.HOOK,
-                          error_hint=f"fix {script}; nothing was published")
+        run.run_streaming(
+            ["/bin/sh", "-e", script],
+            on_line=report.detail,
+            cwd=root,
+            env=hook_env(template, hook, root),
+            error_code=ExitCode.HOOK,
+            error_hint=f"fix {script}; nothing was published",
+        )
 
 
-def run_root_hooks(template: Template, scripts: tuple[Path, ...], root: Path,
-                   report: Reporter) -> None:
+def run_root_hooks(
+    template: Template, scripts: tuple[Path, ...], root: Path, report: Reporter
+) -> None:
     """post-install hooks run inside the new root, in private mount and PID namespaces."""
     for i, script in enumerate(scripts):
         report.phase(f"post-install hook {script.name}")
         inside = f"tmp/vzpkg-hook-{i}.sh"
         fsutil.write_file_beneath(root, inside, script.read_bytes(), 0o700)
         try:
-            argv = [*namespace_wrapper()[:-1], f"--mount-proc={root}/proc", "chroot", root,
-                    "/bin/sh", "-e", "/" + inside]
-            run.run_streaming(argv, on_line=report.detail,
-                              env=hook_env(template, "post-install", None),
-                              error_code=ExitCode.HOOK,
-                              error_hint=f"fix {script}; nothing was published")
+            argv = [
+                *namespace_wrapper()[:-1],
+                f"--mount-proc={root}/proc",
+                "chroot",
+                str(root),
+                "/bin/sh",
+                "-e",
+                "/" + inside,
+            ]
+            run.run_streaming(
+                argv,
+                on_line=report.detail,
+                env=hook_env(template, "post-install", None),
+                error_code=ExitCode.HOOK,
+                error_hint=f"fix {script}; nothing was published",
+            )
         finally:
             fsutil.remove_beneath(root, inside)
 
@@ -157,16 +177,21 @@ def pkgcache_key(template: Template) -> str:
     return f"{template.distribution.name}-{template.release.version}-{template.arch}"
 
 
-def build_cache(template: Template, host: HostConfig, options: BuildOptions,
-                emit: Callable[[str], None]) -> BuildResult:
+def build_cache(
+    template: Template, host: HostConfig, options: BuildOptions, emit: Callable[[str], None]
+) -> BuildResult:
     started = time.monotonic()
     report = Reporter(template.name, options.verbose, emit)
     store = CacheStore(host.cache_dir)
     try:
         family = family_for(template, host, options.mirror_overrides)
         family.check_host()
-        with lock.locked(host.lock_dir, f"cache-{template.name}", timeout=options.lock_timeout,
-                         what=f"cache {template.name}"):
+        with lock.locked(
+            host.lock_dir,
+            f"cache-{template.name}",
+            timeout=options.lock_timeout,
+            what=f"cache {template.name}",
+        ):
             for path in store.sweep(template.name, build_parent(host)):
                 report.phase(f"removed {path.name} left by an interrupted build")
             report.phase("checking upstream repositories")
@@ -176,26 +201,43 @@ def build_cache(template: Template, host: HostConfig, options: BuildOptions,
                 reason = staleness(template, existing.manifest, fingerprints)
                 if reason is None:
                     report.phase("up to date")
-                    return BuildResult(template.name, "up-to-date",
-                                       "metadata and upstream unchanged (-f rebuilds anyway)",
-                                       archive=str(existing.archive), size=existing.size,
-                                       seconds=round(time.monotonic() - started, 1))
+                    return BuildResult(
+                        template.name,
+                        "up-to-date",
+                        "metadata and upstream unchanged (-f rebuilds anyway)",
+                        archive=str(existing.archive),
+                        size=existing.size,
+                        seconds=round(time.monotonic() - started, 1),
+                    )
                 report.phase(f"rebuilding: {reason}")
             info = _build_locked(template, host, family, store, report, fingerprints)
     except VzError as e:
         report.phase(f"FAILED: {e}")
-        return BuildResult(template.name, "failed", str(e), int(e.code),
-                           seconds=round(time.monotonic() - started, 1))
+        return BuildResult(
+            template.name,
+            "failed",
+            str(e),
+            int(e.code),
+            seconds=round(time.monotonic() - started, 1),
+        )
     seconds = round(time.monotonic() - started, 1)
     size = info.size
-    report.phase(f"built {store.archive_path(template.name)} "
-                 f"({size / 2**20:.1f} MiB) in {seconds:.1f} s")
-    return BuildResult(template.name, "built", "ok", 0, str(store.archive_path(template.name)),
-                       size, seconds)
+    report.phase(
+        f"built {store.archive_path(template.name)} ({size / 2**20:.1f} MiB) in {seconds:.1f} s"
+    )
+    return BuildResult(
+        template.name, "built", "ok", 0, str(store.archive_path(template.name)), size, seconds
+    )
 
 
-def _build_locked(template: Template, host: HostConfig, family: Family, store: CacheStore,
-                  report: Reporter, fingerprints: list[Fingerprint]) -> ArchiveInfo:
+def _build_locked(
+    template: Template,
+    host: HostConfig,
+    family: Family,
+    store: CacheStore,
+    report: Reporter,
+    fingerprints: list[Fingerprint],
+) -> ArchiveInfo:
     timings: dict[str, float] = {}
     total_start = time.monotonic()
     epoch = choose_epoch([f.epoch for f in fingerprints])
@@ -208,10 +250,16 @@ def _build_locked(template: Template, host: HostConfig, family: Family, store: C
             run_host_hooks(template, "pre-cache", template.hooks.pre_cache, root, report)
         pkgcache = host.pkgcache_dir / pkgcache_key(template)
         pkgcache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with lock.locked(host.lock_dir, f"pkgcache-{pkgcache_key(template)}", timeout=-1,
-                         on_wait=f"{template.name}: waiting for package cache"):
-            report.phase(f"bootstrapping ({len(template.packages)} packages on top of the "
-                         f"{template.variant} base)")
+        with lock.locked(
+            host.lock_dir,
+            f"pkgcache-{pkgcache_key(template)}",
+            timeout=-1,
+            on_wait=f"{template.name}: waiting for package cache",
+        ):
+            report.phase(
+                f"bootstrapping ({len(template.packages)} packages on top of the "
+                f"{template.variant} base)"
+            )
             with _timed(timings, "bootstrap"):
                 boot = family.bootstrap(root, pkgcache, report.detail, epoch)
         with _timed(timings, "hooks"):
@@ -233,24 +281,39 @@ def _build_locked(template: Template, host: HostConfig, family: Family, store: C
                 report.detail(f"packed {done / 2**20:.0f} MiB")
 
         with _timed(timings, "pack"):
-            packed = pack_tree(root, archive, source_date_epoch=epoch, level=host.zstd_level,
-                               progress=on_bytes)
+            packed = pack_tree(
+                root, archive, source_date_epoch=epoch, level=host.zstd_level, progress=on_bytes
+            )
         remove_tree_safely(root)
         report.phase("verifying the archive")
         with _timed(timings, "verify"):
             validate_archive(archive)
-        info = ArchiveInfo(f"{template.name}.tar.zst", packed.sha256, packed.compressed_size,
-                           packed.uncompressed_size, packed.members)
+        info = ArchiveInfo(
+            f"{template.name}.tar.zst",
+            packed.sha256,
+            packed.compressed_size,
+            packed.uncompressed_size,
+            packed.members,
+        )
         timings["total"] = round(time.monotonic() - total_start, 3)
         manifest = Manifest(
-            template=template.name, metadata_digest=template.digest, family=template.family,
+            template=template.name,
+            metadata_digest=template.digest,
+            family=template.family,
             arch=template.arch,
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            source_date_epoch=epoch, archive=info, upstream=tuple(fingerprints),
+            source_date_epoch=epoch,
+            archive=info,
+            upstream=tuple(fingerprints),
             packages=tuple(packages),
-            build={"tool": boot.tool, "tool_version": boot.tool_version, "vzpkg": VERSION,
-                   "zstd_level": str(host.zstd_level)},
-            timings=timings)
+            build={
+                "tool": boot.tool,
+                "tool_version": boot.tool_version,
+                "vzpkg": VERSION,
+                "zstd_level": str(host.zstd_level),
+            },
+            timings=timings,
+        )
         store.publish(template.name, archive, manifest)
         return info
     finally:

@@ -9,8 +9,9 @@ from vzpkg.distro.base import Fingerprint
 from vzpkg.metadata.model import Template
 
 
-def staleness(template: Template, manifest: Manifest | None,
-              upstream: Sequence[Fingerprint]) -> str | None:
+def staleness(
+    template: Template, manifest: Manifest | None, upstream: Sequence[Fingerprint]
+) -> str | None:
     """Why the cache must be rebuilt, or None when it is up to date.
 
     Costs nothing beyond the fingerprints the caller fetched (one small request per

@@ -14,6 +14,7 @@ from typing import Any
 
 from vzpkg.distro.base import Fingerprint, InstalledPackage
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.fsutil import write_all
 
 FORMAT = 1
 
@@ -42,6 +43,11 @@ class Manifest:
     timings: dict[str, float] = field(default_factory=dict)
     format: int = FORMAT
 
+    def __post_init__(self) -> None:
+        # Tuples whatever the builder passed, so a manifest equals itself read back from JSON.
+        object.__setattr__(self, "upstream", tuple(self.upstream))
+        object.__setattr__(self, "packages", tuple(self.packages))
+
     def to_json(self) -> str:
         data = asdict(self)
         data["upstream"] = [asdict(f) for f in self.upstream]
@@ -54,28 +60,39 @@ def manifest_from_dict(data: dict[str, Any], source: str) -> Manifest:
         if data.get("format") != FORMAT:
             raise ValueError(f"unsupported format {data.get('format')!r}")
         return Manifest(
-            template=data["template"], metadata_digest=data["metadata_digest"],
-            family=data["family"], arch=data["arch"], created=data["created"],
+            template=data["template"],
+            metadata_digest=data["metadata_digest"],
+            family=data["family"],
+            arch=data["arch"],
+            created=data["created"],
             source_date_epoch=int(data["source_date_epoch"]),
             archive=ArchiveInfo(**data["archive"]),
             upstream=tuple(Fingerprint(**f) for f in data.get("upstream", ())),
             packages=tuple(InstalledPackage(**p) for p in data.get("packages", ())),
-            build=dict(data.get("build", {})), timings=dict(data.get("timings", {})),
+            build=dict(data.get("build", {})),
+            timings=dict(data.get("timings", {})),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise VzError(f"{source}: not a valid cache manifest ({e})", ExitCode.ARCHIVE,
-                      hint="rebuild the cache with vzpkgcache -f") from None
+        raise VzError(
+            f"{source}: not a valid cache manifest ({e})",
+            ExitCode.ARCHIVE,
+            hint="rebuild the cache with vzpkgcache -f",
+        ) from None
 
 
 def read_manifest(path: Path) -> Manifest:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise VzError(f"{path}: no manifest", ExitCode.ARCHIVE,
-                      hint="rebuild the cache with vzpkgcache -f") from None
+        raise VzError(
+            f"{path}: no manifest", ExitCode.ARCHIVE, hint="rebuild the cache with vzpkgcache -f"
+        ) from None
     except (OSError, ValueError) as e:
-        raise VzError(f"{path}: unreadable manifest ({e})", ExitCode.ARCHIVE,
-                      hint="rebuild the cache with vzpkgcache -f") from None
+        raise VzError(
+            f"{path}: unreadable manifest ({e})",
+            ExitCode.ARCHIVE,
+            hint="rebuild the cache with vzpkgcache -f",
+        ) from None
     if not isinstance(data, dict):
         raise VzError(f"{path}: not a valid cache manifest", ExitCode.ARCHIVE)
     return manifest_from_dict(data, str(path))
@@ -85,7 +102,7 @@ def write_file_durably(path: Path, data: bytes) -> None:
     """Write ``path`` (which must not exist yet) and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
 from vzpkg.errors import ExitCode, VzError
 
 TMP_PREFIX = ".tmp-"
+_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
 def fsync_dir(path: Path) -> None:
@@ -34,13 +36,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unescape_mount_point(field: bytes) -> str:
+    """The kernel writes space, tab, newline and backslash as ``\\ooo``; other bytes are raw
+    (so a UTF-8 name must not go through "unicode_escape", which reads it as Latin-1)."""
+    return os.fsdecode(_MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below ``path`` in this mount namespace, deepest first."""
     prefix = str(path.resolve())
     points = []
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
+            point = _unescape_mount_point(line.split()[4])
             if point == prefix or point.startswith(prefix + "/"):
                 points.append(point)
     return sorted(points, key=len, reverse=True)
@@ -51,8 +59,11 @@ def remove_tree_safely(path: Path) -> None:
     for point in mounts_under(path):
         run.run(["umount", "--lazy", point], check=False)
     if mounts_under(path):
-        raise VzError(f"cannot remove {path}: it still has mounts below it", ExitCode.SYSTEM,
-                      hint=f"umount them by hand: grep {path} /proc/mounts")
+        raise VzError(
+            f"cannot remove {path}: it still has mounts below it",
+            ExitCode.SYSTEM,
+            hint=f"umount them by hand: grep {path} /proc/mounts",
+        )
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -106,12 +117,14 @@ class CacheStore:
 
     def sweep(self, name: str, *elsewhere: Path) -> list[Path]:
         """Remove what interrupted builds of ``name`` left. The caller holds its lock."""
+        # Exactly what new_workdir makes: a plain prefix match could take another name's dirs.
+        pattern = re.compile(rf"{re.escape(TMP_PREFIX + name)}-[0-9]+-[a-z0-9_]+")
         swept = []
         for where in (self.dir, *elsewhere):
             if not where.is_dir():
                 continue
             for path in sorted(where.iterdir()):
-                if path.name.startswith(f"{TMP_PREFIX}{name}-") and path.is_dir():
+                if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
                     remove_tree_safely(path)
                     swept.append(path)
         return swept
@@ -142,8 +155,12 @@ class CacheStore:
 
     def remove(self, name: str) -> list[Path]:
         removed = []
-        for path in (self.archive_path(name), self.manifest_path(name),
-                     self.old_archive_path(name), self.old_manifest_path(name)):
+        for path in (
+            self.archive_path(name),
+            self.manifest_path(name),
+            self.old_archive_path(name),
+            self.old_manifest_path(name),
+        ):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)

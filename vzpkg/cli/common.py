@@ -30,8 +30,9 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
 
 
 def setup(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 

@@ -45,25 +45,46 @@ def exit_code_of(results: list[BuildResult]) -> int:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-f", "--force", is_flag=True, help="Rebuild caches that already exist.")
 @click.option("-r", "--remove", is_flag=True, help="Remove the named caches (and their -old).")
-@click.option("--timeout", type=float, default=0, show_default=True,
-              help="Seconds to wait for a template locked by another build (-1: forever).")
-@click.option("--mirror", "mirrors", multiple=True, metavar="[NAME=]URL",
-              help="Use this mirror instead of the host's apt sources (repeatable).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=0,
+    show_default=True,
+    help="Seconds to wait for a template locked by another build (-1: forever).",
+)
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="[NAME=]URL",
+    help="Use this mirror instead of the host's apt sources (repeatable).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only phase lines, not the tools' output.")
 @json_option
 @debug_option
 @click.argument("names", nargs=-1)
 @edge("vzpkgcache")
-def main(force: bool, remove: bool, timeout: float, mirrors: tuple[str, ...], quiet: bool,
-         as_json: bool, debug: bool, names: tuple[str, ...]) -> None:
+def main(
+    force: bool,
+    remove: bool,
+    timeout: float,
+    mirrors: tuple[str, ...],
+    quiet: bool,
+    as_json: bool,
+    debug: bool,
+    names: tuple[str, ...],
+) -> None:
     """Create caches of the named templates (all templates of this host's arch when none
     are named). Existing caches are kept unless -f is given; the previous cache stays as
     NAME-old. Exit codes: docs/exit-codes.md."""
     setup(debug)
     host, catalog = host_and_catalog()
     if remove and not names:
-        raise VzError("-r needs the names of the caches to remove", ExitCode.INVALID_ARGUMENT,
-                      hint="vzpkgls -c lists the caches")
+        raise VzError(
+            "-r needs the names of the caches to remove",
+            ExitCode.INVALID_ARGUMENT,
+            hint="vzpkgls -c lists the caches",
+        )
     require_root("vzpkgcache")
     if names:
         templates = [catalog.get(canonical_name(n, catalog)) for n in names]
@@ -74,8 +95,9 @@ def main(force: bool, remove: bool, timeout: float, mirrors: tuple[str, ...], qu
         store = CacheStore(host.cache_dir)
         removed = []
         for t in templates:
-            with lock.locked(host.lock_dir, f"cache-{t.name}", timeout=timeout,
-                             what=f"cache {t.name}"):
+            with lock.locked(
+                host.lock_dir, f"cache-{t.name}", timeout=timeout, what=f"cache {t.name}"
+            ):
                 paths = store.remove(t.name)
             if not paths:
                 click.echo(f"vzpkgcache: {t.name}: no cache to remove", err=True)
@@ -83,8 +105,12 @@ def main(force: bool, remove: bool, timeout: float, mirrors: tuple[str, ...], qu
         if as_json:
             print_json({"removed": removed})
         return
-    options = BuildOptions(force=force, lock_timeout=timeout,
-                           mirror_overrides=parse_mirrors(mirrors), verbose=not quiet)
+    options = BuildOptions(
+        force=force,
+        lock_timeout=timeout,
+        mirror_overrides=parse_mirrors(mirrors),
+        verbose=not quiet,
+    )
     results = []
     for t in templates:
         results.append(build_cache(t, host, options, lambda line: click.echo(line, err=True)))
@@ -92,6 +118,8 @@ def main(force: bool, remove: bool, timeout: float, mirrors: tuple[str, ...], qu
         print_json({"results": [asdict(r) for r in results]})
     else:
         for r in results:
-            click.echo(f"{r.template}: {r.status}" + ("" if r.status == "built" else
-                                                       f": {r.message.splitlines()[0]}"))
+            click.echo(
+                f"{r.template}: {r.status}"
+                + ("" if r.status == "built" else f": {r.message.splitlines()[0]}")
+            )
     sys.exit(exit_code_of(results))

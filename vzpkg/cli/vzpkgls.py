@@ -7,23 +7,32 @@ from typing import Any
 
 import click
 
-from vzpkg.cache.store import CacheStore, CachedInfo
+from vzpkg.cache.store import CachedInfo, CacheStore
 from vzpkg.cli.common import debug_option, edge, host_and_catalog, json_option, print_json, setup
 from vzpkg.metadata.model import Template
 
 
 def describe(t: Template, info: CachedInfo | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "name": t.name, "os": t.distribution.name, "version": t.release.version,
-        "arch": t.arch, "set": t.package_set.name, "family": t.family, "summary": t.summary,
-        "metadata_digest": t.digest, "cached": info is not None, "cache": None,
+        "name": t.name,
+        "os": t.distribution.name,
+        "version": t.release.version,
+        "arch": t.arch,
+        "set": t.package_set.name,
+        "family": t.family,
+        "summary": t.summary,
+        "metadata_digest": t.digest,
+        "cached": info is not None,
+        "cache": None,
     }
     if info is not None:
         m = info.manifest
         entry["cache"] = {
-            "file": str(info.archive), "size": info.size,
+            "file": str(info.archive),
+            "size": info.size,
             "mtime": datetime.datetime.fromtimestamp(info.mtime, datetime.UTC).isoformat(
-                timespec="seconds"),
+                timespec="seconds"
+            ),
             "created": m.created if m else None,
             "sha256": m.archive.sha256 if m else None,
             "packages": len(m.packages) if m else None,

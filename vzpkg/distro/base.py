@@ -50,8 +50,12 @@ class Family(ABC):
         if getattr(cls, "name", None):
             Family.registry[cls.name] = cls
 
-    def __init__(self, template: Template, host: HostConfig,
-                 mirror_overrides: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        template: Template,
+        host: HostConfig,
+        mirror_overrides: Mapping[str, str] | None = None,
+    ) -> None:
         self.template = template
         self.host = host
         self.mirror_overrides = dict(mirror_overrides or {})
@@ -65,8 +69,9 @@ class Family(ABC):
         """One small request per repository: the upstream state this build starts from."""
 
     @abstractmethod
-    def bootstrap(self, root: Path, pkgcache: Path, progress: Progress,
-                  source_date_epoch: int) -> BootstrapResult:
+    def bootstrap(
+        self, root: Path, pkgcache: Path, progress: Progress, source_date_epoch: int
+    ) -> BootstrapResult:
         """Install the template's packages into the empty directory ``root``."""
 
     @abstractmethod
@@ -78,13 +83,16 @@ class Family(ABC):
         """Remove package-manager caches and state that must not be in a cache."""
 
 
-def family_for(template: Template, host: HostConfig,
-               mirror_overrides: Mapping[str, str] | None = None) -> Family:
+def family_for(
+    template: Template, host: HostConfig, mirror_overrides: Mapping[str, str] | None = None
+) -> Family:
     # Import for registration side effects.
     from vzpkg.distro import debian  # noqa: F401
 
     cls = Family.registry.get(template.family)
     if cls is None:
-        raise VzError(f"{template.name}: building {template.family} templates is not supported yet",
-                      ExitCode.FAILURE)
+        raise VzError(
+            f"{template.name}: building {template.family} templates is not supported yet",
+            ExitCode.FAILURE,
+        )
     return cls(template, host, mirror_overrides)

@@ -19,8 +19,15 @@ from vzpkg.pkgmgr import apt
 
 FETCH_TIMEOUT = 30
 _DATE = re.compile(rb"^Date:\s*(.+)$", re.MULTILINE)
-_SIGNATURE_TROUBLE = ("NO_PUBKEY", "not signed", "signatures couldn't be verified",
-                      "is not signed", "EXPKEYSIG", "BADSIG", "The following signatures")
+_SIGNATURE_TROUBLE = (
+    "NO_PUBKEY",
+    "not signed",
+    "signatures couldn't be verified",
+    "is not signed",
+    "EXPKEYSIG",
+    "BADSIG",
+    "The following signatures",
+)
 
 
 def namespace_wrapper() -> list[str]:
@@ -30,8 +37,16 @@ def namespace_wrapper() -> list[str]:
     that dies with its last process, so even kill -9 of vzpkgcache leaves no mount behind, and
     --kill-child takes the whole tree down if the wrapper itself is killed.
     """
-    return ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--kill-child", "--mount-proc"]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+    ]
 
 
 class Debian(Family):
@@ -61,20 +76,25 @@ class Debian(Family):
         if spec.url:
             return spec.url.rstrip("/")
         key = mirror.upper().replace("-", "_") + "_MIRROR"
+        codename = self.template.release.codename or ""
+        wanted = spec.host_suite.format(codename=codename) if spec.host_suite else ""
         raise VzError(
-            f"{self.template.name}: no URL for mirror {mirror!r}: the host's apt sources have no "
-            f"suite {spec.host_suite.format(codename=self.template.release.codename) if spec.host_suite else ''!r}"
-            f" and {key} is not set", ExitCode.CONFIG,
-            hint=f"set {key}=\"http://...\" in the host configuration or pass "
-                 f"--mirror {mirror}=URL")
+            f"{self.template.name}: no URL for mirror {mirror!r}: the host's apt sources have "
+            f"no suite {wanted!r} and {key} is not set",
+            ExitCode.CONFIG,
+            hint=f'set {key}="http://..." in the host configuration or pass --mirror {mirror}=URL',
+        )
 
     def repository_url(self, repo: Repository) -> str:
         assert repo.mirror is not None
         return self.mirror_url(repo.mirror)
 
     def source_lines(self) -> list[str]:
-        return [apt.sources_line(self.repository_url(r), r.suite or "", r.components)
-                for r in self.template.release.repositories if r.enabled]
+        return [
+            apt.sources_line(self.repository_url(r), r.suite or "", r.components)
+            for r in self.template.release.repositories
+            if r.enabled
+        ]
 
     # -- host checks -----------------------------------------------------------------------
 
@@ -84,21 +104,28 @@ class Debian(Family):
         for tool in candidates:
             if run.find_tool(tool):
                 return tool
-        raise VzError(f"{candidates[0]} is needed to build {self.template.name} but is not "
-                      "installed", ExitCode.TOOL_MISSING,
-                      hint=f"apt-get install {' '.join(candidates)}")
+        raise VzError(
+            f"{candidates[0]} is needed to build {self.template.name} but is not installed",
+            ExitCode.TOOL_MISSING,
+            hint=f"apt-get install {' '.join(candidates)}",
+        )
 
     def check_host(self) -> None:
         self.bootstrap_tool()
         run.check_tool("unshare", f"to build {self.template.name}")
         for key in self.template.keys:
             if not key.is_file():
-                pkg = {"debian": "debian-archive-keyring",
-                       "ubuntu": "ubuntu-keyring"}.get(self.template.distribution.name)
-                raise VzError(f"{self.template.name}: signing key {key} does not exist; "
-                              "signatures are always checked", ExitCode.SIGNATURE,
-                              hint=f"apt-get install {pkg}" if pkg and str(key).startswith(
-                                  "/usr/share/keyrings") else "restore the key file")
+                pkg = {"debian": "debian-archive-keyring", "ubuntu": "ubuntu-keyring"}.get(
+                    self.template.distribution.name
+                )
+                raise VzError(
+                    f"{self.template.name}: signing key {key} does not exist; "
+                    "signatures are always checked",
+                    ExitCode.SIGNATURE,
+                    hint=f"apt-get install {pkg}"
+                    if pkg and str(key).startswith("/usr/share/keyrings")
+                    else "restore the key file",
+                )
 
     # -- upstream state --------------------------------------------------------------------
 
@@ -111,11 +138,17 @@ class Debian(Family):
             try:
                 response = requests.get(url, timeout=FETCH_TIMEOUT)
             except requests.RequestException as e:
-                raise VzError(f"{self.template.name}: cannot reach {url}: {e}", ExitCode.UPSTREAM,
-                              hint="check the mirror (--mirror, or the host's apt sources)") from None
+                raise VzError(
+                    f"{self.template.name}: cannot reach {url}: {e}",
+                    ExitCode.UPSTREAM,
+                    hint="check the mirror (--mirror, or the host's apt sources)",
+                ) from None
             if response.status_code != 200:
-                raise VzError(f"{self.template.name}: {url}: HTTP {response.status_code}",
-                              ExitCode.UPSTREAM, hint=f"is suite {repo.suite} on this mirror?")
+                raise VzError(
+                    f"{self.template.name}: {url}: HTTP {response.status_code}",
+                    ExitCode.UPSTREAM,
+                    hint=f"is suite {repo.suite} on this mirror?",
+                )
             body = response.content
             date = None
             epoch = None
@@ -141,8 +174,9 @@ class Debian(Family):
         first = sorted(keydir.iterdir())[0]
         return keydir, first
 
-    def bootstrap(self, root: Path, pkgcache: Path, progress: Progress,
-                  source_date_epoch: int) -> BootstrapResult:
+    def bootstrap(
+        self, root: Path, pkgcache: Path, progress: Progress, source_date_epoch: int
+    ) -> BootstrapResult:
         tool = self.bootstrap_tool()
         arch = DEB_ARCH[self.template.arch]
         release = self.template.release
@@ -154,17 +188,31 @@ class Debian(Family):
             keydir, first_key = self._keyring_dir(Path(tmp))
             if tool == "mmdebstrap":
                 argv = apt.mmdebstrap_argv(
-                    suite=suite, target=root, source_lines=self.source_lines(), arch=arch,
-                    variant=self.template.variant, keyrings=[keydir, first_key],
-                    include=self.template.packages, exclude=self.template.exclude,
-                    aptopts=host_aptopts(), pkgcache=pkgcache)
+                    suite=suite,
+                    target=root,
+                    source_lines=self.source_lines(),
+                    arch=arch,
+                    variant=self.template.variant,
+                    keyrings=[keydir, first_key],
+                    include=self.template.packages,
+                    exclude=self.template.exclude,
+                    aptopts=host_aptopts(),
+                    pkgcache=pkgcache,
+                )
             else:
                 first = release.repositories[0]
                 argv = apt.debootstrap_argv(
-                    suite=suite, target=root, mirror=self.repository_url(first),
-                    components=first.components, arch=arch, variant=self.template.variant,
-                    keyring=first_key, include=self.template.packages,
-                    exclude=self.template.exclude, pkgcache=pkgcache)
+                    suite=suite,
+                    target=root,
+                    mirror=self.repository_url(first),
+                    components=first.components,
+                    arch=arch,
+                    variant=self.template.variant,
+                    keyring=first_key,
+                    include=self.template.packages,
+                    exclude=self.template.exclude,
+                    pkgcache=pkgcache,
+                )
             lines: list[str] = []
 
             def on_line(line: str) -> None:
@@ -172,19 +220,27 @@ class Debian(Family):
                 progress(f"{tool}: {line}")
 
             try:
-                run.run_streaming([*namespace_wrapper(), *argv], on_line=on_line, env=env,
-                                  error_code=ExitCode.BOOTSTRAP)
+                run.run_streaming(
+                    [*namespace_wrapper(), *argv],
+                    on_line=on_line,
+                    env=env,
+                    error_code=ExitCode.BOOTSTRAP,
+                )
             except VzError as e:
                 if any(s in line for line in lines for s in _SIGNATURE_TROUBLE):
-                    raise VzError(f"{self.template.name}: repository signature check failed "
-                                  f"with the template's keys\n{e.message}", ExitCode.SIGNATURE,
-                                  hint="the keys in metadata do not sign this mirror's "
-                                       "Release files; fix the metadata's keys") from None
+                    raise VzError(
+                        f"{self.template.name}: repository signature check failed "
+                        f"with the template's keys\n{e.message}",
+                        ExitCode.SIGNATURE,
+                        hint="the keys in metadata do not sign this mirror's "
+                        "Release files; fix the metadata's keys",
+                    ) from None
                 raise VzError(f"{self.template.name}: {e.message}", e.code, e.hint) from None
         if tool == "debootstrap":
             # debootstrap knows one suite; the root's apt must know all of them.
-            fsutil.write_file_beneath(root, "etc/apt/sources.list",
-                                      ("\n".join(self.source_lines()) + "\n").encode())
+            fsutil.write_file_beneath(
+                root, "etc/apt/sources.list", ("\n".join(self.source_lines()) + "\n").encode()
+            )
         version = run.run([tool, "--version"], stdout=-1, check=False).stdout
         text = version.decode(errors="replace").strip().splitlines()
         return BootstrapResult(tool, text[0] if text else "unknown")
@@ -192,8 +248,9 @@ class Debian(Family):
     def installed_packages(self, root: Path) -> list[InstalledPackage]:
         status = root / "var/lib/dpkg/status"
         if status.is_symlink() or not status.is_file():
-            raise VzError(f"{self.template.name}: the new root has no dpkg status file",
-                          ExitCode.BOOTSTRAP)
+            raise VzError(
+                f"{self.template.name}: the new root has no dpkg status file", ExitCode.BOOTSTRAP
+            )
         return [InstalledPackage(*p) for p in apt.read_dpkg_status(status)]
 
     def clean(self, root: Path) -> None:
@@ -201,8 +258,12 @@ class Debian(Family):
         fsutil.empty_dir_beneath(root, "var/cache/apt/archives", keep=("partial", "lock"))
         fsutil.glob_remove_beneath(root, "var/cache/apt", "pkgcache.bin")
         fsutil.glob_remove_beneath(root, "var/cache/apt", "srcpkgcache.bin")
-        for log in ("var/log/dpkg.log", "var/log/alternatives.log", "var/log/bootstrap.log",
-                    "var/log/apt"):
+        for log in (
+            "var/log/dpkg.log",
+            "var/log/alternatives.log",
+            "var/log/bootstrap.log",
+            "var/log/apt",
+        ):
             fsutil.remove_beneath(root, log)
 
 
@@ -214,8 +275,12 @@ def host_aptopts() -> list[str]:
         dump = run.run(["apt-config", "dump"], stdout=-1, check=False).stdout.decode()
     except VzError:
         return []
-    for key in ("Acquire::Check-Valid-Until", "Acquire::Check-Date", "Acquire::http::Proxy",
-                "Acquire::https::Proxy"):
+    for key in (
+        "Acquire::Check-Valid-Until",
+        "Acquire::Check-Date",
+        "Acquire::http::Proxy",
+        "Acquire::https::Proxy",
+    ):
         if m := re.search(rf'^{re.escape(key)} "([^"]*)";$', dump, re.MULTILINE):
             opts.append(f'{key} "{m.group(1)}"')
     return opts

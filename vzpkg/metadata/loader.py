@@ -39,14 +39,54 @@ SET_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-DIST_KEYS = {"summary", "description", "family", "package_manager", "bootstrap", "arches",
-             "default_set", "keys", "environment", "hooks", "mirrors"}
-RELEASE_KEYS = {"version", "codename", "summary", "keys", "arches", "releasever",
-                "repositories", "sets", "environment", "hooks"}
-SET_KEYS = {"summary", "description", "packages", "exclude", "base", "variant", "releases",
-            "environment", "hooks"}
-REPO_KEYS = {"id", "mirror", "suite", "components", "baseurl", "metalink", "mirrorlist",
-             "gpgkeys", "repo_gpgcheck", "enabled"}
+DIST_KEYS = {
+    "summary",
+    "description",
+    "family",
+    "package_manager",
+    "bootstrap",
+    "arches",
+    "default_set",
+    "keys",
+    "environment",
+    "hooks",
+    "mirrors",
+}
+RELEASE_KEYS = {
+    "version",
+    "codename",
+    "summary",
+    "keys",
+    "arches",
+    "releasever",
+    "repositories",
+    "sets",
+    "environment",
+    "hooks",
+}
+SET_KEYS = {
+    "summary",
+    "description",
+    "packages",
+    "exclude",
+    "base",
+    "variant",
+    "releases",
+    "environment",
+    "hooks",
+}
+REPO_KEYS = {
+    "id",
+    "mirror",
+    "suite",
+    "components",
+    "baseurl",
+    "metalink",
+    "mirrorlist",
+    "gpgkeys",
+    "repo_gpgcheck",
+    "enabled",
+}
 MIRROR_KEYS = {"url", "host_suite"}
 
 
@@ -65,9 +105,11 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             count = len(self.items)
-            raise VzError(f"template metadata is invalid ({count} problem"
-                          f"{'s' if count > 1 else ''}):\n  " + "\n  ".join(self.items),
-                          ExitCode.METADATA_INVALID)
+            raise VzError(
+                f"template metadata is invalid ({count} problem"
+                f"{'s' if count > 1 else ''}):\n  " + "\n  ".join(self.items),
+                ExitCode.METADATA_INVALID,
+            )
 
 
 class _Table:
@@ -86,8 +128,14 @@ class _Table:
                 near = ", ".join(sorted(allowed))
                 self.problems.add(self.path, self.key(name), f"unknown key (known: {near})")
 
-    def string(self, name: str, default: str | None = None, *, required: bool = False,
-            pattern: re.Pattern[str] | None = None) -> str | None:
+    def string(
+        self,
+        name: str,
+        default: str | None = None,
+        *,
+        required: bool = False,
+        pattern: re.Pattern[str] | None = None,
+    ) -> str | None:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -137,8 +185,10 @@ class _Table:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             self.problems.add(self.path, self.key(name), "must be an array of tables ([[...]])")
             return []
-        return [_Table(v, self.path, self.problems, f"{self.prefix}{name}[{i}].")
-                for i, v in enumerate(value)]
+        return [
+            _Table(v, self.path, self.problems, f"{self.prefix}{name}[{i}].")
+            for i, v in enumerate(value)
+        ]
 
     def files(self, name: str) -> tuple[Path, ...]:
         """Paths relative to the file's directory (absolute paths are host files)."""
@@ -157,7 +207,7 @@ class _Table:
         result = {}
         for key, value in env.data.items():
             if not ENV_RE.match(key) or not isinstance(value, str):
-                self.problems.add(self.path, env.key(key), "must be NAME = \"string\"")
+                self.problems.add(self.path, env.key(key), 'must be NAME = "string"')
             else:
                 result[key] = value
         return result
@@ -167,15 +217,18 @@ class _Table:
         if table is None:
             return Hooks()
         table.check_keys(HOOK_NAMES)
-        return Hooks(table.files("pre-cache"), table.files("post-install"),
-                     table.files("post-cache"))
+        return Hooks(
+            table.files("pre-cache"), table.files("post-install"), table.files("post-cache")
+        )
 
     def arches(self, name: str) -> tuple[str, ...]:
         result = []
+        known = ", ".join(sorted(set(ARCH_ALIASES.values())))
         for arch in self.strs(name):
             if arch not in ARCH_ALIASES:
-                self.problems.add(self.path, self.key(name),
-                                  f"unknown arch {arch!r} (known: {', '.join(sorted(set(ARCH_ALIASES.values())))})")
+                self.problems.add(
+                    self.path, self.key(name), f"unknown arch {arch!r} (known: {known})"
+                )
             else:
                 result.append(ARCH_ALIASES[arch])
         return tuple(result)
@@ -200,15 +253,20 @@ def _load_distribution(directory: Path, problems: Problems) -> Distribution | No
     t.check_keys(DIST_KEYS)
     name = directory.name
     if not NAME_RE.match(name):
-        problems.add(directory, None, "distribution directory names are lowercase letters and digits")
+        problems.add(
+            directory, None, "distribution directory names are lowercase letters and digits"
+        )
     family = t.string("family", "deb", required=True) or "deb"
     if family not in FAMILIES:
         problems.add(path, "family", f"must be one of {', '.join(FAMILIES)}")
         family = "deb"
     pm = t.string("package_manager", PACKAGE_MANAGERS[family][0]) or PACKAGE_MANAGERS[family][0]
     if pm not in PACKAGE_MANAGERS[family]:
-        problems.add(path, "package_manager",
-                     f"{pm!r} does not drive the {family} family (use {PACKAGE_MANAGERS[family][0]})")
+        problems.add(
+            path,
+            "package_manager",
+            f"{pm!r} does not drive the {family} family (use {PACKAGE_MANAGERS[family][0]})",
+        )
     arches = t.arches("arches")
     if "arches" not in t.data:
         problems.add(path, "arches", "missing")
@@ -217,8 +275,12 @@ def _load_distribution(directory: Path, problems: Problems) -> Distribution | No
     bootstrap = t.strs("bootstrap") or BOOTSTRAP_TOOLS[family]
     for tool in bootstrap:
         if tool not in BOOTSTRAP_TOOLS[family]:
-            problems.add(path, "bootstrap", f"{tool!r} cannot bootstrap the {family} family "
-                         f"(known: {', '.join(BOOTSTRAP_TOOLS[family])})")
+            problems.add(
+                path,
+                "bootstrap",
+                f"{tool!r} cannot bootstrap the {family} family "
+                f"(known: {', '.join(BOOTSTRAP_TOOLS[family])})",
+            )
     mirrors: dict[str, Mirror] = {}
     mirror_table = t.table("mirrors")
     if mirror_table is not None:
@@ -261,20 +323,32 @@ def _load_release(path: Path, dist: Distribution, problems: Problems) -> Release
         r.check_keys(REPO_KEYS)
         repo = Repository(
             id=r.string("id", required=True, pattern=ID_RE) or "?",
-            mirror=r.string("mirror"), suite=r.string("suite"), components=r.strs("components"),
-            baseurl=r.string("baseurl"), metalink=r.string("metalink"), mirrorlist=r.string("mirrorlist"),
-            gpgkeys=r.files("gpgkeys"), repo_gpgcheck=r.boolean("repo_gpgcheck", False),
-            enabled=r.boolean("enabled", True))
+            mirror=r.string("mirror"),
+            suite=r.string("suite"),
+            components=r.strs("components"),
+            baseurl=r.string("baseurl"),
+            metalink=r.string("metalink"),
+            mirrorlist=r.string("mirrorlist"),
+            gpgkeys=r.files("gpgkeys"),
+            repo_gpgcheck=r.boolean("repo_gpgcheck", False),
+            enabled=r.boolean("enabled", True),
+        )
         if dist.family == "deb":
             if repo.suite is None:
                 problems.add(path, r.key("suite"), "missing (deb repositories name a suite)")
             if not repo.components:
                 problems.add(path, r.key("components"), "missing")
             if repo.mirror is None or repo.mirror not in dist.mirrors:
-                problems.add(path, r.key("mirror"), f"must name a mirror of {dist.path} "
-                             f"({', '.join(sorted(dist.mirrors)) or 'none defined'})")
+                problems.add(
+                    path,
+                    r.key("mirror"),
+                    f"must name a mirror of {dist.path} "
+                    f"({', '.join(sorted(dist.mirrors)) or 'none defined'})",
+                )
         elif not (repo.baseurl or repo.metalink or repo.mirrorlist):
-            problems.add(path, r.key("baseurl"), "rpm repositories need baseurl, metalink or mirrorlist")
+            problems.add(
+                path, r.key("baseurl"), "rpm repositories need baseurl, metalink or mirrorlist"
+            )
         repos.append(repo)
     if not repos:
         problems.add(path, "repositories", "missing (at least one [[repositories]])")
@@ -350,15 +424,22 @@ class Catalog:
             raise VzError(f"unknown template {name!r}", ExitCode.TEMPLATE_NOT_FOUND) from None
 
 
-def _resolve_packages(dist: Distribution, release: Release, pset: PackageSet,
-                      sets: Mapping[str, PackageSet], problems: Problems
-                      ) -> tuple[tuple[str, ...], tuple[str, ...], Hooks, dict[str, str], str]:
+def _resolve_packages(
+    dist: Distribution,
+    release: Release,
+    pset: PackageSet,
+    sets: Mapping[str, PackageSet],
+    problems: Problems,
+) -> tuple[tuple[str, ...], tuple[str, ...], Hooks, dict[str, str], str]:
     chain: list[PackageSet] = []
     current: PackageSet | None = pset
     while current is not None:
         if current in chain:
-            problems.add(pset.path, "base", "base sets form a cycle: "
-                         + " -> ".join(s.name for s in [*chain, current]))
+            problems.add(
+                pset.path,
+                "base",
+                "base sets form a cycle: " + " -> ".join(s.name for s in [*chain, current]),
+            )
             break
         chain.append(current)
         if current.base is None:
@@ -387,8 +468,11 @@ def load_catalog(root: Path) -> Catalog:
     """Load every distribution under ``root``; raise VzError listing all problems."""
     problems = Problems()
     if not root.is_dir():
-        raise VzError(f"metadata directory {root} does not exist", ExitCode.CONFIG,
-                      hint="set METADATA_DIR in the host configuration (docs/configuration.md)")
+        raise VzError(
+            f"metadata directory {root} does not exist",
+            ExitCode.CONFIG,
+            hint="set METADATA_DIR in the host configuration (docs/configuration.md)",
+        )
     distributions: dict[str, Distribution] = {}
     releases: dict[str, tuple[Release, ...]] = {}
     all_sets: dict[str, dict[str, PackageSet]] = {}
@@ -401,15 +485,21 @@ def load_catalog(root: Path) -> Catalog:
         if dist is None:
             continue
         distributions[dist.name] = dist
-        rels = [r for p in sorted((directory / "releases").glob("*.toml"))
-                if (r := _load_release(p, dist, problems)) is not None]
+        rels = [
+            r
+            for p in sorted((directory / "releases").glob("*.toml"))
+            if (r := _load_release(p, dist, problems)) is not None
+        ]
         versions = [r.version for r in rels]
         for dup in sorted({v for v in versions if versions.count(v) > 1}):
             problems.add(directory / "releases", "version", f"{dup!r} is defined more than once")
         if not rels:
             problems.add(directory / "releases", None, "no release files")
-        sets = {s.name: s for p in sorted((directory / "sets").glob("*.toml"))
-                if (s := _load_set(p, problems)) is not None}
+        sets = {
+            s.name: s
+            for p in sorted((directory / "sets").glob("*.toml"))
+            if (s := _load_set(p, problems)) is not None
+        }
         if not sets:
             problems.add(directory / "sets", None, "no package set files")
         elif dist.default_set not in sets:
@@ -432,17 +522,26 @@ def load_catalog(root: Path) -> Catalog:
                 if pset.releases and rel.version not in pset.releases:
                     continue
                 packages, exclude, hooks, env, variant = _resolve_packages(
-                    dist, rel, pset, sets, problems)
+                    dist, rel, pset, sets, problems
+                )
                 for arch in rel.arches or dist.arches:
                     name = f"{dist.name}-{rel.version}-{arch}-{pset.name}"
                     if name in templates:
                         problems.add(rel.path, None, f"template name {name} is defined twice")
                         continue
                     template = Template(
-                        name=name, distribution=dist, release=rel, package_set=pset, arch=arch,
-                        packages=packages, exclude=exclude, keys=rel.keys or dist.keys,
+                        name=name,
+                        distribution=dist,
+                        release=rel,
+                        package_set=pset,
+                        arch=arch,
+                        packages=packages,
+                        exclude=exclude,
+                        keys=rel.keys or dist.keys,
                         environment={**dist.environment, **rel.environment, **env},
-                        hooks=dist.hooks + rel.hooks + hooks, variant=variant)
+                        hooks=dist.hooks + rel.hooks + hooks,
+                        variant=variant,
+                    )
                     templates[name] = replace(template, digest=template_digest(template))
     problems.raise_if_any()
     return Catalog(root, distributions, releases, all_sets, templates)

@@ -11,15 +11,27 @@ from typing import Any
 
 # Canonical arch names (OpenVZ's) and the aliases users type.
 ARCH_ALIASES: Mapping[str, str] = {
-    "x86_64": "x86_64", "amd64": "x86_64", "x86-64": "x86_64",
-    "aarch64": "aarch64", "arm64": "aarch64",
-    "i386": "i386", "i686": "i386", "x86": "i386",
-    "ppc64le": "ppc64le", "ppc64el": "ppc64le",
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "x86-64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "i386": "i386",
+    "i686": "i386",
+    "x86": "i386",
+    "ppc64le": "ppc64le",
+    "ppc64el": "ppc64le",
     "s390x": "s390x",
     "riscv64": "riscv64",
 }
-DEB_ARCH: Mapping[str, str] = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386",
-                               "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64"}
+DEB_ARCH: Mapping[str, str] = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "i386": "i386",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
 FAMILIES = ("deb", "rpm")
 PACKAGE_MANAGERS = {"deb": ("apt",), "rpm": ("dnf",)}
 BOOTSTRAP_TOOLS = {"deb": ("mmdebstrap", "debootstrap"), "rpm": ("dnf",)}
@@ -56,8 +68,11 @@ class Hooks:
     post_cache: tuple[Path, ...] = ()
 
     def __add__(self, other: Hooks) -> Hooks:
-        return Hooks(self.pre_cache + other.pre_cache, self.post_install + other.post_install,
-                     self.post_cache + other.post_cache)
+        return Hooks(
+            self.pre_cache + other.pre_cache,
+            self.post_install + other.post_install,
+            self.post_cache + other.post_cache,
+        )
 
     def files(self) -> tuple[Path, ...]:
         return self.pre_cache + self.post_install + self.post_cache
@@ -151,25 +166,38 @@ class Template:
             "codename": self.release.codename,
             "releasever": self.release.releasever or self.release.version,
             "repositories": [_repo_data(r) for r in self.release.repositories],
-            "mirrors": {n: [m.url, m.host_suite]
-                        for n, m in sorted(self.distribution.mirrors.items())},
+            "mirrors": {
+                n: [m.url, m.host_suite] for n, m in sorted(self.distribution.mirrors.items())
+            },
             "packages": list(self.packages),
             "exclude": list(self.exclude),
             "variant": self.variant,
             "environment": dict(sorted(self.environment.items())),
             "keys": [str(k) for k in self.keys],
-            "hooks": {name: [str(p) for p in paths] for name, paths in (
-                ("pre-cache", self.hooks.pre_cache), ("post-install", self.hooks.post_install),
-                ("post-cache", self.hooks.post_cache))},
+            "hooks": {
+                name: [str(p) for p in paths]
+                for name, paths in (
+                    ("pre-cache", self.hooks.pre_cache),
+                    ("post-install", self.hooks.post_install),
+                    ("post-cache", self.hooks.post_cache),
+                )
+            },
         }
 
 
 def _repo_data(repo: Repository) -> dict[str, Any]:
-    return {"id": repo.id, "mirror": repo.mirror, "suite": repo.suite,
-            "components": list(repo.components), "baseurl": repo.baseurl,
-            "metalink": repo.metalink, "mirrorlist": repo.mirrorlist,
-            "gpgkeys": [str(k) for k in repo.gpgkeys], "repo_gpgcheck": repo.repo_gpgcheck,
-            "enabled": repo.enabled}
+    return {
+        "id": repo.id,
+        "mirror": repo.mirror,
+        "suite": repo.suite,
+        "components": list(repo.components),
+        "baseurl": repo.baseurl,
+        "metalink": repo.metalink,
+        "mirrorlist": repo.mirrorlist,
+        "gpgkeys": [str(k) for k in repo.gpgkeys],
+        "repo_gpgcheck": repo.repo_gpgcheck,
+        "enabled": repo.enabled,
+    }
 
 
 def template_digest(template: Template) -> str:

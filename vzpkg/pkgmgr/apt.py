@@ -39,12 +39,16 @@ def parse_one_line_sources(text: str, origin: str) -> list[AptSource]:
     return sources
 
 
+# What apt's StringToBool reads as false ("Enabled: false" disables a stanza as "no" does).
+_APT_FALSE = frozenset({"no", "false", "without", "off", "disable"})
+
+
 def parse_deb822_sources(text: str, origin: str) -> list[AptSource]:
     sources = []
     for stanza in Deb822.iter_paragraphs(text.splitlines()):
         if "deb" not in stanza.get("Types", "").split():
             continue
-        if stanza.get("Enabled", "yes").strip().lower() == "no":
+        if stanza.get("Enabled", "yes").strip().lower() in _APT_FALSE:
             continue
         components = tuple(stanza.get("Components", "").split())
         for uri in stanza.get("URIs", "").split():
@@ -101,8 +105,13 @@ def mmdebstrap_argv(
     whole run, so .debs downloaded once are reused by the next build; it is unmounted before
     mmdebstrap's own cleanup so the cache is never emptied.
     """
-    argv = ["mmdebstrap", "--mode=root", "--format=directory", f"--variant={variant}",
-            f"--architectures={arch}"]
+    argv = [
+        "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        f"--variant={variant}",
+        f"--architectures={arch}",
+    ]
     argv += [f"--keyring={k}" for k in keyrings]
     # Apt's "pkg-" syntax removes (or keeps out) a package from the same transaction.
     wanted = list(include) + [f"{p}-" for p in exclude]
@@ -135,8 +144,14 @@ def debootstrap_argv(
     exclude: Sequence[str] = (),
     pkgcache: Path | None = None,
 ) -> list[str]:
-    argv = ["debootstrap", f"--variant={variant}", f"--arch={arch}", f"--keyring={keyring}",
-            "--force-check-gpg", "--merged-usr"]
+    argv = [
+        "debootstrap",
+        f"--variant={variant}",
+        f"--arch={arch}",
+        f"--keyring={keyring}",
+        "--force-check-gpg",
+        "--merged-usr",
+    ]
     if components:
         argv.append("--components=" + ",".join(components))
     if include:

@@ -1,5 +1,5 @@
 # Inside the new root: Debian's files are at /, and this shell is the root's own.
 test -f /etc/debian_version
-test -z "${VZPKG_ROOT:-}"
-echo "$VZPKG_TEMPLATE $VZPKG_HOOK" > /etc/vzpkg-post-install
+test -z "${VZ_ROOT:-}"
+echo "$VZ_TEMPLATE $VZ_HOOK" > /etc/vzpkg-post-install
 ps -o pid= -p 1 >/dev/null  # /proc is the new PID namespace's

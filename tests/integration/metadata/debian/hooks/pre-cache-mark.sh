@@ -1,4 +1,4 @@
 # On the host, before the bootstrap: the new root is empty.
-test -d "$VZPKG_ROOT"
-test -z "$(ls -A "$VZPKG_ROOT")"
-echo "$VZPKG_TEMPLATE" > "$VZPKG_ROOT/../pre-cache-ran"
+test -d "$VZ_ROOT"
+test -z "$(ls -A "$VZ_ROOT")"
+echo "$VZ_TEMPLATE" > "$VZ_ROOT/../pre-cache-ran"
