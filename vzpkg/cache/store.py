@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
 from vzpkg.errors import ExitCode, VzError
 
 TMP_PREFIX = ".tmp-"
+RMTREE_PATIENCE = 10.0  # seconds
 _MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
@@ -64,7 +66,16 @@ def remove_tree_safely(path: Path) -> None:
             ExitCode.SYSTEM,
             hint=f"umount them by hand: grep {path} /proc/mounts",
         )
-    shutil.rmtree(path, ignore_errors=True)
+    # Processes of an interrupted bootstrap are SIGKILLed with their PID namespace, which the
+    # kernel finishes asynchronously: one may still create a file while we delete. Retry.
+    deadline = time.monotonic() + RMTREE_PATIENCE
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        if time.monotonic() > deadline:
+            raise VzError(f"cannot remove {path}", ExitCode.SYSTEM, hint=f"rm -rf {path}")
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)
