@@ -323,3 +323,26 @@ def test_remove_needs_names_and_removes_old_too(vzhost: VzHost) -> None:
     listed = vzhost.run("vzpkgls", "-c")
     assert "debian-12-x86_64-hooked" not in listed.stdout.split()
     assert MINIMAL in listed.stdout.split()
+
+
+def test_debootstrap_is_selectable(vzhost: VzHost, tmp_path: Path) -> None:
+    env = {
+        **vzhost.env,
+        "VZPKG_BOOTSTRAP_TOOL": "debootstrap",
+        "VZPKG_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    result = subprocess.run(
+        [str(BIN / "vzpkgcache"), "-q", MINIMAL],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = (tmp_path / "cache" / f"{MINIMAL}.json").read_text()
+    assert '"tool": "debootstrap"' in manifest
+    entries = members(tmp_path / "cache" / f"{MINIMAL}.tar.zst")
+    assert "SCHILY.xattr.security.capability" in entries["./usr/bin/ping"].pax_headers
+    # debootstrap knows one suite; the root's sources name every repository of the template.
+    sources = read_member(tmp_path / "cache" / f"{MINIMAL}.tar.zst", "./etc/apt/sources.list")
+    assert b"bookworm-security" in sources and b"bookworm-updates" in sources
