@@ -52,6 +52,10 @@ KNOWN_KEYS = frozenset(
         "BUILD_DIR",
         "BOOTSTRAP_TOOL",
         "ZSTD_LEVEL",
+        "CONF_DIR",
+        "TREES_DIR",
+        "RUN_DIR",
+        "STOP_TIMEOUT",
     }
 )
 _MIRROR_KEY = re.compile(r"^[A-Z0-9_]+_MIRROR$")
@@ -157,6 +161,13 @@ def format_kv(values: Mapping[str, str]) -> str:
     return "".join(f'{key}="{value}"\n' for key, value in values.items())
 
 
+def _int_value(values: Mapping[str, str], key: str, default: int, source: str) -> int:
+    try:
+        return int(values.get(key, default))
+    except ValueError:
+        raise VzError(f"{source}: {key} must be a number", ExitCode.CONFIG) from None
+
+
 @dataclass(frozen=True)
 class HostConfig:
     template_dir: Path
@@ -167,6 +178,10 @@ class HostConfig:
     build_dir: Path | None  # where new roots are bootstrapped; None: /dev/shm when roomy
     ve_root: str  # may contain $VEID, expanded per CT
     ve_private: str
+    conf_dir: Path = Path("/etc/vz/conf")  # CTID.conf files and samples
+    trees_dir: Path = Path("/vz/template/trees")  # overlay layout: shared template trees
+    run_dir: Path = Path("/run/vzpkg")  # runtime state: runc root, OCI bundles
+    stop_timeout: int = 60
     bootstrap_tool: str | None = None  # force mmdebstrap / debootstrap
     zstd_level: int = 3
     mirrors: Mapping[str, str] = field(default_factory=dict)  # DEBIAN_MIRROR -> "debian": url
@@ -250,6 +265,10 @@ def host_config_from(values: Mapping[str, str], source: str) -> HostConfig:
         build_dir=Path(values["BUILD_DIR"]) if values.get("BUILD_DIR") else None,
         ve_root=values.get("VE_ROOT", "/vz/root/$VEID"),
         ve_private=values.get("VE_PRIVATE", "/vz/private/$VEID"),
+        conf_dir=Path(values.get("CONF_DIR", "/etc/vz/conf")),
+        trees_dir=Path(values.get("TREES_DIR", str(template / "trees"))),
+        run_dir=Path(values.get("RUN_DIR", "/run/vzpkg")),
+        stop_timeout=_int_value(values, "STOP_TIMEOUT", 60, source),
         bootstrap_tool=tool,
         zstd_level=level,
         mirrors=mirrors,
