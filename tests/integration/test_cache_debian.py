@@ -200,6 +200,7 @@ def test_signature_check_fails_closed_with_a_foreign_key(vzhost: VzHost, tmp_pat
             ["gpg", "--armor", "--export"], env=env, check=True, capture_output=True
         ).stdout
     )
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)  # no agent left behind
     dist = metadata / "debian" / "distribution.toml"
     dist.write_text(
         dist.read_text().replace(

@@ -14,8 +14,8 @@ import base64
 import hashlib
 import os
 import re
-import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -250,11 +250,23 @@ def gpg(home: Path, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
-@pytest.mark.parametrize("name", sorted(OFFICIAL))
-def test_key_fingerprint_gpg(catalog: Catalog, name: str, tmp_path: Path) -> None:
+@pytest.fixture
+def gnupg_home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
+    yield home
+    # gpg may have started an agent for this home: never leave one behind.
+    subprocess.run(
+        ["gpgconf", "--kill", "all"],
+        env={**os.environ, "GNUPGHOME": str(home)},
+        check=False,
+        capture_output=True,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_key_fingerprint_gpg(catalog: Catalog, name: str, gnupg_home: Path) -> None:
+    home = gnupg_home
     path = referenced_keys(catalog)[name]
     records = [line.split(":") for line in gpg(home, "--show-keys", str(path)).splitlines()]
     assert [r[0] for r in records].count("pub") == 1, "exactly one primary key"

@@ -20,8 +20,7 @@ from vzpkg.cache.archive import pack_tree, validate_archive
 from vzpkg.cache.freshness import staleness
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore, remove_tree_safely
-from vzpkg.distro.base import Family, Fingerprint, family_for
-from vzpkg.distro.debian import namespace_wrapper
+from vzpkg.distro.base import Family, Fingerprint, family_for, namespace_wrapper
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import Template

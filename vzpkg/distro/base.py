@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import requests
+
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import Template
+from vzpkg.pkgmgr import apt
 
 Progress = Callable[[str], None]
+FETCH_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,25 @@ class BootstrapResult:
     tool_version: str
 
 
+def namespace_wrapper() -> list[str]:
+    """Run a bootstrap in private mount and PID namespaces.
+
+    Every mount the tool makes (proc, sys, dev binds, the package cache) lives in a namespace
+    that dies with its last process, so even kill -9 of vzpkgcache leaves no mount behind, and
+    --kill-child takes the whole tree down if the wrapper itself is killed.
+    """
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+    ]
+
+
 class Family(ABC):
     """A distribution family: what to fetch, how to bootstrap, how to read what got installed."""
 
@@ -59,6 +82,55 @@ class Family(ABC):
         self.template = template
         self.host = host
         self.mirror_overrides = dict(mirror_overrides or {})
+
+    def codenames(self) -> tuple[str, ...]:
+        return self.template.distribution.codenames or (self.template.release.codename or "",)
+
+    def mirror_url(self, mirror: str) -> str:
+        """Resolve a mirror name: command line, host config, host apt sources, metadata."""
+        dist = self.template.distribution
+        first = self.template.release.repositories[0].mirror
+        for key in (mirror, "" if mirror == first else None):
+            if key is not None and key in self.mirror_overrides:
+                return self.mirror_overrides[key].rstrip("/")
+        configured = self.host.mirror(mirror)
+        if configured:
+            return configured.rstrip("/")
+        spec = dist.mirrors[mirror]
+        if spec.host_suite:
+            suites = [spec.host_suite.format(codename=c) for c in self.codenames()]
+            found = apt.find_host_mirror(apt.host_apt_sources(), suites)
+            if found:
+                return found
+        if spec.url:
+            return spec.url.rstrip("/")
+        key = mirror.upper().replace("-", "_") + "_MIRROR"
+        codename = self.template.release.codename or ""
+        wanted = spec.host_suite.format(codename=codename) if spec.host_suite else ""
+        raise VzError(
+            f"{self.template.name}: no URL for mirror {mirror!r}: the host's apt sources have "
+            f"no suite {wanted!r} and {key} is not set",
+            ExitCode.CONFIG,
+            hint=f'set {key}="http://..." in the host configuration or pass --mirror {mirror}=URL',
+        )
+
+    def fetch(self, url: str) -> bytes:
+        """One small upstream request (InRelease, repomd.xml, a metalink)."""
+        try:
+            response = requests.get(url, timeout=FETCH_TIMEOUT)
+        except requests.RequestException as e:
+            raise VzError(
+                f"{self.template.name}: cannot reach {url}: {e}",
+                ExitCode.UPSTREAM,
+                hint="check the mirror (--mirror, the host configuration or apt sources)",
+            ) from None
+        if response.status_code != 200:
+            raise VzError(
+                f"{self.template.name}: {url}: HTTP {response.status_code}",
+                ExitCode.UPSTREAM,
+                hint="is this repository on the mirror?",
+            )
+        return response.content
 
     @abstractmethod
     def check_host(self) -> None:
@@ -87,7 +159,7 @@ def family_for(
     template: Template, host: HostConfig, mirror_overrides: Mapping[str, str] | None = None
 ) -> Family:
     # Import for registration side effects.
-    from vzpkg.distro import debian  # noqa: F401
+    from vzpkg.distro import debian, rpm  # noqa: F401
 
     cls = Family.registry.get(template.family)
     if cls is None:

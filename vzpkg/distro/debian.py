@@ -9,15 +9,19 @@ import re
 import tempfile
 from pathlib import Path
 
-import requests
-
 from vzpkg import fsutil, run
-from vzpkg.distro.base import BootstrapResult, Family, Fingerprint, InstalledPackage, Progress
+from vzpkg.distro.base import (
+    BootstrapResult,
+    Family,
+    Fingerprint,
+    InstalledPackage,
+    Progress,
+    namespace_wrapper,
+)
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.model import DEB_ARCH, Repository
 from vzpkg.pkgmgr import apt
 
-FETCH_TIMEOUT = 30
 _DATE = re.compile(rb"^Date:\s*(.+)$", re.MULTILINE)
 _SIGNATURE_TROUBLE = (
     "NO_PUBKEY",
@@ -30,60 +34,10 @@ _SIGNATURE_TROUBLE = (
 )
 
 
-def namespace_wrapper() -> list[str]:
-    """Run a bootstrap in private mount and PID namespaces.
-
-    Every mount the tool makes (proc, sys, dev binds, the package cache) lives in a namespace
-    that dies with its last process, so even kill -9 of vzpkgcache leaves no mount behind, and
-    --kill-child takes the whole tree down if the wrapper itself is killed.
-    """
-    return [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount-proc",
-    ]
-
-
 class Debian(Family):
     name = "deb"
 
     # -- where things come from -------------------------------------------------------------
-
-    def codenames(self) -> tuple[str, ...]:
-        return self.template.distribution.codenames or (self.template.release.codename or "",)
-
-    def mirror_url(self, mirror: str) -> str:
-        """Resolve a mirror name: command line, host config, host apt sources, metadata."""
-        dist = self.template.distribution
-        first = self.template.release.repositories[0].mirror
-        for key in (mirror, "" if mirror == first else None):
-            if key is not None and key in self.mirror_overrides:
-                return self.mirror_overrides[key].rstrip("/")
-        configured = self.host.mirror(mirror)
-        if configured:
-            return configured.rstrip("/")
-        spec = dist.mirrors[mirror]
-        if spec.host_suite:
-            suites = [spec.host_suite.format(codename=c) for c in self.codenames()]
-            found = apt.find_host_mirror(apt.host_apt_sources(), suites)
-            if found:
-                return found
-        if spec.url:
-            return spec.url.rstrip("/")
-        key = mirror.upper().replace("-", "_") + "_MIRROR"
-        codename = self.template.release.codename or ""
-        wanted = spec.host_suite.format(codename=codename) if spec.host_suite else ""
-        raise VzError(
-            f"{self.template.name}: no URL for mirror {mirror!r}: the host's apt sources have "
-            f"no suite {wanted!r} and {key} is not set",
-            ExitCode.CONFIG,
-            hint=f'set {key}="http://..." in the host configuration or pass --mirror {mirror}=URL',
-        )
 
     def repository_url(self, repo: Repository) -> str:
         assert repo.mirror is not None
@@ -135,21 +89,7 @@ class Debian(Family):
             if not repo.enabled:
                 continue
             url = f"{self.repository_url(repo)}/dists/{repo.suite}/InRelease"
-            try:
-                response = requests.get(url, timeout=FETCH_TIMEOUT)
-            except requests.RequestException as e:
-                raise VzError(
-                    f"{self.template.name}: cannot reach {url}: {e}",
-                    ExitCode.UPSTREAM,
-                    hint="check the mirror (--mirror, or the host's apt sources)",
-                ) from None
-            if response.status_code != 200:
-                raise VzError(
-                    f"{self.template.name}: {url}: HTTP {response.status_code}",
-                    ExitCode.UPSTREAM,
-                    hint=f"is suite {repo.suite} on this mirror?",
-                )
-            body = response.content
+            body = self.fetch(url)
             date = None
             epoch = None
             if m := _DATE.search(body):

@@ -345,6 +345,12 @@ def _load_release(path: Path, dist: Distribution, problems: Problems) -> Release
                     f"must name a mirror of {dist.path} "
                     f"({', '.join(sorted(dist.mirrors)) or 'none defined'})",
                 )
+        elif repo.mirror is not None:
+            # rpm: baseurl is then a path below the mirror, which hosts can point elsewhere.
+            if repo.mirror not in dist.mirrors:
+                problems.add(path, r.key("mirror"), f"no mirror {repo.mirror!r} in {dist.path}")
+            if repo.metalink or repo.mirrorlist:
+                problems.add(path, r.key("mirror"), "a mirror goes with baseurl, not metalink")
         elif not (repo.baseurl or repo.metalink or repo.mirrorlist):
             problems.add(
                 path, r.key("baseurl"), "rpm repositories need baseurl, metalink or mirrorlist"
