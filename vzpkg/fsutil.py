@@ -145,3 +145,20 @@ def glob_remove_beneath(root: Path, rel_dir: str, predicate: str) -> None:
     for name in names:
         if name.startswith(predicate):
             remove_beneath(root, f"{rel_dir}/{name}")
+
+
+def read_file_beneath(root: Path, rel: str) -> bytes:
+    """Read regular file ``root/rel`` without following any symlink on the way (ELOOP if the
+    file itself is a symlink)."""
+    parent, name = str(PurePosixPath(rel).parent), PurePosixPath(rel).name
+    with open_dir_beneath(root, parent) as dfd:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{rel} is not a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)

@@ -1,0 +1,107 @@
+"""Guest setup and init detection on hand-made roots (no root needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from vzpkg.ct.guest import (
+    GuestSettings,
+    InitKind,
+    apply_guest_setup,
+    detect_init,
+    host_nameservers,
+    resolve_in_root,
+)
+
+
+def make_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    for d in ("usr/sbin", "usr/bin", "etc", "lib/systemd"):
+        (root / d).mkdir(parents=True)
+    os.symlink("usr/sbin", root / "sbin")  # merged /usr
+    os.symlink("usr/bin", root / "bin")
+    return root
+
+
+def test_sysvinit_is_detected_through_merged_usr(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "usr/sbin/init").write_bytes(b"\x7fELF")
+    init = detect_init(root)
+    assert init == InitKind("sysvinit", ("/sbin/init",), "SIGPWR")
+
+
+def test_systemd_is_detected_by_its_link(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "lib/systemd/systemd").write_bytes(b"\x7fELF")
+    os.symlink("/lib/systemd/systemd", root / "usr/sbin/init")
+    assert detect_init(root).kind == "systemd"
+    assert detect_init(root).stop_signal == "SIGRTMIN+3"
+
+
+def test_no_init_or_busybox_init_gets_tini(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    assert detect_init(root).kind == "tini"
+    (root / "usr/bin/busybox").write_bytes(b"\x7fELF")
+    os.symlink("../bin/busybox", root / "usr/sbin/init")
+    init = detect_init(root)
+    assert init.kind == "tini"
+    assert init.argv[0] == "/.vzpkg/tini"
+    assert init.stop_signal == "SIGTERM"
+
+
+def test_resolution_never_leaves_the_root(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "init").write_text("host file")
+    os.symlink("../../../../outside", root / "etc/escape")
+    resolved = resolve_in_root(root, "/etc/escape/init")
+    assert resolved is None  # resolved inside the root, where there is no /outside
+    os.symlink("/etc/loop", root / "etc/loop")
+    assert resolve_in_root(root, "/etc/loop") is None
+    assert resolve_in_root(root, "/sbin/init") is None
+    assert resolve_in_root(root, "/sbin") == PurePosixPath("/usr/sbin")
+
+
+def test_guest_files_are_written(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "etc/inittab").write_text(
+        "id:2:initdefault:\npf::powerwait:/etc/init.d/powerfail start\n"
+    )
+    settings = GuestSettings("ct101.example.com", ("10.0.0.101",), ("192.0.2.53",), "example.com")
+    apply_guest_setup(root, "deb", settings, InitKind("sysvinit", ("/sbin/init",), "SIGPWR"))
+    assert (root / "etc/hostname").read_text() == "ct101.example.com\n"
+    hosts = (root / "etc/hosts").read_text()
+    assert "127.0.1.1\tct101.example.com ct101" in hosts
+    assert "10.0.0.101\tct101.example.com" in hosts
+    resolv = (root / "etc/resolv.conf").read_text()
+    assert "search example.com" in resolv and "nameserver 192.0.2.53" in resolv
+    inittab = (root / "etc/inittab").read_text()
+    assert "pf::powerwait:/sbin/init 0" in inittab
+    assert "/etc/init.d/powerfail" not in inittab
+    assert inittab.startswith("id:2:initdefault:")
+    # Idempotent.
+    apply_guest_setup(root, "deb", settings, InitKind("sysvinit", ("/sbin/init",), "SIGPWR"))
+    assert (root / "etc/inittab").read_text() == inittab
+
+
+def test_symlinks_planted_by_the_vps_are_not_followed(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    victim = tmp_path / "host-hosts"
+    victim.write_text("host content\n")
+    os.symlink(str(victim), root / "etc/hosts")
+    os.symlink(str(tmp_path / "host-inittab"), root / "etc/inittab")
+    apply_guest_setup(
+        root, "rpm", GuestSettings("ct"), InitKind("sysvinit", ("/sbin/init",), "SIGPWR")
+    )
+    assert victim.read_text() == "host content\n"
+    assert not (tmp_path / "host-inittab").exists()
+    assert not (root / "etc/hosts").is_symlink()
+
+
+def test_host_nameservers(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# x\nnameserver 192.0.2.1\nsearch lan\nnameserver 192.0.2.2\n")
+    assert host_nameservers(conf) == ["192.0.2.1", "192.0.2.2"]
+    assert host_nameservers(tmp_path / "missing") == []

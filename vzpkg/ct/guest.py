@@ -1,0 +1,180 @@
+"""Per-distribution guest setup and init handling, done from the host before a VPS starts.
+
+Files are rendered from jinja2 templates under vzpkg/ct/dists/<family>/ (falling back to
+dists/common/) and written with vzpkg.fsutil, which never follows a symlink the VPS controls.
+What must run inside the VPS (ssh host keys, passwords) is done with the runtime's exec, as the
+VPS's root in its namespaces, never as the host's root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from vzpkg import fsutil
+from vzpkg.errors import ExitCode, VzError
+
+DISTS = Path(__file__).resolve().parent / "dists"
+TINI_IN_CT = "/.vzpkg/tini"
+SYMLINK_HOPS = 40
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    hostname: str | None = None
+    ips: Sequence[str] = ()
+    nameservers: Sequence[str] = ()
+    searchdomain: str | None = None
+
+
+@dataclass(frozen=True)
+class InitKind:
+    """What runs as PID 1 and how to ask it to stop."""
+
+    kind: str  # sysvinit | systemd | tini
+    argv: tuple[str, ...]
+    stop_signal: str
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(DISTS)),
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render(family: str, name: str, **values: object) -> str:
+    env = _environment()
+    for candidate in (f"{family}/{name}.j2", f"common/{name}.j2"):
+        try:
+            return env.get_template(candidate).render(**values)
+        except jinja2.TemplateNotFound:
+            continue
+    raise VzError(f"no guest template {name} for family {family}", ExitCode.SYSTEM)
+
+
+def resolve_in_root(root: Path, path: str) -> PurePosixPath | None:
+    """Resolve ``path`` as the VPS would see it (symlinks relative to its own /), without ever
+    leaving ``root``. None when it does not exist."""
+    parts = list(PurePosixPath(path).parts[1:])
+    resolved = PurePosixPath("/")
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = resolved.parent
+            continue
+        candidate = resolved / part
+        try:
+            st = os.lstat(root / str(candidate).lstrip("/"))
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > SYMLINK_HOPS:
+                return None
+            target = os.readlink(root / str(candidate).lstrip("/"))
+            parts = list(PurePosixPath(target).parts[1 if target.startswith("/") else 0 :]) + parts
+            if target.startswith("/"):
+                resolved = PurePosixPath("/")
+            continue
+        resolved = candidate
+    return resolved
+
+
+def detect_init(root: Path) -> InitKind:
+    """The template's init when it has a real one, else tini (bind-mounted from the host)."""
+    init = resolve_in_root(root, "/sbin/init")
+    if init is not None and (root / str(init).lstrip("/")).is_file():
+        name = init.name
+        if name == "systemd":
+            return InitKind("systemd", ("/sbin/init",), "SIGRTMIN+3")
+        if name == "init" and "busybox" not in str(init):
+            return InitKind("sysvinit", ("/sbin/init",), "SIGPWR")
+    # No init, or busybox's (which wants ttys to spawn shells on): tini keeps the VPS up,
+    # reaps orphans, and exits on SIGTERM after passing it on.
+    return InitKind(
+        "tini",
+        (
+            TINI_IN_CT,
+            "-s",
+            "-g",
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done",
+        ),
+        "SIGTERM",
+    )
+
+
+def _read(root: Path, rel: str) -> str | None:
+    try:
+        return fsutil.read_file_beneath(root, rel).decode(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None  # a symlink planted by the VPS: not ours to read
+        raise
+
+
+def apply_guest_setup(root: Path, family: str, settings: GuestSettings, init: InitKind) -> None:
+    """Write hostname, hosts, resolv.conf and the init's stop hook into the VPS's root."""
+    if settings.hostname:
+        fsutil.write_file_beneath(root, "etc/hostname", f"{settings.hostname}\n".encode())
+    short = settings.hostname.split(".")[0] if settings.hostname else None
+    fsutil.write_file_beneath(
+        root,
+        "etc/hosts",
+        render(
+            family, "hosts", hostname=settings.hostname, short=short, ips=list(settings.ips)
+        ).encode(),
+    )
+    if settings.nameservers or settings.searchdomain:
+        fsutil.write_file_beneath(
+            root,
+            "etc/resolv.conf",
+            render(
+                family,
+                "resolv.conf",
+                nameservers=list(settings.nameservers),
+                searchdomain=settings.searchdomain,
+            ).encode(),
+        )
+    if init.kind == "sysvinit":
+        inittab = _read(root, "etc/inittab")
+        if inittab is not None:
+            line = render(family, "inittab-powerfail").strip().splitlines()[-1]
+            kept = [x for x in inittab.splitlines() if not x.startswith("pf:")]
+            if line not in kept:
+                fsutil.write_file_beneath(
+                    root, "etc/inittab", ("\n".join([*kept, line]) + "\n").encode()
+                )
+
+
+def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """For --nameserver inherit: the host's own nameservers."""
+    try:
+        text = resolv_conf.read_text()
+    except OSError:
+        return []
+    return [
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("nameserver") and len(line.split()) > 1
+    ]
