@@ -25,7 +25,15 @@ class ExitCode(enum.IntEnum):
     INVALID_VALUE = 21
     NOT_RUNNING = 31
     RUNNING = 32
+    STOP_FAILED = 33
+    NOT_MOUNTED = 40
+    MOUNTED = 41
+    PRIVATE_MISSING = 43
     PRIVATE_EXISTS = 44
+    BAD_CT = 47  # no /sbin/init nor /bin/sh in the VPS
+    MOUNT_FAILED = 50
+    UMOUNT_FAILED = 51
+    DESTROY_FAILED = 52
     TEMPLATE_NOT_FOUND = 91  # unknown template name, or no cache for it
     # vzpkg's own
     METADATA_INVALID = 201  # template metadata failed validation
