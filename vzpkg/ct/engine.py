@@ -1,0 +1,403 @@
+"""Driving runc: start, state, signal, exec, stop and delete a VPS's container.
+
+The container of VPS ``CTID`` is named ``vz<CTID>`` (``container_id``) in runc's state directory
+``--root`` (``RUN_DIR/runc``), so that a ``runc list`` on the host tells VPSs apart from
+whatever else uses that runc; a CTID alone (``101``) would also be an unhelpful name there.
+
+``start`` runs ``runc run --detach`` with stdio on /dev/null: runc exits once init runs, init is
+reparented to the host's init (or the nearest subreaper), and no supervisor process of ours
+stays behind. Every later operation asks runc afresh; nothing is cached here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal as signals
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vzpkg import run
+from vzpkg.errors import ExitCode, VzError
+
+CONTAINER_PREFIX = "vz"
+POLL_INTERVAL = 0.05  # seconds between state polls while waiting for a stop
+KILL_GRACE = 10.0  # seconds to wait for SIGKILL to take everything down
+_NOT_FOUND = ("does not exist", "not exist")
+_NOT_RUNNING = ("not running", "is stopped")
+_NOT_STOPPED = "that is not stopped"  # runc delete of a running container
+_LOG_NAME = "runc.log"
+
+
+def container_id(ctid: str) -> str:
+    return f"{CONTAINER_PREFIX}{ctid}"
+
+
+def signal_number(name: str | int) -> int:
+    """A signal as runc 1.1 takes it: a number (it cannot parse ``RTMIN+3``, systemd's halt).
+
+    Accepts ``TERM``, ``SIGTERM``, ``PWR``, ``RTMIN+3`` (glibc's SIGRTMIN, as systemd counts)
+    and plain numbers.
+    """
+    if isinstance(name, int):
+        return name
+    text = name.strip().upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    for base, anchor in (("SIGRTMIN", signals.SIGRTMIN), ("SIGRTMAX", signals.SIGRTMAX)):
+        if text.startswith(base):
+            rest = text[len(base) :]
+            try:
+                offset = int(rest) if rest else 0
+            except ValueError:
+                break
+            number = int(anchor) + offset
+            if signals.SIGRTMIN <= number <= signals.SIGRTMAX:
+                return number
+            break
+    try:
+        return int(signals.Signals[text])
+    except KeyError:
+        raise VzError(f"unknown signal {name!r}", ExitCode.INVALID_ARGUMENT) from None
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What ``runc state`` says. ``status`` is created, running, paused or stopped."""
+
+    id: str
+    status: str
+    pid: int
+    bundle: Path | None
+
+    @property
+    def is_active(self) -> bool:
+        """Init exists: running, paused (frozen) or created (not started yet)."""
+        return self.status in ("running", "paused", "created")
+
+
+def parse_state(text: str | bytes) -> ContainerState:
+    data: Any = json.loads(text)
+    if not isinstance(data, dict) or "status" not in data:
+        raise ValueError("runc state: not a container state object")
+    bundle = data.get("bundle")
+    return ContainerState(
+        id=str(data.get("id", "")),
+        status=str(data["status"]),
+        pid=int(data.get("pid") or 0),
+        bundle=Path(bundle) if bundle else None,
+    )
+
+
+def write_bundle(bundle_dir: Path, config: dict[str, Any]) -> Path:
+    """Write ``bundle_dir/config.json`` atomically (temp in the same directory, fsync, rename,
+    fsync the directory); the directory is created (mode 0700) when missing."""
+    bundle_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=bundle_dir)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = bundle_dir / "config.json"
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(bundle_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return target
+
+
+def _stderr_text(stderr: bytes | None) -> str:
+    return (stderr or b"").decode(errors="replace")
+
+
+class Runc:
+    """runc with its own state directory (``runc --root state_root``)."""
+
+    def __init__(self, state_root: Path, runc: str | None = None) -> None:
+        self.state_root = state_root
+        self._runc = runc
+
+    @property
+    def runc(self) -> str:
+        if self._runc is None:
+            self._runc = run.check_tool("runc", "to run containers")
+        return self._runc
+
+    def _argv(self, *args: str | os.PathLike[str]) -> list[str]:
+        return [self.runc, "--root", os.fspath(self.state_root), *(os.fspath(a) for a in args)]
+
+    def _run(
+        self, ctid: str, what: str, *args: str | os.PathLike[str]
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a runc subcommand capturing its output; failures become VzError naming CTID."""
+        proc = run.run(self._argv(*args), stdout=subprocess.PIPE, check=False)
+        if proc.returncode != 0:
+            raise self._error(ctid, what, proc.returncode, proc.stderr)
+        return proc
+
+    def _error(
+        self,
+        ctid: str,
+        what: str,
+        returncode: int,
+        stderr: bytes | None,
+        code: ExitCode | None = None,
+    ) -> VzError:
+        """A VzError with runc's messages; the code is told from them unless given."""
+        text = _stderr_text(stderr)
+        if code is None:
+            code = ExitCode.FAILURE
+            if any(s in text for s in _NOT_FOUND + _NOT_RUNNING):
+                code = ExitCode.NOT_RUNNING
+            elif _NOT_STOPPED in text:
+                code = ExitCode.RUNNING
+        message = run.failure_message([self.runc], returncode, _log_messages(stderr or b""))
+        return VzError(f"cannot {what} container {container_id(ctid)}: {message}", code)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self, ctid: str, bundle: Path) -> ContainerState:
+        """``runc run --detach``: returns once init runs; nothing of ours stays behind.
+
+        runc's own messages go to ``bundle/runc.log``: its stdio is handed on to init, so a
+        pipe there would never reach EOF while the VPS runs.
+        """
+        current = self.state(ctid)
+        if current is not None:
+            if current.is_active:
+                raise VzError(
+                    f"container {container_id(ctid)} is already running", ExitCode.RUNNING
+                )
+            # A stopped leftover (init died by itself) blocks the name: clear it first.
+            self.delete(ctid, force=True)
+        self.state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = bundle / _LOG_NAME
+        with contextlib.suppress(FileNotFoundError):
+            log_path.unlink()
+        proc = run.run(
+            self._argv(
+                "--log",
+                log_path,
+                "--log-format",
+                "text",
+                "run",
+                "--detach",
+                "--bundle",
+                bundle,
+                container_id(ctid),
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        if proc.returncode != 0:
+            tail = log_path.read_bytes() if log_path.exists() else b""
+            # A half-created container (cgroup made, init failed) must not block the next try.
+            with contextlib.suppress(VzError):
+                self.delete(ctid, force=True)
+            raise self._error(ctid, "start", proc.returncode, tail, ExitCode.FAILURE)
+        # Best effort (an init that dies a moment later is seen by the next state()), but it
+        # catches the usual case of an init that cannot run in this root at all.
+        state = self.state(ctid)
+        if state is None or state.status != "running":
+            with contextlib.suppress(VzError):
+                self.delete(ctid, force=True)
+            raise VzError(
+                f"the init of container {container_id(ctid)} exited right after start",
+                ExitCode.FAILURE,
+            )
+        return state
+
+    def state(self, ctid: str) -> ContainerState | None:
+        """runc's view of the container; None when runc does not know it."""
+        proc = run.run(self._argv("state", container_id(ctid)), stdout=subprocess.PIPE, check=False)
+        if proc.returncode != 0:
+            text = _stderr_text(proc.stderr)
+            if any(s in text for s in _NOT_FOUND):
+                return None
+            raise self._error(ctid, "query", proc.returncode, proc.stderr)
+        try:
+            return parse_state(proc.stdout)
+        except ValueError as e:
+            raise VzError(f"runc state {container_id(ctid)}: unreadable output: {e}") from None
+
+    def list_containers(self) -> list[ContainerState]:
+        """Every container in our state root (not only VPSs: the ids are runc's)."""
+        proc = run.run(self._argv("list", "--format", "json"), stdout=subprocess.PIPE)
+        data: Any = json.loads(proc.stdout or b"null") or []
+        return [parse_state(json.dumps(item)) for item in data]
+
+    def kill(self, ctid: str, signal: str | int, all: bool = False) -> None:
+        """Signal init, or with ``all`` every process of the container."""
+        args: list[str] = ["kill"]
+        if all:
+            args.append("--all")
+        args += [container_id(ctid), str(signal_number(signal))]
+        self._run(ctid, "signal", *args)
+
+    def delete(self, ctid: str, force: bool = False) -> None:
+        """Remove the container's runc state and cgroups; ``force`` kills it first if running.
+
+        With ``force`` an unknown container is not an error (runc treats it so too).
+        """
+        args = ["delete"]
+        if force:
+            args.append("--force")
+        self._run(ctid, "delete", *args, container_id(ctid))
+
+    def pids(self, ctid: str) -> list[int]:
+        """Host pids of every process in the container (from its cgroup)."""
+        proc = self._run(ctid, "list processes of", "ps", "--format", "json", container_id(ctid))
+        data: Any = json.loads(proc.stdout or b"null") or []
+        return [int(p) for p in data]
+
+    def wait_stopped(self, ctid: str, timeout: float) -> bool:
+        """Wait until init is gone (runc says stopped, or forgot the container)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(ctid)
+            if state is None or state.status == "stopped":
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+
+    def stop(self, ctid: str, graceful_signal: str | int, timeout: float) -> str:
+        """Stop the container: ``graceful_signal`` to init and up to ``timeout`` seconds, then
+        SIGKILL to every process, then ``runc delete --force``.
+
+        Returns "graceful" when init went by itself (also when it had already gone before we
+        asked), "killed" when SIGKILL was needed. Raises NOT_RUNNING if runc does not know it.
+        """
+        graceful = signal_number(graceful_signal)  # a typo must fail now, not after timeout
+        state = self.state(ctid)
+        if state is None:
+            raise VzError(f"container {container_id(ctid)} is not running", ExitCode.NOT_RUNNING)
+        how = "graceful"
+        if state.status != "stopped":
+            if state.status == "paused":
+                self._run(ctid, "resume", "resume", container_id(ctid))
+            with contextlib.suppress(VzError):  # init may go between state and kill
+                self.kill(ctid, graceful)
+            if not self.wait_stopped(ctid, timeout):
+                how = "killed"
+                with contextlib.suppress(VzError):
+                    self.kill(ctid, "KILL", all=True)
+                if not self.wait_stopped(ctid, KILL_GRACE):
+                    raise VzError(
+                        f"container {container_id(ctid)} did not stop even after SIGKILL "
+                        f"(processes stuck in the kernel?)",
+                        ExitCode.FAILURE,
+                    )
+        self.delete(ctid, force=True)
+        return how
+
+    # --- exec ------------------------------------------------------------------------------
+
+    def exec_argv(
+        self,
+        ctid: str,
+        argv: Sequence[str],
+        *,
+        tty: bool = False,
+        env: Sequence[tuple[str, str]] = (),
+        cwd: str = "/",
+    ) -> list[str]:
+        """argv of ``runc exec`` running ``argv`` in the container.
+
+        With ``tty`` runc makes a new pty inside the container (devpts of the VPS) and relays
+        it to our stdio: the command never gets the host's terminal.
+        """
+        if not argv:
+            raise VzError("no command to execute", ExitCode.INVALID_ARGUMENT)
+        args: list[str] = ["exec", "--cwd", cwd]
+        if tty:
+            args.append("--tty")
+        for key, value in env:
+            if not key or "=" in key:
+                raise VzError(f"bad environment variable name {key!r}", ExitCode.INVALID_ARGUMENT)
+            args += ["--env", f"{key}={value}"]
+        return self._argv(*args, container_id(ctid), *argv)
+
+    def exec(
+        self,
+        ctid: str,
+        argv: Sequence[str],
+        tty: bool = False,
+        env: Sequence[tuple[str, str]] = (),
+    ) -> int:
+        """Run ``argv`` in the running container with our stdin/stdout/stderr; its exit code
+        (128+n when killed by signal n, as runc reports it)."""
+        state = self.state(ctid)
+        if state is None or state.status != "running":
+            raise VzError(f"container {container_id(ctid)} is not running", ExitCode.NOT_RUNNING)
+        if tty and not has_controlling_terminal():
+            # runc would fail with "open /dev/tty: no such device or address".
+            raise VzError(
+                "a terminal was asked for, but this process has no controlling terminal",
+                ExitCode.INVALID_ARGUMENT,
+            )
+        proc = run.spawn(self.exec_argv(ctid, argv, tty=tty, env=env), stdin=None)
+        # Like system(3): a ^C or ^\ from the terminal is the command's (runc forwards it),
+        # not a reason for us to abandon runc and leave the command running unattended.
+        with _ignoring_terminal_signals():
+            return proc.wait()
+
+
+@contextlib.contextmanager
+def _ignoring_terminal_signals() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signals.signal(sig, signals.SIG_IGN) for sig in (signals.SIGINT, signals.SIGQUIT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signals.signal(sig, handler)
+
+
+def has_controlling_terminal() -> bool:
+    """runc exec --tty puts our terminal in raw mode through /dev/tty: it needs one."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _log_messages(log: bytes) -> bytes:
+    """The ``msg=...`` parts of runc's text log (its lines are logrus key=value records)."""
+    lines = []
+    for raw in log.decode(errors="replace").splitlines():
+        marker = raw.find(' msg="')
+        if marker >= 0:
+            msg = raw[marker + 6 :]
+            end = msg.rfind('"')
+            lines.append(msg[:end] if end >= 0 else msg)
+        elif raw.strip():
+            lines.append(raw)
+    return "\n".join(lines).encode()
