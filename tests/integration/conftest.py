@@ -88,6 +88,26 @@ class VzHost:
         return found
 
 
+def runtime_conf(base: Path) -> str:
+    """Runtime paths of a test host: everything below ``base``."""
+    return (
+        f'VE_ROOT="{base}/root/$VEID"\nVE_PRIVATE="{base}/private/$VEID"\n'
+        f'CONF_DIR="{base}/conf"\nTREES_DIR="{base}/trees"\nRUN_DIR="{base}/run"\n'
+    )
+
+
+def stop_everything(host: VzHost) -> None:
+    """Stop and destroy every CT of a test host, whatever state a failed test left."""
+    conf_dir = host.base / "conf"
+    if not conf_dir.is_dir():
+        return
+    for path in conf_dir.glob("*.conf"):
+        ctid = path.stem
+        host.run("vzctl", "stop", "--fast", ctid, timeout=60)
+        host.run("vzctl", "umount", ctid, timeout=60)
+        host.run("vzctl", "destroy", ctid, timeout=60)
+
+
 @pytest.fixture(scope="session")
 def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
     base = tmp_path_factory.mktemp("vzhost")
@@ -99,7 +119,8 @@ def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
     )
     host.conf.write_text(
         f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
-        f'PKGCACHE_DIR="{host.pkgcache_dir}"\n'
+        f'PKGCACHE_DIR="{host.pkgcache_dir}"\n' + runtime_conf(base)
     )
     yield host
+    stop_everything(host)
     shutil.rmtree(base, ignore_errors=True)

@@ -68,6 +68,8 @@ def test_guest_files_are_written(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     (root / "etc/inittab").write_text(
         "id:2:initdefault:\npf::powerwait:/etc/init.d/powerfail start\n"
+        "1:2345:respawn:/sbin/getty --noclear 38400 tty1\n"
+        "T0:23:respawn:/sbin/getty -L ttyS0 9600 vt100\n"
     )
     settings = GuestSettings("ct101.example.com", ("10.0.0.101",), ("192.0.2.53",), "example.com")
     apply_guest_setup(root, "deb", settings, InitKind("sysvinit", ("/sbin/init",), "SIGPWR"))
@@ -81,6 +83,8 @@ def test_guest_files_are_written(tmp_path: Path) -> None:
     assert "pf::powerwait:/sbin/init 0" in inittab
     assert "/etc/init.d/powerfail" not in inittab
     assert inittab.startswith("id:2:initdefault:")
+    assert "#1:2345:respawn:/sbin/getty --noclear 38400 tty1" in inittab
+    assert "\nT0:23:respawn:/sbin/getty -L ttyS0" in inittab  # only virtual consoles go
     # Idempotent.
     apply_guest_setup(root, "deb", settings, InitKind("sysvinit", ("/sbin/init",), "SIGPWR"))
     assert (root / "etc/inittab").read_text() == inittab

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from vzpkg.errors import ExitCode, VzError
 DISTS = Path(__file__).resolve().parent / "dists"
 TINI_IN_CT = "/.vzpkg/tini"
 SYMLINK_HOPS = 40
+_GETTY = re.compile(r"^[^#:]*:[^:]*:respawn:\S*getty\b.*\btty[0-9]+\b")
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,17 @@ def apply_guest_setup(root: Path, family: str, settings: GuestSettings, init: In
         inittab = _read(root, "etc/inittab")
         if inittab is not None:
             line = render(family, "inittab-powerfail").strip().splitlines()[-1]
-            kept = [x for x in inittab.splitlines() if not x.startswith("pf:")]
+            # A VPS has no virtual consoles: gettys on tty1..6 would only respawn and fail.
+            kept = [
+                "#" + x if _GETTY.match(x) else x
+                for x in inittab.splitlines()
+                if not x.startswith("pf:")
+            ]
             if line not in kept:
-                fsutil.write_file_beneath(
-                    root, "etc/inittab", ("\n".join([*kept, line]) + "\n").encode()
-                )
+                kept.append(line)
+            text = "\n".join(kept) + "\n"
+            if text != inittab:
+                fsutil.write_file_beneath(root, "etc/inittab", text.encode())
 
 
 def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:

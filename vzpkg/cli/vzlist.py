@@ -1,0 +1,88 @@
+"""vzlist: list VPSs with OpenVZ's columns and options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from vzpkg.cli.common import debug_option, edge, print_json, require_root, setup
+from vzpkg.ct import conf, listing, vps
+from vzpkg.hostconf import load_host_config
+
+
+def record(st: vps.Status, host_root: str, private: str) -> dict[str, Any]:
+    cfg = st.config
+    return {
+        "ctid": st.ctid,
+        "nproc": st.nproc,
+        "status": "running" if st.running else "stopped",
+        "ip": list(cfg.ip_address) if cfg else [],
+        "hostname": cfg.hostname if cfg else None,
+        "ostemplate": cfg.ostemplate if cfg else None,
+        "layout": cfg.ve_layout if cfg else None,
+        "onboot": bool(cfg.onboot) if cfg else False,
+        "private": private,
+        "root": host_root,
+        "mounted": st.mounted,
+    }
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-a", "--all", "all_", is_flag=True, help="Running and stopped VPSs.")
+@click.option("-S", "--stopped", is_flag=True, help="Only stopped VPSs.")
+@click.option("-H", "--no-header", is_flag=True, help="No header line.")
+@click.option("-o", "--output", "fields", help="Comma-separated fields (-L lists them).")
+@click.option("-s", "--sort", "sort_key", help="Sort by field (-field: reverse).")
+@click.option("-1", "--ctid-only", is_flag=True, help="Only CTIDs, one per line.")
+@click.option("-j", "--json", "as_json", is_flag=True, help="JSON (all fields).")
+@click.option("-L", "--list-fields", is_flag=True, help="List the field names.")
+@debug_option
+@click.argument("ctids", nargs=-1)
+@edge("vzlist")
+def main(
+    all_: bool,
+    stopped: bool,
+    no_header: bool,
+    fields: str | None,
+    sort_key: str | None,
+    ctid_only: bool,
+    as_json: bool,
+    list_fields: bool,
+    debug: bool,
+    ctids: tuple[str, ...],
+) -> None:
+    """List VPSs: by default the running ones, with CTID NPROC STATUS IP_ADDR HOSTNAME."""
+    setup(debug)
+    if list_fields:
+        for field in listing.FIELDS.values():
+            click.echo(f"{field.name:<12} {field.header}")
+        return
+    require_root("vzlist")
+    host = load_host_config()
+    numbers = [conf.ctid_valid(c) for c in ctids] or conf.list_ctids(host)
+    records = []
+    for number in numbers:
+        st = vps.status(host, number)
+        if not st.exists and not ctids:
+            continue
+        if ctids or all_ or (stopped and not st.running) or (not stopped and st.running):
+            cfg = st.config
+            records.append(
+                record(
+                    st,
+                    str(conf.root_path(host, number, cfg)) if cfg else "",
+                    str(conf.private_path(host, number, cfg)) if cfg else "",
+                )
+            )
+    ordered = listing.sort_records(records, sort_key)
+    if as_json:
+        print_json(ordered)
+    elif ctid_only:
+        for r in ordered:
+            click.echo(r["ctid"])
+    else:
+        click.echo(
+            listing.format_table(ordered, listing.parse_fields(fields), header=not no_header),
+            nl=False,
+        )
