@@ -168,6 +168,14 @@ def _int_value(values: Mapping[str, str], key: str, default: int, source: str) -
         raise VzError(f"{source}: {key} must be a number", ExitCode.CONFIG) from None
 
 
+def _layout_value(value: str | None, source: str) -> str | None:
+    # OpenVZ's simfs is a plain directory tree; ploop images are not supported.
+    layout = {"simfs": "plain"}.get(value or "", value or None)
+    if layout not in (None, "plain", "overlay"):
+        raise VzError(f"{source}: VE_LAYOUT must be plain or overlay (or simfs)", ExitCode.CONFIG)
+    return layout
+
+
 @dataclass(frozen=True)
 class HostConfig:
     template_dir: Path
@@ -182,6 +190,7 @@ class HostConfig:
     trees_dir: Path = Path("/vz/template/trees")  # overlay layout: shared template trees
     run_dir: Path = Path("/run/vzpkg")  # runtime state: runc root, OCI bundles
     stop_timeout: int = 60
+    ve_layout: str | None = None  # default layout of new VPSs: plain | overlay
     bootstrap_tool: str | None = None  # force mmdebstrap / debootstrap
     zstd_level: int = 3
     mirrors: Mapping[str, str] = field(default_factory=dict)  # DEBIAN_MIRROR -> "debian": url
@@ -269,6 +278,7 @@ def host_config_from(values: Mapping[str, str], source: str) -> HostConfig:
         trees_dir=Path(values.get("TREES_DIR", str(template / "trees"))),
         run_dir=Path(values.get("RUN_DIR", "/run/vzpkg")),
         stop_timeout=_int_value(values, "STOP_TIMEOUT", 60, source),
+        ve_layout=_layout_value(values.get("VE_LAYOUT"), source),
         bootstrap_tool=tool,
         zstd_level=level,
         mirrors=mirrors,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.integration.conftest import BIN, REPO, VzHost
+from tests.integration.conftest import BIN, REPO, VzHost, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
     PackageSpec,
@@ -71,6 +71,7 @@ def rpmhost(
         f'PKGCACHE_DIR="{host.pkgcache_dir}"\nVZFIX_MIRROR="{server.url}"\n'
     )
     yield host
+    stop_everything(host)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -208,3 +209,26 @@ def test_vzpkgls_treats_rpm_templates_like_debian_ones(rpmhost: VzHost) -> None:
     assert NAME in proc.stdout.split()
     proc = rpmhost.run("vzpkgls", "--json")
     assert '"family": "rpm"' in proc.stdout
+
+
+def test_vps_from_the_rpm_fixture_cache(rpmhost: VzHost) -> None:
+    """The slides' session on an rpm-family cache: busybox userland, tini as init."""
+    assert rpmhost.build(NAME)["returncode"] == 0
+    for args in (
+        ("create", "201", "--ostemplate", "vzfix-1", "--hostname", "rpmct"),
+        ("start", "201"),
+    ):
+        proc = rpmhost.run("vzctl", *args)
+        assert proc.returncode == 0, proc.stderr
+    try:
+        ps = rpmhost.run("vzctl", "exec", "201", "ps")
+        assert ps.returncode == 0, ps.stderr
+        assert "tini" in ps.stdout.splitlines()[1]
+        assert rpmhost.run("vzctl", "exec", "201", "hostname").stdout.strip() == "rpmct"
+        release = rpmhost.run("vzctl", "exec", "201", "cat /etc/os-release").stdout
+        assert "ID=vzfix" in release
+        proc = rpmhost.run("vzctl", "stop", "201")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        rpmhost.run("vzctl", "stop", "--fast", "201")
+        assert rpmhost.run("vzctl", "destroy", "201").returncode == 0

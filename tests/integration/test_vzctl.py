@@ -143,6 +143,43 @@ def test_default_template_runs_its_init_and_services(host: VzHost, ct: str) -> N
     assert time.monotonic() - started < 30
 
 
+def test_set_applies_to_the_running_vps_and_saves(host: VzHost, ct: str) -> None:
+    vzctl(host, "create", ct, "--ostemplate", MINIMAL, "--hostname", "before")
+    assert "--save was not given" in vzctl(host, "set", ct, "--hostname", "x").stderr
+    vzctl(host, "start", ct)
+    vzctl(
+        host,
+        "set",
+        ct,
+        "--hostname",
+        "after",
+        "--nameserver",
+        "192.0.2.53",
+        "--searchdomain",
+        "example.net",
+    )
+    assert vzctl(host, "exec", ct, "hostname").stdout.strip() == "after"
+    resolv = vzctl(host, "exec", ct, "cat /etc/resolv.conf").stdout
+    assert "nameserver 192.0.2.53" in resolv and "search example.net" in resolv
+    conf = (host.base / "conf" / f"{ct}.conf").read_text()
+    assert 'HOSTNAME="before"' in conf  # not saved without --save
+    vzctl(host, "set", ct, "--hostname", "after", "--onboot", "yes", "--save")
+    conf = (host.base / "conf" / f"{ct}.conf").read_text()
+    assert 'HOSTNAME="after"' in conf and 'ONBOOT="yes"' in conf
+    vzctl(host, "set", ct, "--userpasswd", "root:s3cret")
+    shadow = vzctl(host, "exec", ct, "grep ^root: /etc/shadow").stdout
+    assert shadow.split(":")[1].startswith("$")  # a real hash now
+    assert "s3cret" not in (host.base / "conf" / f"{ct}.conf").read_text()
+    host_ns = [
+        line.split()[1]
+        for line in Path("/etc/resolv.conf").read_text().splitlines()
+        if line.startswith("nameserver")
+    ]
+    vzctl(host, "set", ct, "--nameserver", "inherit", "--save")
+    resolv = vzctl(host, "exec", ct, "cat /etc/resolv.conf").stdout
+    assert all(f"nameserver {ns}" in resolv for ns in host_ns)
+
+
 def test_plain_layout_and_mount_commands(host: VzHost, ct: str) -> None:
     vzctl(host, "create", ct, "--ostemplate", MINIMAL, "--layout", "plain")
     private = host.base / "private" / ct

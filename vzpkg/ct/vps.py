@@ -116,7 +116,7 @@ def create(
                 hint=f"vzpkgcache {template}",
             )
         manifest = read_manifest(store.manifest_path(template))
-        chosen = layout_name or base.ve_layout or DEFAULT_LAYOUT
+        chosen = layout_name or base.ve_layout or host.ve_layout or DEFAULT_LAYOUT
         cfg = replace(
             base,
             ostemplate=template,
