@@ -36,6 +36,7 @@ from vzpkg.metadata.names import canonical_name
 DEFAULT_LAYOUT = "overlay"
 DEFAULT_SAMPLE = "basic"
 HOST_TINI = Path("/usr/bin/tini-static")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,17 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         how = runc.stop(str(ctid), signal, wait)
         layout.umount_root(root_dir)
         shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
+        if not runc.list_containers():
+            remove_empty_cgroup_parents()
         return how
+
+
+def remove_empty_cgroup_parents(parent: str = "vzpkg") -> None:
+    """runc delete removes a VPS's cgroups but not their common parent: drop it once empty
+    (rmdir of a cgroup fails with EBUSY while another VPS still runs in it)."""
+    for hierarchy in CGROUP_ROOT.iterdir():
+        with contextlib.suppress(OSError):
+            (hierarchy / parent).rmdir()
 
 
 # -- status / exec -----------------------------------------------------------------------------
