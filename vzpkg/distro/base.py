@@ -10,12 +10,15 @@ from typing import ClassVar
 
 import requests
 
+from vzpkg import run
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import Template
 from vzpkg.pkgmgr import apt
 
 Progress = Callable[[str], None]
+# What a family makes of a failed bootstrap's output: (exit code, what went wrong, hint).
+Diagnosis = tuple[ExitCode, str, str | None]
 FETCH_TIMEOUT = 30
 
 
@@ -131,6 +134,40 @@ class Family(ABC):
                 hint="is this repository on the mirror?",
             )
         return response.content
+
+    def run_bootstrap(
+        self,
+        tool: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        progress: Progress,
+        diagnose: Callable[[list[str]], Diagnosis | None],
+    ) -> None:
+        """Run the bootstrap tool in private namespaces, its output as progress; a failure is
+        told apart by ``diagnose`` from the tool's own lines."""
+        lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            progress(f"{tool}: {line}")
+
+        try:
+            run.run_streaming(
+                [*namespace_wrapper(), *argv],
+                on_line=on_line,
+                env=env,
+                error_code=ExitCode.BOOTSTRAP,
+            )
+        except VzError as e:
+            found = diagnose(lines)
+            if found is None:
+                raise VzError(f"{self.template.name}: {e.message}", e.code, e.hint) from None
+            code, what, hint = found
+            raise VzError(
+                f"{self.template.name}: {what}\n{e.message}",
+                code,
+                hint=hint or "nothing was published; the previous cache is unchanged",
+            ) from None
 
     @abstractmethod
     def check_host(self) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 from vzpkg import fsutil, run
 from vzpkg.distro.base import (
     BootstrapResult,
+    Diagnosis,
     Family,
     Fingerprint,
     InstalledPackage,
     Progress,
-    namespace_wrapper,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.model import DEB_ARCH, Repository
@@ -32,6 +32,16 @@ _SIGNATURE_TROUBLE = (
     "BADSIG",
     "The following signatures",
 )
+
+
+def diagnose_apt(lines: list[str]) -> Diagnosis | None:
+    if any(s in line for line in lines for s in _SIGNATURE_TROUBLE):
+        return (
+            ExitCode.SIGNATURE,
+            "repository signature check failed with the template's keys",
+            "the keys in metadata do not sign this mirror's Release files; fix the metadata's keys",
+        )
+    return None
 
 
 class Debian(Family):
@@ -153,29 +163,7 @@ class Debian(Family):
                     exclude=self.template.exclude,
                     pkgcache=pkgcache,
                 )
-            lines: list[str] = []
-
-            def on_line(line: str) -> None:
-                lines.append(line)
-                progress(f"{tool}: {line}")
-
-            try:
-                run.run_streaming(
-                    [*namespace_wrapper(), *argv],
-                    on_line=on_line,
-                    env=env,
-                    error_code=ExitCode.BOOTSTRAP,
-                )
-            except VzError as e:
-                if any(s in line for line in lines for s in _SIGNATURE_TROUBLE):
-                    raise VzError(
-                        f"{self.template.name}: repository signature check failed "
-                        f"with the template's keys\n{e.message}",
-                        ExitCode.SIGNATURE,
-                        hint="the keys in metadata do not sign this mirror's "
-                        "Release files; fix the metadata's keys",
-                    ) from None
-                raise VzError(f"{self.template.name}: {e.message}", e.code, e.hint) from None
+            self.run_bootstrap(tool, argv, env, progress, diagnose_apt)
         if tool == "debootstrap":
             # debootstrap knows one suite; the root's apt must know all of them.
             fsutil.write_file_beneath(

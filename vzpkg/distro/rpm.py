@@ -10,11 +10,11 @@ from pathlib import Path
 from vzpkg import fsutil, run
 from vzpkg.distro.base import (
     BootstrapResult,
+    Diagnosis,
     Family,
     Fingerprint,
     InstalledPackage,
     Progress,
-    namespace_wrapper,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.model import Repository
@@ -70,11 +70,11 @@ _DIAGNOSES: tuple[tuple[re.Pattern[str], ExitCode, str], ...] = (
 )
 
 
-def diagnose(lines: list[str]) -> tuple[ExitCode, str] | None:
+def diagnose(lines: list[str]) -> Diagnosis | None:
     text = "\n".join(lines)
     for pattern, code, what in _DIAGNOSES:
         if pattern.search(text):
-            return code, what
+            return code, what, None
     return None
 
 
@@ -209,29 +209,7 @@ class Rpm(Family):
             "SOURCE_DATE_EPOCH": str(source_date_epoch),
             **self.template.environment,
         }
-        lines: list[str] = []
-
-        def on_line(line: str) -> None:
-            lines.append(line)
-            progress(f"dnf: {line}")
-
-        try:
-            run.run_streaming(
-                [*namespace_wrapper(), *argv],
-                on_line=on_line,
-                env=env,
-                error_code=ExitCode.BOOTSTRAP,
-            )
-        except VzError as e:
-            found = diagnose(lines)
-            if found is None:
-                raise VzError(f"{self.template.name}: {e.message}", e.code, e.hint) from None
-            code, what = found
-            raise VzError(
-                f"{self.template.name}: {what}\n{e.message}",
-                code,
-                hint="nothing was published; the previous cache is unchanged",
-            ) from None
+        self.run_bootstrap("dnf", argv, env, progress, diagnose)
         version = run.run(["dnf", "--version"], stdout=-1, check=False).stdout
         text = version.decode(errors="replace").strip().splitlines()
         return BootstrapResult("dnf", f"dnf {text[0]}" if text else "dnf")
