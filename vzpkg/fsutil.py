@@ -115,35 +115,30 @@ def remove_beneath(root: Path, rel: str) -> None:
         raise
 
 
-def empty_dir_beneath(root: Path, rel: str, *, keep: tuple[str, ...] = ()) -> None:
-    """Remove everything inside directory ``root/rel`` except the names in ``keep``."""
+def _names_beneath(root: Path, rel: str) -> list[str]:
+    """Entries of directory ``root/rel``; none when it is missing or is a planted symlink."""
     try:
         with open_dir_beneath(root, rel) as dfd:
-            names = os.listdir(dfd)
+            return os.listdir(dfd)
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return []
     except OSError as e:
         if e.errno == errno.ELOOP:
-            return
+            return []
         raise
-    for name in names:
+
+
+def empty_dir_beneath(root: Path, rel: str, *, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything inside directory ``root/rel`` except the names in ``keep``."""
+    for name in _names_beneath(root, rel):
         if name not in keep:
             remove_beneath(root, f"{rel}/{name}")
 
 
-def glob_remove_beneath(root: Path, rel_dir: str, predicate: str) -> None:
-    """Remove entries of ``root/rel_dir`` whose name starts with ``predicate``."""
-    try:
-        with open_dir_beneath(root, rel_dir) as dfd:
-            names = os.listdir(dfd)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return
-        raise
-    for name in names:
-        if name.startswith(predicate):
+def glob_remove_beneath(root: Path, rel_dir: str, prefix: str) -> None:
+    """Remove entries of ``root/rel_dir`` whose name starts with ``prefix``."""
+    for name in _names_beneath(root, rel_dir):
+        if name.startswith(prefix):
             remove_beneath(root, f"{rel_dir}/{name}")
 
 
