@@ -157,10 +157,6 @@ def is_known_key(key: str) -> bool:
     return key in KNOWN_KEYS or _MIRROR_KEY.match(key) is not None
 
 
-def format_kv(values: Mapping[str, str]) -> str:
-    return "".join(f'{key}="{value}"\n' for key, value in values.items())
-
-
 def _int_value(values: Mapping[str, str], key: str, default: int, source: str) -> int:
     try:
         return int(values.get(key, default))
