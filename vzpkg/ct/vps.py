@@ -214,9 +214,9 @@ def guest_settings(cfg: conf.CtConfig) -> GuestSettings:
     )
 
 
-def family_of(cfg: conf.CtConfig) -> str:
-    name = (cfg.ostemplate or "").split("-")[0]
-    return "rpm" if name in ("almalinux", "rocky", "fedora", "centos", "vzfix") else "deb"
+def family_of(root: Path) -> str:
+    """The VPS's package family, from what it has (its template may be gone from metadata)."""
+    return "deb" if resolve_in_root(root, "/var/lib/dpkg/status") is not None else "rpm"
 
 
 def start(host: HostConfig, ctid: int) -> InitKind:
@@ -252,7 +252,7 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
     init = detect_init(root_dir)
     if init.kind == "tini" and resolve_in_root(root_dir, "/bin/sh") is None:
         raise VzError(f"CT {ctid} has neither /sbin/init nor /bin/sh", ExitCode.BAD_CT)
-    apply_guest_setup(root_dir, family_of(cfg), guest_settings(cfg), init)
+    apply_guest_setup(root_dir, family_of(root_dir), guest_settings(cfg), init)
     spec = oci.BundleSpec(
         ctid=str(ctid),
         root=root_dir,
@@ -419,7 +419,9 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                 hint=f"vzctl start {ctid} first",
             )
         if running and request.changes_config():
-            apply_guest_setup(root_dir, family_of(new), guest_settings(new), detect_init(root_dir))
+            apply_guest_setup(
+                root_dir, family_of(root_dir), guest_settings(new), detect_init(root_dir)
+            )
             if request.hostname:
                 exec_capture(host, ctid, ["hostname", request.hostname])
         for entry in request.userpasswd:
