@@ -15,12 +15,12 @@ import contextlib
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vzpkg import fsutil
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, parse_kv
 
@@ -354,32 +354,11 @@ def write_ct_config(
     data = render_ct_config(cfg, base_text).encode()
     try:
         host.conf_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=host.conf_dir)
+        fsutil.atomic_write(path, data)
     except OSError as e:
         raise VzError(
             f"cannot write {path}: {e.strerror}", ExitCode.SYSTEM, hint=f"check {host.conf_dir}"
         ) from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o644)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise VzError(f"cannot write {path}: {e.strerror}", ExitCode.SYSTEM) from None
-        raise
-    dir_fd = os.open(host.conf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return path
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import signal as signals
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vzpkg import run
+from vzpkg import fsutil, run
 from vzpkg.errors import ExitCode, VzError
 
 CONTAINER_PREFIX = "vz"
@@ -103,27 +102,8 @@ def write_bundle(bundle_dir: Path, config: dict[str, Any]) -> Path:
     fsync the directory); the directory is created (mode 0700) when missing."""
     bundle_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=bundle_dir)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o600)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        target = bundle_dir / "config.json"
-        os.rename(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(bundle_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    target = bundle_dir / "config.json"
+    fsutil.atomic_write(target, data, 0o600)
     return target
 
 
