@@ -1,0 +1,936 @@
+#!/usr/bin/env python3
+"""Benchmark: the vzctl runtime against raw runc and LXC, in the same run, on the same tree.
+
+    sudo .venv/bin/python bench/runtime.py [--rounds 5] [--vps 5] [--build-cache]
+
+Everything runs from one cache of debian-12-x86_64-minimal (a verified copy of the checkout's
+caches/ one, or one built with vzpkgcache) under a temp dir (plus one in /dev/shm): a host
+config of its own (VZPKG_CONF), runc's own --root, LXC's own lxcpath (-P). Every VPS/container
+runs the same init: vzpkg's tini (the host's tini-static, bound read-only) keeping a shell loop
+alive. LXC is installed when missing (--no-install-recommends, its bridge disabled) and never
+gets a network (lxc.net.0.type = empty).
+
+Measures, as medians over the rounds after a warm-up round (the real CLIs, fresh processes):
+  startup  python -c pass, import vzpkg.cli.vzctl, vzctl --help: what every vzctl command pays
+           before doing anything ("work" = command time minus vzctl --help). Python commands
+           get a bytecode cache in the temp dir, as an installed vzpkg has.
+  vzpkg    vzctl create (overlay: the template tree exists; plain: the cache is unpacked, on
+           disk and on tmpfs), start, exec CTID true, stop, destroy; overlay create in-process
+  runc     runc run -d, exec true, state, delete --force of an unpacked copy of the root
+  lxc      lxc-copy -s -B overlay (snapshot clone), lxc-start -d, lxc-attach -- true,
+           lxc-stop, lxc-destroy
+  unpack   zstd -d | tar -x (vzpkg's tar flags) into a fresh dir: on disk, + syncfs, on tmpfs
+and then the host memory of --vps idle VPSs of each kind: PSS of the containers' processes plus
+any monitor process on the host (LXC keeps one per container, vzpkg none), and the change of
+the memory the host holds (anon, shmem, kernel objects: see held_memory_kb).
+
+Goals (issue): overlay create < 20 ms of work, vzctl start / lxc-start -d <= 1.5,
+vzctl exec - runc exec <= 30 ms.
+
+Everything is stopped, destroyed, unmounted and removed at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vzpkg.cache.archive import unpack_archive, unpack_argv  # noqa: E402
+from vzpkg.ct import vps  # noqa: E402
+from vzpkg.ct.guest import TINI_IN_CT, detect_init  # noqa: E402
+from vzpkg.hostconf import load_host_config  # noqa: E402
+
+BIN = Path(sys.executable).parent
+TEMPLATE = "debian-12-x86_64-minimal"
+HOST_TINI = Path("/usr/bin/tini-static")
+CTID_BASE = 73100  # far from the CTIDs the tests use: runc's cgroups are named /vzpkg/CTID
+LXC_BASE = "vzbench-base"
+RAW_ID = "vzbench-raw"
+LXC_NET_DEFAULTS = Path("/etc/default/lxc-net")
+LXC_LOCKS = Path("/run/lxc/lock")  # LXC's lock files, one directory per lxcpath
+MIB = 1024.0  # kB per MiB (smaps and meminfo count kB)
+
+GOAL_CREATE_WORK = 0.020
+GOAL_START_RATIO = 1.5
+GOAL_EXEC_EXTRA = 0.030
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def run(
+    argv: Sequence[str], env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(argv), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        output = (proc.stderr or proc.stdout)[-3000:]
+        raise BenchError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{output}")
+    return proc
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    run(argv, env)
+    return time.perf_counter() - start
+
+
+def timed_call(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+# --- host state: mounts, processes, memory ----------------------------------------------------
+
+
+def mounts_below(top: Path) -> list[str]:
+    """Mount points at or below ``top`` in the order mounted (/proc/mounts escapes octal)."""
+    prefix = str(top).rstrip("/") + "/"
+    points = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split(" ")[1])
+        if point == str(top) or point.startswith(prefix):
+            points.append(point)
+    return points
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, cmdline or [comm]) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        text = cmdline.replace(b"\0", b" ").decode(errors="replace").strip() or f"[{name}]"
+        table[int(entry.name)] = (int(fields[1]), text)
+    return table
+
+
+def descendants(table: dict[int, tuple[int, str]], root: int) -> list[int]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (ppid, _) in table.items():
+        children[ppid].append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def rollup(pid: int) -> tuple[int, int]:
+    """(Rss, Pss) of a process in kB."""
+    values = {"Rss": 0, "Pss": 0}
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in values:
+                values[key] = int(rest.split()[0])
+    return values["Rss"], values["Pss"]
+
+
+HELD = ("AnonPages", "Shmem", "SUnreclaim", "KernelStack", "PageTables", "Percpu")
+
+
+def held_memory_kb() -> int:
+    """Memory the host holds for processes and kernel objects (/proc/meminfo: anon, shmem,
+    unreclaimable slab, kernel stacks, page tables, percpu), caches left out. Not MemTotal -
+    MemAvailable: on a VM with free page reporting MemFree drifts by megabytes a second."""
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        info[key] = int(rest.split()[0])
+    return sum(info[key] for key in HELD)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    vps: int
+    processes: int
+    pss_kb: int
+    rss_kb: int
+    monitors: int
+    monitor_pss_kb: int
+    monitor_names: tuple[str, ...]
+    held_delta_kb: int
+    held_drift_kb: int  # change of the same figure in 1 s before the VPSs were started
+
+    @property
+    def per_vps_kb(self) -> float:
+        return (self.pss_kb + self.monitor_pss_kb) / self.vps
+
+
+def memory_of(inits: Sequence[int], held_before_kb: int, drift_kb: int) -> MemoryUse:
+    """Memory of the containers whose init pids are given, and of their monitors: the parent
+    of an init unless that is the host's PID 1 (a reparented, unsupervised init)."""
+    table = process_table()
+    pids = [pid for init in inits for pid in descendants(table, init)]
+    monitors = sorted({table[init][0] for init in inits} - {0, 1})
+    sizes = [rollup(pid) for pid in pids]
+    monitor_sizes = [rollup(pid) for pid in monitors]
+    return MemoryUse(
+        vps=len(inits),
+        processes=len(pids),
+        pss_kb=sum(pss for _, pss in sizes),
+        rss_kb=sum(rss for rss, _ in sizes),
+        monitors=len(monitors),
+        monitor_pss_kb=sum(pss for _, pss in monitor_sizes),
+        monitor_names=tuple(sorted({table[pid][1].split(" /")[0] for pid in monitors})),
+        held_delta_kb=held_memory_kb() - held_before_kb,
+        held_drift_kb=drift_kb,
+    )
+
+
+# --- the three runtimes -----------------------------------------------------------------------
+
+
+def python_env(base: Path) -> dict[str, str]:
+    """The environment of every Python command timed: bytecode cached (in the temp dir), as an
+    installed vzpkg has it, even when the caller set PYTHONDONTWRITEBYTECODE."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
+    return env
+
+
+class Vzpkg:
+    """The real vzctl CLI against a host config of its own."""
+
+    def __init__(self, base: Path, cache_dir: Path) -> None:
+        self.base = base
+        self.conf = base / "vzpkg.conf"
+        self.run_dir = base / "run"
+        values = {
+            "CACHE_DIR": cache_dir,
+            "PKGCACHE_DIR": base / "pkgcache",
+            "LOCKDIR": base / "lock",
+            "VE_ROOT": f"{base}/root/$VEID",
+            "VE_PRIVATE": f"{base}/private/$VEID",
+            "CONF_DIR": base / "conf",
+            "TREES_DIR": base / "trees",
+            "RUN_DIR": self.run_dir,
+        }
+        self.conf.write_text("".join(f'{key}="{value}"\n' for key, value in values.items()))
+        self.env = {**python_env(base), "VZPKG_CONF": str(self.conf)}
+        self.vzctl = str(BIN / "vzctl")
+        self.made: set[int] = set()
+
+    def ctl(self, *args: str) -> float:
+        return timed([self.vzctl, "-q", *args], self.env)
+
+    def create(self, ctid: int, layout: str, private: Path | None = None) -> float:
+        self.made.add(ctid)
+        where = ["--private", str(private)] if private else []
+        return self.ctl("create", str(ctid), "--ostemplate", TEMPLATE, "--layout", layout, *where)
+
+    def destroy(self, ctid: int) -> float:
+        elapsed = self.ctl("destroy", str(ctid))
+        self.made.discard(ctid)
+        return elapsed
+
+    def create_in_process(self, ctid: int) -> float:
+        """vps.create itself, imports already done: the work of the command, nothing else."""
+        host = load_host_config({"VZPKG_CONF": str(self.conf)})
+        self.made.add(ctid)
+        return timed_call(lambda: vps.create(host, ctid, TEMPLATE, layout_name="overlay"))
+
+    def runc_argv(self, *args: str) -> list[str]:
+        return ["runc", "--root", str(self.run_dir / "runc"), *args]
+
+    def init_pid(self, ctid: int) -> int:
+        state: dict[str, Any] = json.loads(run(self.runc_argv("state", f"vz{ctid}")).stdout)
+        return int(state["pid"])
+
+    def cleanup(self) -> None:
+        for ctid in sorted(self.made):
+            run([self.vzctl, "-q", "stop", "--fast", str(ctid)], self.env, check=False)
+            proc = run([self.vzctl, "-q", "destroy", str(ctid)], self.env, check=False)
+            if proc.returncode != 0:
+                log(f"cleanup: vzctl destroy {ctid}: {proc.stderr.strip()}")
+        self.made.clear()
+        if (self.run_dir / "runc").is_dir():
+            for name in run(self.runc_argv("list", "-q"), check=False).stdout.split():
+                log(f"cleanup: runc container {name} left behind by vzctl; deleting it")
+                run(self.runc_argv("delete", "--force", name), check=False)
+
+
+class RawRunc:
+    """runc by hand: runc spec, adjusted just enough to run the same init in the same root."""
+
+    def __init__(self, base: Path, rootfs: Path, init_argv: Sequence[str]) -> None:
+        self.bundle = rootfs.parent
+        self.state_root = base / "runc-raw"
+        self.running = False
+        run(["runc", "spec", "--bundle", str(self.bundle)])
+        config_path = self.bundle / "config.json"
+        config: dict[str, Any] = json.loads(config_path.read_text())
+        config["process"]["terminal"] = False
+        config["process"]["args"] = list(init_argv)
+        config["root"] = {"path": str(rootfs), "readonly": False}
+        config["hostname"] = "raw"
+        config["mounts"].append(
+            {
+                "destination": TINI_IN_CT,
+                "type": "bind",
+                "source": str(HOST_TINI),
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            }
+        )
+        config["linux"]["cgroupsPath"] = f"/{RAW_ID}"
+        config_path.write_text(json.dumps(config, indent=2))
+
+    def argv(self, *args: str) -> list[str]:
+        return ["runc", "--root", str(self.state_root), *args]
+
+    def start(self) -> float:
+        """runc hands its stdio on to init: a pipe there would never reach EOF, so runc's own
+        messages go to a log file."""
+        log_file = self.bundle / "runc.log"
+        argv = self.argv("--log", str(log_file), "run", "--detach", "--bundle", str(self.bundle))
+        self.running = True
+        start = time.perf_counter()
+        code = subprocess.call(
+            [*argv, RAW_ID],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        elapsed = time.perf_counter() - start
+        if code != 0:
+            raise BenchError(f"runc run failed ({code}): {log_file.read_text()[-3000:]}")
+        return elapsed
+
+    def exec_true(self) -> float:
+        return timed(self.argv("exec", RAW_ID, "true"))
+
+    def state(self) -> float:
+        return timed(self.argv("state", RAW_ID))
+
+    def delete(self) -> float:
+        elapsed = timed(self.argv("delete", "--force", RAW_ID))
+        self.running = False
+        return elapsed
+
+    def cleanup(self) -> None:
+        if self.running or self.state_root.is_dir():
+            run(self.argv("delete", "--force", RAW_ID), check=False)
+            self.running = False
+
+
+class Lxc:
+    """LXC with its own lxcpath; a base container with a plain rootfs, snapshot clones of it."""
+
+    def __init__(self, lxcpath: Path, init_argv: Sequence[str]) -> None:
+        self.lxcpath = lxcpath
+        self.init_argv = list(init_argv)
+        self.made: list[str] = []
+
+    def argv(self, tool: str, name: str, *args: str) -> list[str]:
+        return [tool, "-P", str(self.lxcpath), "-n", name, *args]
+
+    def make_base(self, archive: Path) -> None:
+        rootfs = self.lxcpath / LXC_BASE / "rootfs"
+        rootfs.mkdir(parents=True)
+        self.made.append(LXC_BASE)
+        unpack_archive(archive, rootfs)
+        (self.lxcpath / LXC_BASE / "config").write_text(
+            "lxc.include = /usr/share/lxc/config/common.conf\n"
+            f"lxc.uts.name = {LXC_BASE}\n"
+            f"lxc.rootfs.path = dir:{rootfs}\n"
+            "lxc.net.0.type = empty\n"
+            "lxc.tty.max = 0\n"
+            "lxc.apparmor.profile = unconfined\n"
+            f"lxc.mount.entry = {HOST_TINI} {TINI_IN_CT.lstrip('/')} none "
+            "bind,ro,nosuid,nodev,create=file 0 0\n"
+        )
+
+    def copy(self, name: str) -> float:
+        self.made.append(name)
+        return timed(self.argv("lxc-copy", LXC_BASE, "-N", name, "-s", "-B", "overlay"))
+
+    def start(self, name: str) -> float:
+        # lxc.init.cmd splits at spaces without quoting: the init argv goes on the command line.
+        return timed(self.argv("lxc-start", name, "-d", "--", *self.init_argv))
+
+    def attach_true(self, name: str) -> float:
+        return timed(self.argv("lxc-attach", name, "--", "true"))
+
+    def stop(self, name: str) -> float:
+        return timed(self.argv("lxc-stop", name, "-t", "10"))
+
+    def destroy(self, name: str) -> float:
+        elapsed = timed(self.argv("lxc-destroy", name))
+        self.made.remove(name)
+        return elapsed
+
+    def init_pid(self, name: str) -> int:
+        return int(run(self.argv("lxc-info", name, "-p", "-H")).stdout.strip())
+
+    def cleanup(self) -> None:
+        # Clones first: the base cannot go while snapshots of it exist.
+        for name in sorted(self.made, key=lambda n: n == LXC_BASE):
+            run(self.argv("lxc-stop", name, "-k"), check=False)
+            proc = run(self.argv("lxc-destroy", name), check=False)
+            if proc.returncode != 0:
+                log(f"cleanup: lxc-destroy {name}: {proc.stderr.strip()}")
+        self.made.clear()
+        # LXC leaves a lock directory per lxcpath behind; remove ours and its empty parents.
+        locks = self.lock_dir()
+        shutil.rmtree(locks, ignore_errors=True)
+        for parent in locks.parents:
+            if parent == LXC_LOCKS or not parent.is_relative_to(LXC_LOCKS):
+                break
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+    def lock_dir(self) -> Path:
+        return LXC_LOCKS / str(self.lxcpath).lstrip("/")
+
+
+def ensure_lxc() -> list[str]:
+    """Install LXC if missing, with its bridge disabled; returns what was done."""
+    notes = []
+
+    def bridge_off() -> None:
+        text = LXC_NET_DEFAULTS.read_text() if LXC_NET_DEFAULTS.exists() else ""
+        if 'USE_LXC_BRIDGE="false"' not in text.splitlines():
+            lines = [ln for ln in text.splitlines() if not ln.startswith("USE_LXC_BRIDGE=")]
+            LXC_NET_DEFAULTS.write_text("\n".join([*lines, 'USE_LXC_BRIDGE="false"']) + "\n")
+            notes.append(f'set USE_LXC_BRIDGE="false" in {LXC_NET_DEFAULTS}')
+
+    if shutil.which("lxc-start") is None:
+        bridge_off()
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = [
+            "apt-get", "install", "-y", "-q", "--no-install-recommends",
+            "-o", "Dpkg::Options::=--force-confold", "lxc",
+        ]  # fmt: skip
+        log("installing lxc (apt-get install --no-install-recommends lxc)")
+        if run(install, env, check=False).returncode != 0:
+            run(["apt-get", "update", "-q"], env)
+            run(install, env)
+        notes.append("installed lxc with apt-get install --no-install-recommends")
+    bridge_off()
+    if Path("/sys/class/net/lxcbr0").exists():
+        helper = Path("/usr/libexec/lxc/lxc-net")
+        if helper.exists():
+            run([str(helper), "stop"], check=False)
+        if Path("/sys/class/net/lxcbr0").exists():
+            run(["ip", "link", "delete", "lxcbr0"], check=False)
+        notes.append("stopped lxc-net and removed lxcbr0")
+    return notes
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+def obtain_cache(base: Path, vzpkg: Vzpkg, build: bool) -> tuple[Path, str, str]:
+    """The cache in vzpkg's CACHE_DIR: the checkout's copied in (verified), or a fresh build."""
+    cache_dir = base / "cache"
+    archive, manifest = cache_dir / f"{TEMPLATE}.tar.zst", cache_dir / f"{TEMPLATE}.json"
+    source = REPO / "caches"
+    if not build and (source / archive.name).is_file() and (source / manifest.name).is_file():
+        shutil.copy2(source / manifest.name, manifest)
+        shutil.copy2(source / archive.name, archive)
+        sha = json.loads(manifest.read_text())["archive"]["sha256"]
+        with archive.open("rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() == sha:
+                return archive, sha, f"copied from {source} (read only)"
+        log("the checkout's cache changed while being copied; building one instead")
+        archive.unlink()
+        manifest.unlink()
+    log(f"building {TEMPLATE} with vzpkgcache")
+    elapsed = timed([str(BIN / "vzpkgcache"), "-q", TEMPLATE], vzpkg.env)
+    sha = json.loads(manifest.read_text())["archive"]["sha256"]
+    return archive, sha, f"built with vzpkgcache in {elapsed:.1f} s"
+
+
+def raw_unpack_argv(archive: Path, target: Path, sync: bool) -> list[str]:
+    script = (
+        shlex.join(["zstd", "-dcq", "--", str(archive)])
+        + " | "
+        + shlex.join(unpack_argv("tar", target))
+    )
+    if sync:
+        script += " && " + shlex.join(["sync", "-f", str(target)])
+    return ["bash", "-o", "pipefail", "-c", script]
+
+
+def import_breakdown(env: dict[str, str]) -> list[tuple[str, float]]:
+    """Self import times of `import vzpkg.cli.vzctl`, summed per top-level package (ms)."""
+    proc = run([sys.executable, "-X", "importtime", "-c", "import vzpkg.cli.vzctl"], env)
+    groups: dict[str, float] = defaultdict(float)
+    for line in proc.stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \| +(\S+)", line)
+        if match:
+            root = match.group(2).split(".")[0]
+            stdlib = root in sys.stdlib_module_names or root == "_distutils_hack"
+            group = "stdlib" if stdlib else root
+            groups[group] += int(match.group(1)) / 1000
+    return sorted(groups.items(), key=lambda item: -item[1])
+
+
+@dataclass
+class Results:
+    times: dict[str, list[float]]
+    first_overlay_create: float
+    memory: dict[str, MemoryUse]
+    imports: list[tuple[str, float]]
+    cache_note: str
+    members_note: str
+    lxc_notes: list[str]
+
+    def med(self, key: str) -> float:
+        return statistics.median(self.times[key])
+
+
+def bench_rounds(
+    rounds: int, vzpkg: Vzpkg, raw: RawRunc, lxc: Lxc, archive: Path, disk: Path, shm: Path
+) -> dict[str, list[float]]:
+    """Round 0 is a warm-up (bytecode cache, page cache, first-use costs of each tool) and is
+    not counted. The disk-heavy steps run in reverse order every other round: on a VM disk with
+    a write budget, whatever runs later pays for what ran before."""
+    times: dict[str, list[float]] = defaultdict(list)
+    python, env = sys.executable, vzpkg.env
+    no_bytecode = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    no_bytecode.pop("PYTHONPYCACHEPREFIX", None)
+    overlay, plain, plain_tmpfs, in_process = (CTID_BASE + i for i in range(1, 5))
+
+    def settle() -> None:
+        """Write back what earlier steps left dirty, so that no step pays for another's."""
+        run(["sync", "-f", str(disk)])
+
+    def unpack(top: Path, sync: bool) -> float:
+        target = top / "unpack"
+        target.mkdir()
+        try:
+            return timed(raw_unpack_argv(archive, target, sync))
+        finally:
+            shutil.rmtree(target)
+
+    def plain_on_disk() -> dict[str, float]:
+        created = vzpkg.create(plain, "plain")
+        settle()
+        return {"vzctl create plain": created, "vzctl destroy plain": vzpkg.destroy(plain)}
+
+    def plain_on_tmpfs() -> dict[str, float]:
+        private = shm / "private" / str(plain_tmpfs)
+        return {
+            "vzctl create plain, tmpfs": vzpkg.create(plain_tmpfs, "plain", private),
+            "vzctl destroy plain, tmpfs": vzpkg.destroy(plain_tmpfs),
+        }
+
+    heavy: list[Callable[[], dict[str, float]]] = [
+        plain_on_disk,
+        lambda: {"zstd -d | tar -x": unpack(disk, False)},
+        lambda: {"zstd -d | tar -x + syncfs": unpack(disk, True)},
+        plain_on_tmpfs,
+        lambda: {"zstd -d | tar -x, tmpfs": unpack(shm, False)},
+    ]
+
+    for round_ in range(rounds + 1):
+        t: dict[str, list[float]] = defaultdict(list) if round_ == 0 else times
+        t["python -c pass"].append(timed([python, "-c", "pass"], env))
+        t["import vzpkg.cli.vzctl"].append(timed([python, "-c", "import vzpkg.cli.vzctl"], env))
+        t["vzctl --help"].append(timed([vzpkg.vzctl, "--help"], env))
+        t["vzctl --help, no bytecode"].append(timed([vzpkg.vzctl, "--help"], no_bytecode))
+
+        t["vzctl create overlay"].append(vzpkg.create(overlay, "overlay"))
+        t["vzctl start"].append(vzpkg.ctl("start", str(overlay)))
+        t["vzctl exec true"].append(vzpkg.ctl("exec", str(overlay), "true"))
+        t["vzctl stop"].append(vzpkg.ctl("stop", str(overlay)))
+        t["vzctl destroy overlay"].append(vzpkg.destroy(overlay))
+        t["vps.create overlay"].append(vzpkg.create_in_process(in_process))
+        vzpkg.destroy(in_process)
+
+        t["runc run -d"].append(raw.start())
+        t["runc exec true"].append(raw.exec_true())
+        t["runc state"].append(raw.state())
+        t["runc delete --force"].append(raw.delete())
+
+        name = f"vzbench-r{round_}"
+        t["lxc-copy -s -B overlay"].append(lxc.copy(name))
+        t["lxc-start -d"].append(lxc.start(name))
+        t["lxc-attach -- true"].append(lxc.attach_true(name))
+        t["lxc-stop"].append(lxc.stop(name))
+        t["lxc-destroy"].append(lxc.destroy(name))
+
+        for step in heavy if round_ % 2 else reversed(heavy):
+            settle()
+            for key, value in step().items():
+                t[key].append(value)
+        settle()
+        log(
+            (f"round {round_}/{rounds}: " if round_ else "warm-up round: ")
+            + ", ".join(f"{k} {v[-1] * 1000:.0f}" for k, v in t.items())
+            + " (ms)"
+        )
+    return times
+
+
+def idle_drift() -> tuple[int, int]:
+    """How much the host's held memory moves by itself in a second, and its value now. Waits
+    (up to 10 s) for it to settle: the kernel frees the cgroups of the containers just removed
+    a while later, and other work on the host moves it too."""
+    now = held_memory_kb()
+    for _ in range(10):
+        time.sleep(1)
+        first, now = now, held_memory_kb()
+        if abs(now - first) < 256:
+            break
+    return now - first, now
+
+
+def bench_memory(count: int, vzpkg: Vzpkg, lxc: Lxc) -> dict[str, MemoryUse]:
+    result = {}
+    drift, before = idle_drift()
+    ctids = [CTID_BASE + 10 + i for i in range(count)]
+    for ctid in ctids:
+        vzpkg.create(ctid, "overlay")
+        vzpkg.ctl("start", str(ctid))
+    time.sleep(1)
+    result["vzpkg"] = memory_of([vzpkg.init_pid(ctid) for ctid in ctids], before, drift)
+    for ctid in ctids:
+        vzpkg.ctl("stop", str(ctid))
+        vzpkg.destroy(ctid)
+
+    drift, before = idle_drift()
+    names = [f"vzbench-m{i}" for i in range(count)]
+    for name in names:
+        lxc.copy(name)
+        lxc.start(name)
+    time.sleep(1)
+    result["lxc"] = memory_of([lxc.init_pid(name) for name in names], before, drift)
+    for name in names:
+        lxc.stop(name)
+        lxc.destroy(name)
+    return result
+
+
+def check_clean(tops: Sequence[Path], links_before: set[str], ctids: Sequence[int]) -> list[str]:
+    problems = []
+    for top in tops:
+        if mounts_below(top):
+            problems.append(f"mounts left: {mounts_below(top)}")
+        if top.exists():
+            problems.append(f"{top} not removed")
+    links = set(os.listdir("/sys/class/net")) - links_before
+    if links:
+        problems.append(f"network links left: {sorted(links)}")
+    if Path("/sys/class/net/lxcbr0").exists():
+        problems.append("lxcbr0 exists")
+    for pid, (_, cmdline) in process_table().items():
+        ours = any(str(top) in cmdline for top in tops) or "vzbench-" in cmdline
+        if pid != os.getpid() and ours:
+            problems.append(f"process left: {pid} {cmdline}")
+    names = {f"vzpkg/{ctid}" for ctid in ctids} | {RAW_ID}
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        for name in names:
+            if (hierarchy / name).exists():
+                problems.append(f"cgroup left: {hierarchy / name}")
+        for path in hierarchy.glob("lxc.*.vzbench-*"):
+            problems.append(f"cgroup left: {path}")
+    locks = LXC_LOCKS / str(tops[0]).lstrip("/")
+    if locks.exists():
+        problems.append(f"LXC lock directory left: {locks}")
+    return problems
+
+
+def cleanup(
+    tops: Sequence[Path], links_before: set[str], parts: Sequence[Vzpkg | RawRunc | Lxc | None]
+) -> list[str]:
+    """Stop and remove every container, unmount and remove the temp dirs (``tops``, LXC's
+    lxcpath in the first), then report whatever is still there."""
+    for part in parts:
+        if part is not None:
+            try:
+                part.cleanup()
+            except Exception as e:
+                log(f"cleanup of {type(part).__name__} failed: {e}")
+    for top in tops:
+        for point in reversed(mounts_below(top)):
+            log(f"cleanup: unmounting {point}")
+            if run(["umount", point], check=False).returncode != 0:
+                run(["umount", "-l", point], check=False)
+        if mounts_below(top):
+            log(f"cleanup: mounts remain below {top}; not removing it")
+        else:
+            shutil.rmtree(top, ignore_errors=True)
+    return check_clean(tops, links_before, [CTID_BASE + i for i in range(20)])
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def versions() -> str:
+    runc = run(["runc", "--version"]).stdout.split("\n")[0].split()[-1]
+    lxc = run(["lxc-start", "--version"]).stdout.strip()
+    return (
+        f"kernel {platform.release()}, runc {runc}, lxc {lxc}, python {platform.python_version()}"
+        f", {os.cpu_count()} cpus"
+    )
+
+
+def report(r: Results, rounds: int, count: int, versions_line: str) -> None:
+    ms = 1000.0
+    startup = r.med("vzctl --help")
+    print(f"\n{TEMPLATE}, {rounds} rounds, medians in ms; {versions_line}")
+    print(f"cache: {r.cache_note}; {r.members_note}")
+    rows: list[tuple[str, str | None, bool]] = [
+        ("startup (every vzctl command pays this)", None, False),
+        ("python -c pass", "python -c pass", False),
+        ("python -c 'import vzpkg.cli.vzctl'", "import vzpkg.cli.vzctl", False),
+        ("vzctl --help", "vzctl --help", False),
+        ("vzctl --help, PYTHONDONTWRITEBYTECODE=1", "vzctl --help, no bytecode", False),
+        ("vzpkg", None, False),
+        ("vzctl create --layout overlay", "vzctl create overlay", True),
+        ("vps.create overlay (in-process)", "vps.create overlay", False),
+        ("vzctl create --layout plain", "vzctl create plain", True),
+        ("vzctl start (overlay)", "vzctl start", True),
+        ("vzctl exec CTID true", "vzctl exec true", True),
+        ("vzctl stop", "vzctl stop", True),
+        ("vzctl destroy (overlay)", "vzctl destroy overlay", True),
+        ("vzctl destroy (plain)", "vzctl destroy plain", True),
+        ("vzctl create --layout plain, on tmpfs", "vzctl create plain, tmpfs", True),
+        ("vzctl destroy (plain), on tmpfs", "vzctl destroy plain, tmpfs", True),
+        ("runc (by hand, same root, same init)", None, False),
+        ("runc run -d", "runc run -d", False),
+        ("runc exec ID true", "runc exec true", False),
+        ("runc state ID", "runc state", False),
+        ("runc delete --force (kill+delete)", "runc delete --force", False),
+        ("lxc (same tree, same init, no network)", None, False),
+        ("lxc-copy -s -B overlay", "lxc-copy -s -B overlay", False),
+        ("lxc-start -d", "lxc-start -d", False),
+        ("lxc-attach -n X -- true", "lxc-attach -- true", False),
+        ("lxc-stop", "lxc-stop", False),
+        ("lxc-destroy (clone)", "lxc-destroy", False),
+        ("unpack by hand", None, False),
+        ("zstd -d | tar -x", "zstd -d | tar -x", False),
+        ("zstd -d | tar -x + syncfs", "zstd -d | tar -x + syncfs", False),
+        ("zstd -d | tar -x, on tmpfs", "zstd -d | tar -x, tmpfs", False),
+    ]
+    print(f"\n{'':<42} {'median':>8} {'min':>8} {'max':>8} {'work*':>8}")
+    for label, key, work in rows:
+        if key is None:
+            print(label)
+            continue
+        values = r.times[key]
+        line = (
+            f"  {label:<40} {r.med(key) * ms:>8.1f} {min(values) * ms:>8.1f} "
+            f"{max(values) * ms:>8.1f}"
+        )
+        if work:
+            line += f" {(r.med(key) - startup) * ms:>8.1f}"
+        print(line)
+    print(f"  {'vzctl create overlay, first (makes tree)':<40} {r.first_overlay_create * ms:>8.1f}")
+    print(f"* work = median - median of vzctl --help ({startup * ms:.1f} ms)")
+    print(
+        "Python commands run with a bytecode cache (PYTHONPYCACHEPREFIX in the temp dir), as an "
+        "installed vzpkg has;\nwithout one (PYTHONDONTWRITEBYTECODE=1 and no __pycache__ in the "
+        f"checkout: {not (REPO / 'vzpkg' / '__pycache__').is_dir()}) every command compiles vzpkg."
+    )
+    top = ", ".join(f"{name} {t:.1f}" for name, t in r.imports[:6])
+    print(f"import vzpkg.cli.vzctl, self time by package (-X importtime, ms): {top}")
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    def ratio(label: str, value: str, note: str = "") -> None:
+        print(f"  {label:<46} {value:>9}  {note}".rstrip())
+
+    create_work = r.med("vzctl create overlay") - startup
+    start_ratio = r.med("vzctl start") / r.med("lxc-start -d")
+    start_work = r.med("vzctl start") - startup
+    exec_extra = r.med("vzctl exec true") - r.med("runc exec true")
+    exec_work = r.med("vzctl exec true") - startup
+    print("\nratios")
+    ratio(
+        "overlay create work",
+        f"{create_work * ms:.1f} ms",
+        f"goal < 20 ms: {verdict(create_work < GOAL_CREATE_WORK)} "
+        f"(in-process {r.med('vps.create overlay') * ms:.1f} ms)",
+    )
+    ratio(
+        "vzctl start / lxc-start -d",
+        f"{start_ratio:.2f}",
+        f"goal <= 1.50: {verdict(start_ratio <= GOAL_START_RATIO)} "
+        f"(work only: {start_work / r.med('lxc-start -d'):.2f}; runc run -d / lxc-start -d: "
+        f"{r.med('runc run -d') / r.med('lxc-start -d'):.2f})",
+    )
+    ratio(
+        "vzctl exec - runc exec",
+        f"{exec_extra * ms:.1f} ms",
+        f"goal <= 30 ms: {verdict(exec_extra <= GOAL_EXEC_EXTRA)} "
+        f"(work only: {(exec_work - r.med('runc exec true')) * ms:.1f} ms)",
+    )
+    attach = r.med("vzctl exec true") / r.med("lxc-attach -- true")
+    ratio("vzctl exec / lxc-attach", f"{attach:.2f}")
+    ratio(
+        "overlay create / lxc-copy -s -B overlay",
+        f"{r.med('vzctl create overlay') / r.med('lxc-copy -s -B overlay'):.2f}",
+    )
+    for create, unpack in (
+        ("vzctl create plain", "zstd -d | tar -x"),
+        ("vzctl create plain", "zstd -d | tar -x + syncfs"),
+        ("vzctl create plain, tmpfs", "zstd -d | tar -x, tmpfs"),
+    ):
+        label = f"{create.removeprefix('vzctl create ')} create / {unpack}"
+        ratio(label, f"{r.med(create) / r.med(unpack):.2f}")
+
+    print(f"\nmemory of {count} idle VPSs of each kind (kB = KiB; PSS from smaps_rollup)")
+    print(
+        f"  {'':<8} {'procs':>6} {'PSS':>8} {'RSS':>8} {'monitors':>9} {'mon. PSS':>9} "
+        f"{'PSS/VPS MiB':>12} {'held/VPS MiB':>13}"
+    )
+    for kind, m in r.memory.items():
+        print(
+            f"  {kind:<8} {m.processes:>6} {m.pss_kb:>8} {m.rss_kb:>8} {m.monitors:>9} "
+            f"{m.monitor_pss_kb:>9} {m.per_vps_kb / MIB:>12.2f} "
+            f"{m.held_delta_kb / m.vps / MIB:>13.2f}"
+        )
+        if m.monitor_names:
+            print(f"  {'':<8} monitor processes: {', '.join(m.monitor_names)}")
+    drifts = ", ".join(f"{kind} {m.held_drift_kb / MIB:+.2f}" for kind, m in r.memory.items())
+    print(
+        f"  held = host-wide change of {' + '.join(HELD)} (/proc/meminfo);\n"
+        f"  it moved by itself by {drifts} MiB in the second before each start: compare with "
+        f"{count} x held/VPS"
+    )
+    ours, theirs = r.memory["vzpkg"], r.memory["lxc"]
+    ratio(
+        "per-VPS PSS (processes + monitors) vzpkg / lxc",
+        f"{ours.per_vps_kb / theirs.per_vps_kb:.2f}",
+        f"({ours.per_vps_kb / MIB:.2f} vs {theirs.per_vps_kb / MIB:.2f} MiB)",
+    )
+    held = ours.held_delta_kb / theirs.held_delta_kb if theirs.held_delta_kb > 0 else float("nan")
+    ratio("per-VPS held memory vzpkg / lxc", f"{held:.2f}")
+    if r.lxc_notes:
+        print("lxc: " + "; ".join(r.lxc_notes))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--vps", type=int, default=5, help="idle VPSs per kind for memory")
+    parser.add_argument(
+        "--build-cache", action="store_true", help="build the cache even if caches/ has one"
+    )
+    args = parser.parse_args()
+    if args.rounds < 1 or args.vps < 1:
+        parser.error("--rounds and --vps must be at least 1")
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (vzctl, runc and LXC need it)")
+    for tool in ("runc", "zstd", "tar", "umount"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is missing")
+    if not HOST_TINI.is_file():
+        sys.exit(f"bench: {HOST_TINI} is missing (apt-get install tini)")
+    signal.signal(signal.SIGTERM, _interrupt)
+    lxc_notes = ensure_lxc()
+
+    links_before = set(os.listdir("/sys/class/net"))
+    base = Path(tempfile.mkdtemp(prefix="vzpkg-bench-rt-"))
+    base.chmod(0o755)
+    shm = Path(tempfile.mkdtemp(prefix="vzpkg-bench-rt-", dir="/dev/shm"))
+    vzpkg: Vzpkg | None = None
+    raw: RawRunc | None = None
+    lxc: Lxc | None = None
+    failed = True
+    try:
+        vzpkg = Vzpkg(base, base / "cache")
+        (base / "cache").mkdir()
+        archive, sha, cache_note = obtain_cache(base, vzpkg, args.build_cache)
+        rootfs = base / "runc-bundle" / "rootfs"
+        rootfs.mkdir(parents=True)
+        unpacked = unpack_archive(archive, rootfs)
+        members_note = (
+            f"sha256 {sha[:12]}, {unpacked.members} members, "
+            f"{unpacked.uncompressed_size / 2**20:.1f} MiB as tar"
+        )
+        init = detect_init(rootfs)
+        if init.kind != "tini":
+            raise BenchError(f"{TEMPLATE} has an init of its own ({init.kind}): expected none")
+        raw = RawRunc(base, rootfs, init.argv)
+        lxc = Lxc(base / "lxc", init.argv)
+        lxc.make_base(archive)
+        # The anchor keeps the overlay tree for the whole run: every timed create finds it.
+        first = vzpkg.create(CTID_BASE, "overlay")
+        times = bench_rounds(args.rounds, vzpkg, raw, lxc, archive, base, shm)
+        memory = bench_memory(args.vps, vzpkg, lxc)
+        results = Results(
+            times=times,
+            first_overlay_create=first,
+            memory=memory,
+            imports=import_breakdown(vzpkg.env),
+            cache_note=cache_note,
+            members_note=members_note,
+            lxc_notes=lxc_notes,
+        )
+        versions_line = versions()
+        failed = False
+    except BenchError as e:
+        log(str(e))
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        with signals_ignored():
+            log("cleaning up")
+            problems = cleanup([base, shm], links_before, [vzpkg, raw, lxc])
+        for problem in problems:
+            log(f"NOT CLEAN: {problem}")
+    if failed:
+        sys.exit(1)
+    report(results, args.rounds, args.vps, versions_line)
+    if problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
