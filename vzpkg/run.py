@@ -104,7 +104,10 @@ def run(
     error_hint: str | None = None,
     input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a program to completion. On failure raise VzError carrying its stderr's tail."""
+    """Run a program to completion. On failure raise VzError carrying its stderr's tail.
+
+    Short commands only: long jobs go through spawn / run_streaming, whose children die with
+    us (a preexec hook here would cost a real fork on every runc or mount call)."""
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     if input is not None:
@@ -118,7 +121,6 @@ def run(
             stdout=stdout,
             stderr=stderr,
             input=input,
-            preexec_fn=_die_with_parent,
             check=False,
         )
     except FileNotFoundError:

@@ -9,16 +9,19 @@ VPS's root in its namespaces, never as the host's root.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from vzpkg import fsutil
+
+if TYPE_CHECKING:
+    import jinja2
 from vzpkg.errors import ExitCode, VzError
 
 DISTS = Path(__file__).resolve().parent / "dists"
@@ -44,7 +47,10 @@ class InitKind:
     stop_signal: str
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
+    import jinja2  # lazy: most vzctl commands render nothing
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(DISTS)),
         autoescape=False,
@@ -56,6 +62,8 @@ def _environment() -> jinja2.Environment:
 
 
 def render(family: str, name: str, **values: object) -> str:
+    import jinja2
+
     env = _environment()
     for candidate in (f"{family}/{name}.j2", f"common/{name}.j2"):
         try:

@@ -11,8 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from debian.deb822 import Deb822, Packages
-
 
 @dataclass(frozen=True)
 class AptSource:
@@ -44,6 +42,8 @@ _APT_FALSE = frozenset({"no", "false", "without", "off", "disable"})
 
 
 def parse_deb822_sources(text: str, origin: str) -> list[AptSource]:
+    from debian.deb822 import Deb822  # lazy: only cache builds read apt sources
+
     sources = []
     for stanza in Deb822.iter_paragraphs(text.splitlines()):
         if "deb" not in stanza.get("Types", "").split():
@@ -166,6 +166,8 @@ def debootstrap_argv(
 
 def read_dpkg_status(status_file: Path) -> list[tuple[str, str, str]]:
     """(name, version, arch) of every installed package, sorted by name."""
+    from debian.deb822 import Packages
+
     result = []
     with status_file.open(encoding="utf-8", errors="replace") as f:
         for para in Packages.iter_paragraphs(f, use_apt_pkg=False):
