@@ -15,7 +15,6 @@ import pytest
 
 from vzpkg import run
 from vzpkg.cache.archive import pack_tree, unpack_archive
-from vzpkg.cache.store import mounts_under
 from vzpkg.ct import layout
 from vzpkg.ct.conf import private_path, root_path
 from vzpkg.ct.layout import (
@@ -29,6 +28,7 @@ from vzpkg.ct.layout import (
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, host_config_from
+from vzpkg.mounts import mounts_under, read_mountinfo
 
 pytestmark = pytest.mark.root
 
@@ -95,7 +95,7 @@ def assert_template_files(root: Path) -> None:
 
 
 def count_mounts(root: Path) -> int:
-    return sum(entry.mount_point == str(root) for entry in layout.read_mountinfo())
+    return sum(entry.mount_point == str(root) for entry in read_mountinfo())
 
 
 def test_plain_create_mount_umount_destroy(host: HostConfig, cache: tuple[Path, str]) -> None:

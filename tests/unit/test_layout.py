@@ -8,19 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from vzpkg import mounts
 from vzpkg.ct import layout
 from vzpkg.ct.layout import (
     TREE_MARKER,
     create_private,
-    is_mounted,
     layout_of,
     mount_argv,
-    mounts_using,
     overlay_options,
-    parse_mountinfo,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, host_config_from
+from vzpkg.mounts import is_mounted, mounts_using, parse_mountinfo
 
 SHA = "ab" * 32
 
@@ -40,7 +39,7 @@ workdir=/vz/private/102/work,uuid=on
 def fake_mountinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "mountinfo"
     path.write_bytes(MOUNTINFO)
-    monkeypatch.setattr(layout, "MOUNTINFO", path)
+    monkeypatch.setattr(mounts, "MOUNTINFO", path)
 
 
 @pytest.fixture

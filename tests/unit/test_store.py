@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from vzpkg.cache.manifest import ArchiveInfo, Manifest, manifest_from_dict, read_manifest
-from vzpkg.cache.store import CacheStore, _unescape_mount_point
+from vzpkg.cache.store import CacheStore
 from vzpkg.distro.base import Fingerprint, InstalledPackage
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.mounts import _unescape
 
 NAME = "debian-12-x86_64-minimal"
 
@@ -203,5 +204,5 @@ def test_mount_points_are_unescaped_like_the_kernel_escapes_them() -> None:
     # A UTF-8 name with a space: a mount below a build dir must still be recognised, or
     # remove_tree_safely would delete through it into the host directory mounted there.
     field = "/srv/caché\\040dir/.tmp-x-1-ab/root/proc".encode()
-    assert _unescape_mount_point(field) == "/srv/caché dir/.tmp-x-1-ab/root/proc"
-    assert _unescape_mount_point(b"/a\\011b\\134c\\012") == "/a\tb\\c\n"
+    assert _unescape(field) == "/srv/caché dir/.tmp-x-1-ab/root/proc"
+    assert _unescape(b"/a\\011b\\134c\\012") == "/a\tb\\c\n"

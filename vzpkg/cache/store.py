@@ -24,10 +24,10 @@ from pathlib import Path
 from vzpkg import run
 from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.mounts import mounts_under
 
 TMP_PREFIX = ".tmp-"
 RMTREE_PATIENCE = 10.0  # seconds
-_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,24 +36,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _unescape_mount_point(field: bytes) -> str:
-    """The kernel writes space, tab, newline and backslash as ``\\ooo``; other bytes are raw
-    (so a UTF-8 name must not go through "unicode_escape", which reads it as Latin-1)."""
-    return os.fsdecode(_MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` in this mount namespace, deepest first."""
-    prefix = str(path.resolve())
-    points = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            point = _unescape_mount_point(line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
 
 
 def remove_tree_safely(path: Path) -> None:

@@ -1,0 +1,122 @@
+"""The mount table as the kernel shows it (/proc/self/mountinfo), parsed exactly.
+
+Paths are unescaped as the kernel escapes them, and compared whole, never as string prefixes
+of each other, so /vz/root/10 is not taken for /vz/root/101.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of mountinfo (proc(5)); paths unescaped."""
+
+    device: str  # major:minor
+    fs_root: str  # the directory of the filesystem that is mounted (a bind mount's source)
+    mount_point: str
+    fstype: str
+    source: str
+    super_options: str
+
+    def option(self, name: str) -> str | None:
+        for item in self.super_options.split(","):
+            key, _, value = item.partition("=")
+            if key == name:
+                return value
+        return None
+
+
+def _unescape(field: bytes) -> str:
+    """The kernel writes space, tab, newline and backslash as ``\\ooo``; all else is raw."""
+    return os.fsdecode(_MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def parse_mountinfo(data: bytes) -> list[MountEntry]:
+    entries = []
+    for line in data.splitlines():
+        fields = line.split(b" ")
+        try:
+            separator = fields.index(b"-", 6)  # optional fields come before it
+            entries.append(
+                MountEntry(
+                    device=fields[2].decode(),
+                    fs_root=_unescape(fields[3]),
+                    mount_point=_unescape(fields[4]),
+                    fstype=_unescape(fields[separator + 1]),
+                    source=_unescape(fields[separator + 2]),
+                    super_options=_unescape(fields[separator + 3]),
+                )
+            )
+        except (ValueError, IndexError):
+            continue  # not a mountinfo line
+    return entries
+
+
+def read_mountinfo() -> list[MountEntry]:
+    return parse_mountinfo(MOUNTINFO.read_bytes())
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def is_mounted(root: Path) -> bool:
+    """Whether something is mounted exactly on ``root`` (not merely somewhere below it)."""
+    point = _real(root)
+    return any(entry.mount_point == point for entry in read_mountinfo())
+
+
+def _is_at_or_below(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def mounts_using(path: Path) -> list[str]:
+    """Mount points that show ``path`` or something below it: bind mounts of it (wherever
+    they are), overlays with their upper layer in it or a lower layer from it, and mounts on
+    it or below it."""
+    target = _real(path)
+    entries = read_mountinfo()
+    # Where ``path`` lies inside its filesystem: the bind mounts of it have that as fs_root.
+    holder = max(
+        (e for e in entries if _is_at_or_below(target, e.mount_point)),
+        key=lambda e: len(e.mount_point),
+        default=None,
+    )
+    inside = None
+    if holder is not None:
+        relative = os.path.relpath(target, holder.mount_point)
+        inside = os.path.normpath(os.path.join(holder.fs_root, relative))
+    users = []
+    for entry in entries:
+        layers: list[str] = []
+        if entry.fstype == "overlay":
+            layers += (entry.option("lowerdir") or "").split(":")
+            layers += [entry.option("upperdir") or "", entry.option("workdir") or ""]
+        if (
+            _is_at_or_below(entry.mount_point, target)
+            or any(layer and _is_at_or_below(layer, target) for layer in layers)
+            or (
+                entry is not holder
+                and holder is not None
+                and inside is not None
+                and entry.device == holder.device
+                and _is_at_or_below(entry.fs_root, inside)
+            )
+        ):
+            users.append(entry.mount_point)
+    return users
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    top = os.path.realpath(path)
+    points = [e.mount_point for e in read_mountinfo() if _is_at_or_below(e.mount_point, top)]
+    return sorted(points, key=len, reverse=True)
