@@ -128,10 +128,21 @@ def test_unchanged_cache_is_up_to_date_and_untouched(vzhost: VzHost) -> None:
     started = time.monotonic()
     result = vzhost.build(MINIMAL)
     assert result["returncode"] == 0
+    after = archive.stat()
+    if upstream_moved(result):
+        return  # the live mirror published between the builds: a rebuild is right
     assert result["status"] == "up-to-date"
     assert time.monotonic() - started < 15  # no bootstrap happened
-    after = archive.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def upstream_moved(result: dict[str, object]) -> bool:
+    """The host's Debian mirror is live: a suite may publish while the tests run. Then the
+    freshness check must have rebuilt, and said why."""
+    if result["status"] != "built":
+        return False
+    assert "rebuilding: upstream changed" in str(result["stderr"])
+    return True
 
 
 def test_forced_rebuild_keeps_old_and_is_reproducible(vzhost: VzHost) -> None:
@@ -141,8 +152,10 @@ def test_forced_rebuild_keeps_old_and_is_reproducible(vzhost: VzHost) -> None:
     old = vzhost.cache_dir / f"{MINIMAL}-old.tar.zst"
     assert sha256(old) == previous
     assert vzhost.manifest(f"{MINIMAL}-old")["archive"]["sha256"] == previous
-    # Same upstream state, same bytes: the pack is reproducible.
-    assert sha256(vzhost.archive(MINIMAL)) == previous
+    # Same upstream state, same bytes: the pack is reproducible. (The live mirror may have
+    # published in between; then the manifests say so and the bytes may differ.)
+    if vzhost.manifest(MINIMAL)["upstream"] == vzhost.manifest(f"{MINIMAL}-old")["upstream"]:
+        assert sha256(vzhost.archive(MINIMAL)) == previous
     # The package cache was used: nothing new downloaded into it.
     debs = list((vzhost.pkgcache_dir / "debian-12-x86_64").glob("*.deb"))
     assert len(debs) >= 100
@@ -299,7 +312,7 @@ def test_interrupted_build_leaves_no_partial_cache(vzhost: VzHost, how: str) -> 
     # The next build sweeps whatever a kill -9 left and finds the cache up to date.
     result = vzhost.build(MINIMAL)
     assert result["returncode"] == 0
-    assert result["status"] == "up-to-date"
+    assert result["status"] == "up-to-date" or upstream_moved(result)
     assert vzhost.leftovers() == []
 
 
