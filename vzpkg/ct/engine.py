@@ -24,19 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from vzpkg import fsutil, run
+from vzpkg.ct.ids import CONTAINER_PREFIX as CONTAINER_PREFIX
+from vzpkg.ct.ids import container_id as container_id
 from vzpkg.errors import ExitCode, VzError
 
-CONTAINER_PREFIX = "vz"
 POLL_INTERVAL = 0.05  # seconds between state polls while waiting for a stop
 KILL_GRACE = 10.0  # seconds to wait for SIGKILL to take everything down
 _NOT_FOUND = ("does not exist", "not exist")
 _NOT_RUNNING = ("not running", "is stopped")
 _NOT_STOPPED = "that is not stopped"  # runc delete of a running container
 _LOG_NAME = "runc.log"
-
-
-def container_id(ctid: str) -> str:
-    return f"{CONTAINER_PREFIX}{ctid}"
 
 
 def signal_number(name: str | int) -> int:
