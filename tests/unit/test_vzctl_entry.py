@@ -17,6 +17,7 @@ from vzpkg.cli.vzctl_entry import fast_exec
         ["exec", "web", "true"],  # not a CTID
         ["exec", "101", "--help"],  # options are the full CLI's
         ["enter", "101", "true"],
+        ["--debug", "exec", "101", "true"],  # debugging wants the full CLI's logging
     ],
 )
 def test_only_plain_exec_of_a_ctid_is_fast(args: list[str]) -> None:

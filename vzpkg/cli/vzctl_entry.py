@@ -22,7 +22,12 @@ def main() -> None:
     full_cli()
 
 
+QUIET_FLAGS = ("-q", "--quiet", "-v", "--verbose")  # vzctl's global flags; exec ignores them
+
+
 def fast_exec(args: list[str]) -> int | None:
+    while args and args[0] in QUIET_FLAGS:
+        args = args[1:]
     if (
         len(args) < 3
         or args[0] not in ("exec", "exec2")
