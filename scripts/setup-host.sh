@@ -34,5 +34,8 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Editable in compat mode: a plain path entry in a .pth file. The default mode imports an
+# import-hook module at every interpreter start (~8 ms on each vzctl command).
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+  --config-settings editable_mode=compat -e '.[test]'
 echo "setup-host.sh: ready; the tools are in $(pwd)/.venv/bin" >&2

@@ -13,7 +13,6 @@ import ctypes
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,10 @@ from pathlib import Path
 from typing import IO
 
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.procenv import BASE_PATH as BASE_PATH
+from vzpkg.procenv import PASSTHROUGH_ENV as PASSTHROUGH_ENV
+from vzpkg.procenv import base_env as base_env
+from vzpkg.procenv import which
 
 log = logging.getLogger("vzpkg")
 
@@ -41,41 +44,14 @@ PACKAGE_OF: dict[str, str] = {
     "zstd": "zstd",
 }
 
-# Variables passed through from the caller's environment; everything else is dropped so that a
-# user's shell settings (LD_PRELOAD, PYTHONPATH, odd locales) never leak into bootstrap tools.
-PASSTHROUGH_ENV = (
-    "TERM",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "SOURCE_DATE_EPOCH",
-    "TMPDIR",
-)
-BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        "PATH": BASE_PATH,
-        "LC_ALL": "C.UTF-8",
-        "HOME": "/root" if os.geteuid() == 0 else os.environ.get("HOME", "/"),
-    }
-    env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
-    if extra:
-        env.update(extra)
-    return env
-
-
 def find_tool(name: str) -> str | None:
-    return shutil.which(name, path=BASE_PATH + ":" + os.environ.get("PATH", ""))
+    return which(name, BASE_PATH + ":" + os.environ.get("PATH", ""))
 
 
 def check_tool(name: str, reason: str, package: str | None = None) -> str:

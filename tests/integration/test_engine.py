@@ -291,6 +291,32 @@ def test_init_that_dies_is_reported_stopped_and_can_be_restarted(engine: Engine)
     assert engine.runc.stop("114", "TERM", timeout=10) == "graceful"
 
 
+def test_state_from_files_agrees_with_runc_state(engine: Engine) -> None:
+    """runcstate reads what `runc state` would say: running, paused, stopped, unknown."""
+    runc = engine.runc
+
+    def both(ctid: str) -> tuple[object, object]:
+        return runc.state(ctid), runc.runc_state(ctid)
+
+    init = engine.start("118")
+    fast, slow = both("118")
+    assert fast == slow
+    assert fast is not None and (fast.status, fast.pid) == ("running", init)
+    runc._run("118", "pause", "pause", container_id("118"))
+    fast, slow = both("118")
+    assert fast == slow
+    assert fast is not None and fast.status == "paused"
+    runc._run("118", "resume", "resume", container_id("118"))
+    runc.kill("118", "KILL")
+    assert runc.wait_stopped("118", timeout=10)
+    fast, slow = both("118")
+    assert fast is not None and slow is not None
+    assert (fast.status, fast.pid, fast.bundle) == (slow.status, slow.pid, slow.bundle)
+    assert fast.status == "stopped"
+    runc.delete("118")
+    assert both("118") == (None, None)
+
+
 def test_wait_stopped_times_out_on_a_running_container(engine: Engine) -> None:
     engine.start("115")
     started = time.monotonic()
@@ -332,6 +358,6 @@ def test_missing_runc_names_the_package(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("vzpkg.run.BASE_PATH", str(tmp_path))
     with pytest.raises(VzError) as excinfo:
-        Runc(tmp_path / "state").state("101")
+        Runc(tmp_path / "state").list_containers()
     assert excinfo.value.code == ExitCode.TOOL_MISSING
     assert excinfo.value.hint == "apt-get install runc"

@@ -213,6 +213,27 @@ def test_exit_codes_of_exec_and_create(host: VzHost, ct: str) -> None:
     assert vzctl(host, "exec2", ct, "exit 3", ok=False).returncode == 3
     out = vzctl(host, "exec", ct, "echo", "a", "b").stdout
     assert out == "a b\n"
+    # A command killed by a signal: 128+n, as a shell reports it (fast path and full CLI alike).
+    assert vzctl(host, "exec2", ct, "kill -9 $$", ok=False).returncode == 137
+    assert vzctl(host, "-v", "exec2", ct, "kill -9 $$", ok=False).returncode == 137
+
+
+def test_exec_fast_path_leaves_problems_to_the_full_cli(host: VzHost, ct: str) -> None:
+    """vzctl exec on a running CT skips the full CLI; a bad host configuration must still be
+    reported (exit 10), never ignored because the shortcut does not look at it closely."""
+    vzctl(host, "create", ct, "--ostemplate", MINIMAL)
+    vzctl(host, "start", ct)
+    good = host.conf.read_text()
+    try:
+        host.conf.write_text(good + "NO_SUCH_KEY=1\n")
+        proc = vzctl(host, "exec", ct, "true", ok=False)
+        assert proc.returncode == 10, proc.stderr
+        assert "NO_SUCH_KEY" in proc.stderr
+        host.conf.write_text(good + 'BROKEN="\n')
+        assert vzctl(host, "exec2", ct, "true", ok=False).returncode == 10
+    finally:
+        host.conf.write_text(good)
+    assert vzctl(host, "exec2", ct, "true").returncode == 0
 
 
 def test_isolation(host: VzHost, ct: str) -> None:

@@ -6,7 +6,8 @@ whatever else uses that runc; a CTID alone (``101``) would also be an unhelpful 
 
 ``start`` runs ``runc run --detach`` with stdio on /dev/null: runc exits once init runs, init is
 reparented to the host's init (or the nearest subreaper), and no supervisor process of ours
-stays behind. Every later operation asks runc afresh; nothing is cached here.
+stays behind. Every later operation asks afresh (runc's state files, see runcstate); nothing
+is cached here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vzpkg import fsutil, run
+from vzpkg.ct import runcstate
 from vzpkg.ct.ids import CONTAINER_PREFIX as CONTAINER_PREFIX
 from vzpkg.ct.ids import container_id as container_id
 from vzpkg.errors import ExitCode, VzError
@@ -208,7 +210,22 @@ class Runc:
         return state
 
     def state(self, ctid: str) -> ContainerState | None:
-        """runc's view of the container; None when runc does not know it."""
+        """runc's view of the container; None when runc does not know it.
+
+        Read from runc's state directory (vzpkg.ct.runcstate); ``runc state`` is asked only
+        when those files are not in the format known there.
+        """
+        try:
+            raw = runcstate.read_state(self.state_root, container_id(ctid))
+        except runcstate.UnknownFormat:
+            return self.runc_state(ctid)
+        if raw is None:
+            return None
+        bundle = Path(raw.bundle) if raw.bundle else None
+        return ContainerState(container_id(ctid), raw.status, raw.pid, bundle)
+
+    def runc_state(self, ctid: str) -> ContainerState | None:
+        """``runc state``: the container's state as runc prints it; None when unknown."""
         proc = run.run(self._argv("state", container_id(ctid)), stdout=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             text = _stderr_text(proc.stderr)
