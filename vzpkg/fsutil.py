@@ -12,8 +12,13 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+
+from vzpkg import run
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.mounts import mounts_under
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -181,3 +186,36 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+RMTREE_PATIENCE = 10.0  # seconds
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree_safely(path: Path) -> None:
+    """Detach any mount left below ``path`` (never recurse into one), then delete it."""
+    for point in mounts_under(path):
+        run.run(["umount", "--lazy", point], check=False)
+    if mounts_under(path):
+        raise VzError(
+            f"cannot remove {path}: it still has mounts below it",
+            ExitCode.SYSTEM,
+            hint=f"umount them by hand: grep {path} /proc/mounts",
+        )
+    # Processes of an interrupted bootstrap are SIGKILLed with their PID namespace, which the
+    # kernel finishes asynchronously: one may still create a file while we delete. Retry.
+    deadline = time.monotonic() + RMTREE_PATIENCE
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        if time.monotonic() > deadline:
+            raise VzError(f"cannot remove {path}", ExitCode.SYSTEM, hint=f"rm -rf {path}")
+        time.sleep(0.1)

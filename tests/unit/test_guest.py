@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+import pytest
+
 from vzpkg.ct.guest import (
     GuestSettings,
     InitKind,
+    RenderCache,
     apply_guest_setup,
     detect_init,
     host_nameservers,
@@ -109,3 +112,44 @@ def test_host_nameservers(tmp_path: Path) -> None:
     conf.write_text("# x\nnameserver 192.0.2.1\nsearch lan\nnameserver 192.0.2.2\n")
     assert host_nameservers(conf) == ["192.0.2.1", "192.0.2.2"]
     assert host_nameservers(tmp_path / "missing") == []
+
+
+def test_render_cache_skips_jinja_when_nothing_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "guest-render.json"
+    first = RenderCache(path)
+    text = first.render("deb", "hosts", hostname="a.example", short="a", ips=["10.0.0.1"])
+    assert "a.example" in text
+    first.save()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    def no_jinja(*args: object, **kwargs: object) -> str:
+        raise AssertionError("rendered again although nothing changed")
+
+    monkeypatch.setattr("vzpkg.ct.guest.render", no_jinja)
+    again = RenderCache(path)
+    assert again.render("deb", "hosts", hostname="a.example", short="a", ips=["10.0.0.1"]) == text
+    with pytest.raises(AssertionError):  # other values: rendered afresh
+        again.render("deb", "hosts", hostname="b.example", short="b", ips=[])
+
+
+def test_render_cache_drops_what_a_start_did_not_use(tmp_path: Path) -> None:
+    path = tmp_path / "guest-render.json"
+    cache = RenderCache(path)
+    cache.render("deb", "hosts", hostname="old", short="old", ips=[])
+    cache.save()
+    cache = RenderCache(path)
+    cache.render("deb", "hosts", hostname="new", short="new", ips=[])
+    cache.save()
+    assert "old" not in path.read_text()
+    assert "new" in path.read_text()
+
+
+def test_unreadable_render_cache_is_an_empty_one(tmp_path: Path) -> None:
+    path = tmp_path / "guest-render.json"
+    for junk in (b"\xff not json", b"[1, 2]", b'{"k": 3}'):
+        path.write_bytes(junk)
+        cache = RenderCache(path)
+        assert cache.entries == {}
+        assert "h.example" in cache.render("deb", "hosts", hostname="h.example", short="h", ips=[])

@@ -17,47 +17,15 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg import run
 from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
-from vzpkg.errors import ExitCode, VzError
-from vzpkg.mounts import mounts_under
+from vzpkg.errors import VzError
+from vzpkg.fsutil import fsync_dir as fsync_dir  # also used from here
+from vzpkg.fsutil import remove_tree_safely as remove_tree_safely
 
 TMP_PREFIX = ".tmp-"
-RMTREE_PATIENCE = 10.0  # seconds
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_tree_safely(path: Path) -> None:
-    """Detach any mount left below ``path`` (never recurse into one), then delete it."""
-    for point in mounts_under(path):
-        run.run(["umount", "--lazy", point], check=False)
-    if mounts_under(path):
-        raise VzError(
-            f"cannot remove {path}: it still has mounts below it",
-            ExitCode.SYSTEM,
-            hint=f"umount them by hand: grep {path} /proc/mounts",
-        )
-    # Processes of an interrupted bootstrap are SIGKILLed with their PID namespace, which the
-    # kernel finishes asynchronously: one may still create a file while we delete. Retry.
-    deadline = time.monotonic() + RMTREE_PATIENCE
-    while True:
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            return
-        if time.monotonic() > deadline:
-            raise VzError(f"cannot remove {path}", ExitCode.SYSTEM, hint=f"rm -rf {path}")
-        time.sleep(0.1)
 
 
 @dataclass(frozen=True)

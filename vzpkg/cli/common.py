@@ -9,13 +9,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, load_host_config
-from vzpkg.metadata.loader import Catalog, load_catalog
+
+if TYPE_CHECKING:
+    from vzpkg.metadata.loader import Catalog
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,6 +72,8 @@ def require_root(what: str) -> None:
 
 
 def host_and_catalog() -> tuple[HostConfig, Catalog]:
+    from vzpkg.metadata.loader import load_catalog  # lazy: vzctl's runtime commands need none
+
     host = load_host_config()
     return host, load_catalog(host.metadata_dir)
 

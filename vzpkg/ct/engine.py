@@ -243,6 +243,14 @@ class Runc:
         data: Any = json.loads(proc.stdout or b"null") or []
         return [parse_state(json.dumps(item)) for item in data]
 
+    def known_ids(self) -> list[str]:
+        """Names of the containers in our state root, as ``runc list`` finds them (one
+        directory each), without running runc."""
+        try:
+            return sorted(p.name for p in self.state_root.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
     def kill(self, ctid: str, signal: str | int, all: bool = False) -> None:
         """Signal init, or with ``all`` every process of the container."""
         args: list[str] = ["kill"]

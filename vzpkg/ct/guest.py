@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 import re
 import stat
@@ -71,6 +72,47 @@ def render(family: str, name: str, **values: object) -> str:
         except jinja2.TemplateNotFound:
             continue
     raise VzError(f"no guest template {name} for family {family}", ExitCode.SYSTEM)
+
+
+class RenderCache:
+    """Rendered guest files kept between starts of one VPS, so that a start with unchanged
+    settings does not load jinja2 (~20 ms).
+
+    A JSON file (root-only, in the VPS's runtime directory) maps (family, template, values,
+    the template files' size and mtime) to the text rendered from them; what a start did not
+    ask for is dropped when it is saved. A missing or unreadable file is an empty cache.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, str] = {}
+        self.used: dict[str, str] = {}
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+            self.entries = data
+
+    def render(self, family: str, name: str, **values: object) -> str:
+        stamps = []
+        for candidate in (f"{family}/{name}.j2", f"common/{name}.j2"):
+            try:
+                st = os.stat(DISTS / candidate)
+            except FileNotFoundError:
+                continue
+            stamps.append([candidate, st.st_size, st.st_mtime_ns])
+        key = json.dumps([family, name, values, stamps], sort_keys=True)
+        text = self.entries.get(key)
+        if text is None:
+            text = render(family, name, **values)
+        self.used[key] = text
+        return text
+
+    def save(self) -> None:
+        if self.used != self.entries:
+            data = json.dumps(self.used, sort_keys=True).encode()
+            fsutil.atomic_write(self.path, data, 0o600)
 
 
 def resolve_in_root(root: Path, path: str) -> PurePosixPath | None:
@@ -143,15 +185,23 @@ def _read(root: Path, rel: str) -> str | None:
         raise
 
 
-def apply_guest_setup(root: Path, family: str, settings: GuestSettings, init: InitKind) -> None:
-    """Write hostname, hosts, resolv.conf and the init's stop hook into the VPS's root."""
+def apply_guest_setup(
+    root: Path,
+    family: str,
+    settings: GuestSettings,
+    init: InitKind,
+    cache: RenderCache | None = None,
+) -> None:
+    """Write hostname, hosts, resolv.conf and the init's stop hook into the VPS's root
+    (rendered through ``cache`` when given)."""
+    render_text = cache.render if cache is not None else render
     if settings.hostname:
         fsutil.write_file_beneath(root, "etc/hostname", f"{settings.hostname}\n".encode())
     short = settings.hostname.split(".")[0] if settings.hostname else None
     fsutil.write_file_beneath(
         root,
         "etc/hosts",
-        render(
+        render_text(
             family, "hosts", hostname=settings.hostname, short=short, ips=list(settings.ips)
         ).encode(),
     )
@@ -159,7 +209,7 @@ def apply_guest_setup(root: Path, family: str, settings: GuestSettings, init: In
         fsutil.write_file_beneath(
             root,
             "etc/resolv.conf",
-            render(
+            render_text(
                 family,
                 "resolv.conf",
                 nameservers=list(settings.nameservers),
@@ -169,7 +219,7 @@ def apply_guest_setup(root: Path, family: str, settings: GuestSettings, init: In
     if init.kind == "sysvinit":
         inittab = _read(root, "etc/inittab")
         if inittab is not None:
-            line = render(family, "inittab-powerfail").strip().splitlines()[-1]
+            line = render_text(family, "inittab-powerfail").strip().splitlines()[-1]
             # A VPS has no virtual consoles: gettys on tty1..6 would only respawn and fail.
             kept = [
                 "#" + x if _GETTY.match(x) else x

@@ -34,10 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vzpkg import run
-from vzpkg.cache.archive import unpack_archive
-from vzpkg.cache.store import fsync_dir, remove_tree_safely
 from vzpkg.ct.conf import LAYOUTS, ctid_valid, root_path
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.fsutil import fsync_dir, remove_tree_safely
 from vzpkg.hostconf import HostConfig
 from vzpkg.lock import locked
 from vzpkg.mounts import is_mounted as is_mounted  # callers ask the layout
@@ -317,6 +316,8 @@ def create_private(
 def _create_plain(archive: Path, sha: str, private: Path, tmp: Path) -> None:
     try:
         _mkdir(tmp, 0o700)  # unpacking gives it the mode of the archive's root
+        from vzpkg.cache.archive import unpack_archive  # lazy: zstandard, tarfile
+
         unpack_archive(archive, tmp, expected_sha256=sha)
         syncfs(tmp)
         os.rename(tmp, private)
@@ -395,6 +396,8 @@ def _make_tree(host: HostConfig, archive: Path, sha: str, tree: Path) -> None:
         _mkdir(tmp, 0o700)
         _mkdir(tmp / "root", 0o700)  # unpacking gives it the mode of the archive's root
         _mkdir(tmp / "refs", 0o700)
+        from vzpkg.cache.archive import unpack_archive
+
         unpack_archive(archive, tmp / "root", expected_sha256=sha)
         syncfs(tmp)
         os.chown(tmp, 0, 0)

@@ -15,13 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vzpkg import lock, run
-from vzpkg.cache.manifest import read_manifest
-from vzpkg.cache.store import CacheStore, remove_tree_safely
 from vzpkg.ct import conf, layout, oci
 from vzpkg.ct.engine import Runc, write_bundle
 from vzpkg.ct.guest import (
     GuestSettings,
     InitKind,
+    RenderCache,
     apply_guest_setup,
     detect_init,
     host_nameservers,
@@ -30,8 +29,6 @@ from vzpkg.ct.guest import (
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
 from vzpkg.hostconf import HostConfig
-from vzpkg.metadata.loader import load_catalog
-from vzpkg.metadata.names import canonical_name
 
 DEFAULT_LAYOUT = "overlay"
 DEFAULT_SAMPLE = "basic"
@@ -65,6 +62,11 @@ def bundle_dir(host: HostConfig, ctid: int) -> Path:
     return host.run_dir / "ct" / str(ctid)
 
 
+def render_cache_path(host: HostConfig, ctid: int) -> Path:
+    """Guest files rendered at the last start (guest.RenderCache): kept across stops."""
+    return host.run_dir / "ct" / f"{ctid}.render.json"
+
+
 @contextlib.contextmanager
 def ct_locked(host: HostConfig, ctid: int, timeout: float = 0) -> Iterator[None]:
     with lock.locked(host.lock_dir, f"ct-{ctid}", timeout=timeout, what=f"CT {ctid}"):
@@ -92,6 +94,12 @@ def create(
 ) -> conf.CtConfig:
     """Make CT ``ctid`` from a cache: private area first, CTID.conf last (so a CT whose config
     exists is always complete)."""
+    # Only create reads metadata and caches: imported here, the other actions start faster.
+    from vzpkg.cache.manifest import read_manifest
+    from vzpkg.cache.store import CacheStore
+    from vzpkg.metadata.loader import load_catalog
+    from vzpkg.metadata.names import canonical_name
+
     with ct_locked(host, ctid):
         if conf.conf_path(host, ctid).exists():
             raise VzError(
@@ -149,6 +157,8 @@ PRIVATE_MADE = b"p"
 
 def _undo_create(host: HostConfig, ctid: int, private: Path, seen: frozenset[bytes]) -> None:
     """Run by the Guardian when create did not finish: remove what it made."""
+    from vzpkg.fsutil import remove_tree_safely
+
     if conf.conf_path(host, ctid).exists():
         return  # the config is written last: the CT is complete
     tmp = private.with_name(private.name + ".tmp")
@@ -176,6 +186,8 @@ def destroy(host: HostConfig, ctid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             root_dir.rmdir()
         shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            render_cache_path(host, ctid).unlink()
         # As vzctl does: keep the old config beside, out of the way.
         path = conf.conf_path(host, ctid)
         os.replace(path, path.with_name(path.name + ".destroyed"))
@@ -252,7 +264,11 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
     init = detect_init(root_dir)
     if init.kind == "tini" and resolve_in_root(root_dir, "/bin/sh") is None:
         raise VzError(f"CT {ctid} has neither /sbin/init nor /bin/sh", ExitCode.BAD_CT)
-    apply_guest_setup(root_dir, family_of(root_dir), guest_settings(cfg), init)
+    bundle = bundle_dir(host, ctid)
+    bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rendered = RenderCache(render_cache_path(host, ctid))
+    apply_guest_setup(root_dir, family_of(root_dir), guest_settings(cfg), init, rendered)
+    rendered.save()
     spec = oci.BundleSpec(
         ctid=str(ctid),
         root=root_dir,
@@ -261,8 +277,6 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
         binds=(oci.tini_bind(HOST_TINI),) if init.kind == "tini" else (),
         host=oci.probe_host(),
     )
-    bundle = bundle_dir(host, ctid)
-    bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_bundle(bundle, oci.build_config(spec))
     runc_of(host).start(str(ctid), bundle)
     return init
@@ -300,7 +314,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         how = runc.stop(str(ctid), signal, wait)
         layout.umount_root(root_dir)
         shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
-        if not runc.list_containers():
+        if not runc.known_ids():
             remove_empty_cgroup_parents()
         return how
 
