@@ -21,7 +21,7 @@ from tests.integration.conftest_engine import (  # noqa: F401 (fixtures)
     engine_fixture,
 )
 from vzpkg.ct import oci
-from vzpkg.ct.engine import Runc, container_id
+from vzpkg.ct.engine import ContainerState, Runc, container_id
 from vzpkg.errors import ExitCode, VzError
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
@@ -295,7 +295,7 @@ def test_state_from_files_agrees_with_runc_state(engine: Engine) -> None:
     """runcstate reads what `runc state` would say: running, paused, stopped, unknown."""
     runc = engine.runc
 
-    def both(ctid: str) -> tuple[object, object]:
+    def both(ctid: str) -> tuple[ContainerState | None, ContainerState | None]:
         return runc.state(ctid), runc.runc_state(ctid)
 
     init = engine.start("118")

@@ -15,7 +15,6 @@ import pytest
 
 from vzpkg import run
 from vzpkg.cache.archive import pack_tree, unpack_archive
-from vzpkg.ct import layout
 from vzpkg.ct.conf import private_path, root_path
 from vzpkg.ct.layout import (
     TREE_MARKER,
@@ -273,7 +272,7 @@ def test_an_interrupted_create_leaves_nothing(
         unpacked.append(target)  # the files are there: midway through the create
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(layout, "unpack_archive", interrupted_unpack)
+    monkeypatch.setattr("vzpkg.cache.archive.unpack_archive", interrupted_unpack)
     with pytest.raises(KeyboardInterrupt):
         create_private(host, 101, kind, archive, sha, private)
     assert unpacked and not unpacked[0].exists()
