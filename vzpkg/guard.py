@@ -4,6 +4,11 @@ A ``Guardian`` forks a small watcher before the operation starts. The operation 
 far it got (``mark``) and, at the end, that it completed. If the pipe between them closes
 before that (the parent died, however), the watcher runs the undo and exits. It inherits the
 parent's lock fds, so the lock stays held until the undo is done: nobody sees the half state.
+
+Programs the operation runs (vzpkg.run.run) inherit the pipe's write end too: after a kill -9
+the watcher waits until they have exited as well (a `runc run` carries on by itself, and its
+result decides what there is to undo). Once the operation completed, the watcher exits at the
+COMMIT byte without waiting for anyone.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import os
 import signal
 from collections.abc import Callable
 from types import TracebackType
+
+from vzpkg import run
 
 log = logging.getLogger("vzpkg")
 
@@ -35,7 +42,7 @@ class Guardian:
                 signal.signal(sig, signal.SIG_IGN)  # Ctrl-C must not stop the clean-up
             seen: set[bytes] = set()
             with contextlib.suppress(OSError):
-                while chunk := os.read(read, 64):
+                while COMMIT not in seen and (chunk := os.read(read, 64)):
                     seen.update(chunk[i : i + 1] for i in range(len(chunk)))
             code = 0
             if COMMIT not in seen:
@@ -47,6 +54,7 @@ class Guardian:
             os._exit(code)
         os.close(read)
         self._pid, self._write = pid, write
+        run.inherit_in_children(write)
         return self
 
     def mark(self, flag: bytes) -> None:
@@ -59,6 +67,7 @@ class Guardian:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        run.stop_inheriting(self._write)
         if exc_type is None:
             os.write(self._write, COMMIT)
         os.close(self._write)  # without COMMIT: the watcher undoes now, while we wait

@@ -9,6 +9,7 @@ vzpkg never leaves a bootstrap tool writing into a directory that the next run s
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import logging
 import os
@@ -67,6 +68,21 @@ def check_tool(name: str, reason: str, package: str | None = None) -> str:
     return path
 
 
+# Descriptors every program started by run() inherits: a Guardian's pipe (vzpkg.guard), so
+# that its undo also waits for the programs of the operation it guards. Without that, a
+# `runc run` or `mount` still running after vzctl was killed would act after the undo.
+_INHERITED_FDS: list[int] = []
+
+
+def inherit_in_children(fd: int) -> None:
+    _INHERITED_FDS.append(fd)
+
+
+def stop_inheriting(fd: int) -> None:
+    with contextlib.suppress(ValueError):
+        _INHERITED_FDS.remove(fd)
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -98,6 +114,7 @@ def run(
             stderr=stderr,
             input=input,
             check=False,
+            pass_fds=tuple(_INHERITED_FDS),
         )
     except FileNotFoundError:
         name = os.path.basename(args[0])

@@ -25,6 +25,11 @@ with Guardian(undo) as guard:
         time.sleep(60)
     elif sys.argv[2] == "raise":
         raise SystemExit(3)
+    elif sys.argv[2] == "program":
+        from vzpkg import run
+        # A program that outlives us, like a runc run when vzctl is killed.
+        script = 'echo ready; sleep 1; echo finished > "$0"'
+        proc = run.run(["sh", "-c", script, str(out) + ".program"], stdout=None, stderr=None)
 print("done", flush=True)
 """
 
@@ -68,3 +73,45 @@ def test_completion_runs_no_undo(tmp_path: Path) -> None:
     stdout, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0 and stdout.strip() == "done"
     assert not out.exists()
+
+
+def test_the_undo_waits_for_programs_the_operation_started(tmp_path: Path) -> None:
+    """vzctl killed while `runc run` runs: the undo must see what runc did, not race it."""
+    proc, out = run_child(tmp_path, "program")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"  # the program runs
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    program_done = tmp_path / "undone.program"
+    assert not program_done.exists()
+    assert wait_for(out)
+    assert program_done.read_text() == "finished\n"  # the undo ran after the program ended
+    assert out.read_text() == "p"
+
+
+def test_completion_does_not_wait_for_leftover_holders(tmp_path: Path) -> None:
+    """A completed operation returns at once, even if a program it started left a process
+    behind that still holds the pipe (as a daemonizing tool would)."""
+    pid_file = tmp_path / "leftover.pid"
+    code = CHILD.replace(
+        '    guard.mark(b"p")\n',
+        '    guard.mark(b"p")\n'
+        "    from vzpkg import run\n"
+        f"    run.run(['sh', '-c', 'sleep 30 >/dev/null 2>&1 & echo $! > {pid_file}'])\n",
+    )
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "undone"), "ok"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "done"
+        assert time.monotonic() - started < 10
+        assert not (tmp_path / "undone").exists()
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -6,17 +6,17 @@ import sys
 
 import click
 
-from vzpkg.cli.common import debug_option, edge, json_option, print_json, require_root, setup
+from vzpkg.cli import vzctl_actions as actions
+from vzpkg.cli.common import debug_option, edge, json_option, print_json, setup
 from vzpkg.ct import conf, vps
 from vzpkg.errors import ExitCode, VzError
-from vzpkg.hostconf import HostConfig, load_host_config
+from vzpkg.hostconf import HostConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def _host() -> HostConfig:
-    require_root("vzctl")
-    return load_host_config()
+    return actions.host()
 
 
 def _ctid(value: str) -> int:
@@ -92,11 +92,7 @@ def create(
 @edge("vzctl")
 def start(ctid: str, wait: bool) -> None:
     """Start a VPS: its own init becomes PID 1."""
-    host = _host()
-    number = _ctid(ctid)
-    _say(f"Starting container {number} ...", _quiet())
-    init = vps.start(host, number)
-    _say(f"Container {number} started ({init.kind} as init)", _quiet())
+    actions.start(ctid, _quiet())
 
 
 @main.command(context_settings=CONTEXT)
@@ -108,11 +104,7 @@ def start(ctid: str, wait: bool) -> None:
 @edge("vzctl")
 def stop(ctid: str, fast: bool, timeout: float | None) -> None:
     """Stop a VPS: its init's shutdown signal, then SIGKILL after the timeout."""
-    host = _host()
-    number = _ctid(ctid)
-    _say(f"Stopping container {number} ...", _quiet())
-    how = vps.stop(host, number, timeout=timeout, fast=fast)
-    _say(f"Container {number} was stopped" + (" (killed)" if how == "killed" else ""), _quiet())
+    actions.stop(ctid, _quiet(), fast=fast, timeout=timeout)
 
 
 @main.command(context_settings=CONTEXT)
