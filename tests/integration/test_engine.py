@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -302,6 +303,9 @@ def test_state_from_files_agrees_with_runc_state(engine: Engine) -> None:
     fast, slow = both("118")
     assert fast == slow
     assert fast is not None and (fast.status, fast.pid) == ("running", init)
+    # The processes, from the cgroup files, as `runc ps` lists them.
+    listed = runc._run("118", "ps", "ps", "--format", "json", container_id("118")).stdout
+    assert sorted(runc.pids("118")) == sorted(json.loads(listed)) and init in runc.pids("118")
     runc._run("118", "pause", "pause", container_id("118"))
     fast, slow = both("118")
     assert fast == slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.ct.runcstate import UnknownFormat, read_state
+from vzpkg.ct.runcstate import UnknownFormat, cgroup_pids, read_state
 
 
 def start_time(pid: int) -> int:
@@ -108,3 +108,23 @@ def test_directory_without_state_file_is_unknown_format(tmp_path: Path) -> None:
     (tmp_path / "vz101").mkdir()  # runc is creating it right now
     with pytest.raises(UnknownFormat):
         read_state(tmp_path, "vz101")
+
+
+def test_cgroup_pids_walks_the_cgroup_and_those_below(tmp_path: Path) -> None:
+    top = tmp_path / "devices" / "vzpkg" / "101"
+    (top / "sub" / "deeper").mkdir(parents=True)
+    (top / "cgroup.procs").write_text("10\n11\n")
+    (top / "sub" / "cgroup.procs").write_text("")
+    (top / "sub" / "deeper" / "cgroup.procs").write_text("12\n")
+    write_state(tmp_path, 1, 1, cgroup_paths={"devices": str(top), "pids": "/elsewhere"})
+    assert sorted(cgroup_pids(tmp_path, "vz101") or []) == [10, 11, 12]
+    write_state(tmp_path, 1, 1, cgroup_paths={"": str(top)})  # cgroup v2
+    assert sorted(cgroup_pids(tmp_path, "vz101") or []) == [10, 11, 12]
+
+
+def test_cgroup_pids_unknown_is_none(tmp_path: Path) -> None:
+    assert cgroup_pids(tmp_path, "vz101") is None  # no such container
+    write_state(tmp_path, 1, 1, cgroup_paths={"memory": "/x"})  # no devices, no v2 path
+    assert cgroup_pids(tmp_path, "vz101") is None
+    write_state(tmp_path, 1, 1, cgroup_paths={"devices": str(tmp_path / "gone")})
+    assert cgroup_pids(tmp_path, "vz101") is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal as signals
 import subprocess
 import threading
@@ -30,7 +31,7 @@ from vzpkg.ct.ids import CONTAINER_PREFIX as CONTAINER_PREFIX
 from vzpkg.ct.ids import container_id as container_id
 from vzpkg.errors import ExitCode, VzError
 
-POLL_INTERVAL = 0.05  # seconds between state polls while waiting for a stop
+POLL_INTERVAL = 0.05  # seconds between state polls where the kernel has no pidfd_open
 KILL_GRACE = 10.0  # seconds to wait for SIGKILL to take everything down
 _NOT_FOUND = ("does not exist", "not exist")
 _NOT_RUNNING = ("not running", "is stopped")
@@ -270,21 +271,28 @@ class Runc:
         self._run(ctid, "delete", *args, container_id(ctid))
 
     def pids(self, ctid: str) -> list[int]:
-        """Host pids of every process in the container (from its cgroup)."""
+        """Host pids of every process in the container (from its cgroup; ``runc ps`` only when
+        runc's state files are not in the format runcstate knows)."""
+        found = runcstate.cgroup_pids(self.state_root, container_id(ctid))
+        if found is not None:
+            return found
         proc = self._run(ctid, "list processes of", "ps", "--format", "json", container_id(ctid))
         data: Any = json.loads(proc.stdout or b"null") or []
         return [int(p) for p in data]
 
     def wait_stopped(self, ctid: str, timeout: float) -> bool:
-        """Wait until init is gone (runc says stopped, or forgot the container)."""
+        """Wait until init is gone (runc says stopped, or forgot the container): woken by the
+        init's exit itself (a pidfd), not by polling."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.state(ctid)
             if state is None or state.status == "stopped":
                 return True
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
-            time.sleep(POLL_INTERVAL)
+            # At most a second per wait: a pid reused under us costs no more than that.
+            _wait_for_exit(state.pid, min(remaining, 1.0))
 
     def stop(self, ctid: str, graceful_signal: str | int, timeout: float) -> str:
         """Stop the container: ``graceful_signal`` to init and up to ``timeout`` seconds, then
@@ -366,6 +374,23 @@ class Runc:
         # not a reason for us to abandon runc and leave the command running unattended.
         with _ignoring_terminal_signals():
             return proc.wait()
+
+
+def _wait_for_exit(pid: int, seconds: float) -> None:
+    """Return when process ``pid`` has exited or ``seconds`` have passed (whichever first)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    except OSError:  # no pidfd on this kernel: poll
+        time.sleep(min(seconds, POLL_INTERVAL))
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(max(1, int(seconds * 1000)))
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

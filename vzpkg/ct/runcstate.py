@@ -71,6 +71,30 @@ def read_state(state_root: str | os.PathLike[str], container: str) -> RawState |
     return RawState("running", pid, bundle)
 
 
+def cgroup_pids(state_root: str | os.PathLike[str], container: str) -> list[int] | None:
+    """Host pids of every process in the container's cgroup and the cgroups below it, as
+    ``runc ps`` lists them (v1: the devices hierarchy; v2: the unified one); None when the
+    state files do not say where that cgroup is (the caller asks runc)."""
+    path = os.path.join(os.fspath(state_root), container, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            cgroups = json.loads(f.read())["cgroup_paths"]
+        top = cgroups.get("devices") or cgroups.get("")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(top, str) or not os.path.isdir(top):
+        return None
+    pids: list[int] = []
+    for directory, _, files in os.walk(top):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(directory, "cgroup.procs"), "rb") as f:
+                    pids.extend(int(line) for line in f.read().split())
+            except OSError:
+                continue  # a cgroup removed while we walk
+    return pids
+
+
 def _process_start(pid: int) -> int | None:
     """Start time of a live (not zombie, not dead) process ``pid``; None when there is none."""
     if pid <= 0:
