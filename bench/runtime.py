@@ -24,8 +24,8 @@ and then the host memory of --vps idle VPSs of each kind: PSS of the containers'
 any monitor process on the host (LXC keeps one per container, vzpkg none), and the change of
 the memory the host holds (anon, shmem, kernel objects: see held_memory_kb).
 
-Goals (issue): overlay create < 20 ms of work (vps.create in-process, imports done), vzctl start / lxc-start -d <= 1.5,
-vzctl exec - runc exec <= 30 ms.
+Goals (issue): overlay create < 20 ms of work (vps.create in-process, imports done),
+vzctl start / lxc-start -d <= 1.5, vzctl exec - runc exec <= 30 ms.
 
 Everything is stopped, destroyed, unmounted and removed at the end, also on failure or Ctrl-C.
 """
