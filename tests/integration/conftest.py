@@ -124,3 +124,29 @@ def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
     yield host
     stop_everything(host)
     shutil.rmtree(base, ignore_errors=True)
+
+
+# The host's own runtime places: tests keep every CT below their temp dirs, never here.
+HOST_RUNTIME_PLACES = (
+    Path("/etc/vz/conf"),
+    Path("/vz/private"),
+    Path("/vz/root"),
+    Path("/run/vzpkg/runc"),
+    Path("/run/vzpkg/ct"),
+)
+
+
+def _host_runtime_listing() -> dict[str, list[str]]:
+    return {
+        str(place): sorted(os.listdir(place)) if place.is_dir() else []
+        for place in HOST_RUNTIME_PLACES
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_runtime_untouched() -> Iterator[None]:
+    """Fails the run if any test left a CT, config or runc state in the host's own places."""
+    before = _host_runtime_listing()
+    yield
+    after = _host_runtime_listing()
+    assert after == before, f"tests changed the host's runtime places: {before} -> {after}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.integration.conftest import BIN, REPO, VzHost, stop_everything
+from tests.integration.conftest import BIN, REPO, VzHost, runtime_conf, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
     PackageSpec,
@@ -69,6 +69,7 @@ def rpmhost(
     host.conf.write_text(
         f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
         f'PKGCACHE_DIR="{host.pkgcache_dir}"\nVZFIX_MIRROR="{server.url}"\n'
+        + runtime_conf(base)  # VPSs of this host live below base, never in /etc/vz or /vz
     )
     yield host
     stop_everything(host)
