@@ -252,6 +252,11 @@ def test_isolation(host: VzHost, ct: str) -> None:
     assert not [p for p in points if p.startswith(("/work", "/tmp/pytest", str(host.base)))]
     assert "/" in points and "/proc" in points
     vzctl(host, "exec", ct, "mkdir -p /mnt/t && mount -t tmpfs vztest /mnt/t")
+    # No host descriptor reaches the VPS (vzctl's guardian pipe, lock files, ...): its init
+    # has only stdio, on /dev/null.
+    fds = vzctl(host, "exec", ct, "ls -l /proc/1/fd").stdout
+    targets = [line.split(" -> ")[1] for line in fds.splitlines() if " -> " in line]
+    assert targets == ["/dev/null"] * 3, fds
     assert "vztest" not in Path("/proc/self/mounts").read_text()
     assert os.uname().nodename != "iso"
 
