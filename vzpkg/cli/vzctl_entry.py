@@ -53,11 +53,18 @@ def fast_exec(args: list[str]) -> int | None:
     from vzpkg.procenv import base_env
 
     env = base_env()
-    if args[0] == "exec2" and hasattr(os, "execve"):
+    # As subprocess's restore_signals: Python ignores SIGPIPE and SIGXFSZ, which an exec'd
+    # program would inherit.
+    restored = [signal.SIGPIPE, signal.SIGXFSZ]
+    if args[0] == "exec2":
+        for sig in restored:
+            signal.signal(sig, signal.SIG_DFL)
         os.execve(argv[0], argv, env)  # runc's exit code is the command's: nothing left to do
     # Like system(3): ^C and ^\\ are the command's (runc forwards them), not ours to act on.
-    saved = [(sig, signal.signal(sig, signal.SIG_IGN)) for sig in (signal.SIGINT, signal.SIGQUIT)]
-    pid = os.posix_spawn(argv[0], argv, env, setsigdef=[sig for sig, _ in saved])
+    terminal = [signal.SIGINT, signal.SIGQUIT]
+    for sig in terminal:
+        signal.signal(sig, signal.SIG_IGN)
+    pid = os.posix_spawn(argv[0], argv, env, setsigdef=terminal + restored)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
