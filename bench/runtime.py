@@ -24,7 +24,7 @@ and then the host memory of --vps idle VPSs of each kind: PSS of the containers'
 any monitor process on the host (LXC keeps one per container, vzpkg none), and the change of
 the memory the host holds (anon, shmem, kernel objects: see held_memory_kb).
 
-Goals (issue): overlay create < 20 ms of work (vps.create in-process, imports done),
+Goals (issue): overlay create < 20 ms of work (ct_create.create in-process, imports done),
 vzctl start / lxc-start -d <= 1.5, vzctl exec - runc exec <= 30 ms.
 
 Everything is stopped, destroyed, unmounted and removed at the end, also on failure or Ctrl-C.
@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vzpkg.cache.archive import unpack_archive, unpack_argv  # noqa: E402
-from vzpkg.ct import vps  # noqa: E402
+from vzpkg.ct import create as ct_create  # noqa: E402
 from vzpkg.ct.guest import TINI_IN_CT, detect_init  # noqa: E402
 from vzpkg.hostconf import load_host_config  # noqa: E402
 
@@ -263,10 +263,10 @@ class Vzpkg:
         return elapsed
 
     def create_in_process(self, ctid: int) -> float:
-        """vps.create itself, imports already done: the work of the command, nothing else."""
+        """the create function itself, imports already done: the work of the command, nothing else."""
         host = load_host_config({"VZPKG_CONF": str(self.conf)})
         self.made.add(ctid)
-        return timed_call(lambda: vps.create(host, ctid, TEMPLATE, layout_name="overlay"))
+        return timed_call(lambda: ct_create.create(host, ctid, TEMPLATE, layout_name="overlay"))
 
     def runc_argv(self, *args: str) -> list[str]:
         return ["runc", "--root", str(self.run_dir / "runc"), *args]
@@ -574,7 +574,7 @@ def bench_rounds(
         t["vzctl exec true"].append(vzpkg.ctl("exec", str(overlay), "true"))
         t["vzctl stop"].append(vzpkg.ctl("stop", str(overlay)))
         t["vzctl destroy overlay"].append(vzpkg.destroy(overlay))
-        t["vps.create overlay"].append(vzpkg.create_in_process(in_process))
+        t["create work in-process"].append(vzpkg.create_in_process(in_process))
         vzpkg.destroy(in_process)
 
         t["runc run -d"].append(raw.start())
@@ -729,7 +729,7 @@ def report(r: Results, rounds: int, count: int, versions_line: str) -> None:
         ("vzctl --help, PYTHONDONTWRITEBYTECODE=1", "vzctl --help, no bytecode", False),
         ("vzpkg", None, False),
         ("vzctl create --layout overlay", "vzctl create overlay", True),
-        ("vps.create overlay (in-process)", "vps.create overlay", False),
+        ("vzctl create work (in-process)", "create work in-process", False),
         ("vzctl create --layout plain", "vzctl create plain", True),
         ("vzctl start (overlay)", "vzctl start", True),
         ("vzctl exec CTID true", "vzctl exec true", True),
@@ -783,9 +783,9 @@ def report(r: Results, rounds: int, count: int, versions_line: str) -> None:
     def ratio(label: str, value: str, note: str = "") -> None:
         print(f"  {label:<46} {value:>9}  {note}".rstrip())
 
-    # The command's work: vps.create measured in-process (imports done). Command time minus
+    # The command's work: ct_create.create measured in-process (imports done). Command time minus
     # `vzctl --help` is no measure of it since create imports what only create needs lazily.
-    create_work = r.med("vps.create overlay")
+    create_work = r.med("create work in-process")
     start_ratio = r.med("vzctl start") / r.med("lxc-start -d")
     start_work = r.med("vzctl start") - startup
     exec_extra = r.med("vzctl exec true") - r.med("runc exec true")

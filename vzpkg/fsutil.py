@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -19,6 +20,8 @@ from pathlib import Path, PurePosixPath
 from vzpkg import run
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.mounts import mounts_under
+
+log = logging.getLogger("vzpkg")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -219,3 +222,71 @@ def remove_tree_safely(path: Path) -> None:
         if time.monotonic() > deadline:
             raise VzError(f"cannot remove {path}", ExitCode.SYSTEM, hint=f"rm -rf {path}")
         time.sleep(0.1)
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary on the way out of a failure; never mask the failure itself."""
+    try:
+        if os.path.lexists(path):
+            remove_tree_safely(path)
+    except Exception as e:
+        log.error("could not remove %s: %s", path, e)
+
+
+def makedirs_mode(path: Path, mode: int) -> None:
+    """Create ``path`` and missing parents with ``mode`` (whatever the umask)."""
+    if path.is_dir():
+        return
+    makedirs_mode(path.parent, mode)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+        path.chmod(mode)
+
+
+def mkdir_mode(path: Path, mode: int) -> None:
+    """mkdir with exactly ``mode`` (whatever the umask)."""
+    path.mkdir()
+    path.chmod(mode)
+
+
+def read_small(path: Path) -> str | None:
+    """The text of regular file ``path`` (4 KiB at most, stripped); None if it is missing, a
+    symlink or not a regular file. O_NONBLOCK: a FIFO planted in a VPS's tree must not hang us.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 4096).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+def write_durably(directory: Path, name: str, text: str, mode: int) -> None:
+    """Replace ``directory/name`` with ``text`` (temp, fsync, rename, fsync of the directory),
+    never following a symlink at ``name``."""
+    tmp = f".{name}.tmp"
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+        try:
+            try:
+                write_all(fd, text.encode())
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

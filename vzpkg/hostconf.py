@@ -15,10 +15,10 @@ from pathlib import Path
 
 from vzpkg import hostvalues
 from vzpkg.errors import ExitCode, VzError
-from vzpkg.hostvalues import MIRROR_KEY, is_known_key, parse_values
+from vzpkg.hostvalues import parse_values
 
 SYSTEM_CONF = Path(hostvalues.SYSTEM_CONF)
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(hostvalues.CHECKOUT)
 
 
 def parse_kv(text: str, source: str) -> dict[str, str]:
@@ -27,21 +27,6 @@ def parse_kv(text: str, source: str) -> dict[str, str]:
     if problems:
         raise VzError("invalid configuration:\n  " + "\n  ".join(problems), ExitCode.CONFIG)
     return values
-
-
-def _int_value(values: Mapping[str, str], key: str, default: int, source: str) -> int:
-    try:
-        return int(values.get(key, default))
-    except ValueError:
-        raise VzError(f"{source}: {key} must be a number", ExitCode.CONFIG) from None
-
-
-def _layout_value(value: str | None, source: str) -> str | None:
-    # OpenVZ's simfs is a plain directory tree; ploop images are not supported.
-    layout = {"simfs": "plain"}.get(value or "", value or None)
-    if layout not in (None, "plain", "overlay"):
-        raise VzError(f"{source}: VE_LAYOUT must be plain or overlay (or simfs)", ExitCode.CONFIG)
-    return layout
 
 
 @dataclass(frozen=True)
@@ -62,6 +47,11 @@ class HostConfig:
     bootstrap_tool: str | None = None  # force mmdebstrap / debootstrap
     zstd_level: int = 3
     mirrors: Mapping[str, str] = field(default_factory=dict)  # DEBIAN_MIRROR -> "debian": url
+    def_ostemplate: str | None = None  # vzctl create without --ostemplate (DEF_OSTEMPLATE)
+    configfile: str | None = None  # vzctl create without --config (CONFIGFILE)
+    nameservers: tuple[str, ...] = ()  # NAMESERVER of new VPSs ("inherit": the host's)
+    searchdomains: tuple[str, ...] = ()  # SEARCHDOMAIN of new VPSs
+    unused_keys: tuple[str, ...] = ()  # OpenVZ keys vzpkg accepts but does not act on
     source: str = "built-in defaults"
 
     def mirror(self, name: str) -> str | None:
@@ -69,80 +59,31 @@ class HostConfig:
 
 
 def load_host_config(environ: Mapping[str, str] | None = None) -> HostConfig:
-    env = os.environ if environ is None else environ
-    try:
-        conf_path = hostvalues.conf_file(env, SYSTEM_CONF)
-    except FileNotFoundError:
-        raise VzError(
-            f"configuration file {env['VZPKG_CONF']} (from VZPKG_CONF) does not exist",
-            ExitCode.CONFIG,
-            hint="unset VZPKG_CONF or create the file",
-        ) from None
-    values: dict[str, str] = {}
-    if conf_path is not None:
-        try:
-            with open(conf_path) as f:
-                values = parse_kv(f.read(), conf_path)
-        except OSError as e:
-            raise VzError(f"cannot read {conf_path}: {e.strerror}", ExitCode.CONFIG) from None
-    overrides = hostvalues.env_overrides(env)
-    unknown = sorted(f"VZPKG_{key}" for key in overrides if not is_known_key(key))
-    if unknown:
-        # Say so here: reported as keys of the file, they would send the user looking there.
-        raise VzError(
-            f"environment: unknown variable(s) {', '.join(unknown)}",
-            ExitCode.CONFIG,
-            hint="see docs/configuration.md for the keys vzpkg reads",
-        )
-    values.update(overrides)
-    return host_config_from(values, conf_path or "built-in defaults")
+    """The host configuration, checked (hostvalues.load: the same checks as vzctl's short
+    paths make)."""
+    return _host_config(hostvalues.load(os.environ if environ is None else environ))
 
 
 def host_config_from(values: Mapping[str, str], source: str) -> HostConfig:
-    unknown = sorted(k for k in values if not is_known_key(k))
-    if unknown:
-        raise VzError(
-            f"{source}: unknown key(s) {', '.join(unknown)}",
-            ExitCode.CONFIG,
-            hint="see docs/configuration.md for the keys vzpkg reads",
-        )
-    in_checkout = (CHECKOUT / "metadata").is_dir() and (CHECKOUT / "pyproject.toml").is_file()
-    template = Path(values.get("TEMPLATE", "/vz/template"))
-    if in_checkout:
-        metadata_default, cache_default = CHECKOUT / "metadata", CHECKOUT / "caches"
-    else:
-        metadata_default, cache_default = template / "metadata", template / "cache"
-    cache_dir = Path(values.get("CACHE_DIR", cache_default))
-    try:
-        level = int(values.get("ZSTD_LEVEL", "3"))
-    except ValueError:
-        raise VzError(f"{source}: ZSTD_LEVEL must be a number", ExitCode.CONFIG) from None
-    tool = values.get("BOOTSTRAP_TOOL") or None
-    if tool not in (None, "mmdebstrap", "debootstrap"):
-        raise VzError(
-            f"{source}: BOOTSTRAP_TOOL must be mmdebstrap or debootstrap", ExitCode.CONFIG
-        )
-    mirrors = {
-        key.removesuffix("_MIRROR").lower().replace("_", "-"): value
-        for key, value in values.items()
-        if MIRROR_KEY.match(key) and value
-    }
-    return HostConfig(
-        template_dir=template,
-        metadata_dir=Path(values.get("METADATA_DIR", metadata_default)),
-        cache_dir=cache_dir,
-        pkgcache_dir=Path(values.get("PKGCACHE_DIR", cache_dir / ".pkgcache")),
-        lock_dir=Path(values.get("LOCKDIR", "/vz/lock")),
-        build_dir=Path(values["BUILD_DIR"]) if values.get("BUILD_DIR") else None,
-        ve_root=values.get("VE_ROOT", "/vz/root/$VEID"),
-        ve_private=values.get("VE_PRIVATE", "/vz/private/$VEID"),
-        conf_dir=Path(values.get("CONF_DIR", hostvalues.DEFAULT_CONF_DIR)),
-        trees_dir=Path(values.get("TREES_DIR", str(template / "trees"))),
-        run_dir=Path(values.get("RUN_DIR", hostvalues.DEFAULT_RUN_DIR)),
-        stop_timeout=_int_value(values, "STOP_TIMEOUT", 60, source),
-        ve_layout=_layout_value(values.get("VE_LAYOUT"), source),
-        bootstrap_tool=tool,
-        zstd_level=level,
-        mirrors=mirrors,
-        source=source,
-    )
+    """A HostConfig from raw ``KEY: value`` pairs (a parsed file), checked."""
+    return _host_config(hostvalues.checked(values, source))
+
+
+def _host_config(fields: Mapping[str, object]) -> HostConfig:
+    typed = dict(fields)
+    for name in ("template_dir", "metadata_dir", "cache_dir", "pkgcache_dir", "lock_dir"):
+        typed[name] = Path(str(typed[name]))
+    for name in ("conf_dir", "trees_dir", "run_dir"):
+        typed[name] = Path(str(typed[name]))
+    if typed["build_dir"] is not None:
+        typed["build_dir"] = Path(str(typed["build_dir"]))
+    return HostConfig(**typed)  # type: ignore[arg-type]
+
+
+def report_unused_keys(host: HostConfig) -> None:
+    """Say once (per boot: the record is in RUN_DIR) which OpenVZ keys of the host
+    configuration vzpkg accepts but does not act on."""
+    if host.unused_keys:
+        from vzpkg import notes
+
+        notes.once(host.run_dir, host.source, host.unused_keys)

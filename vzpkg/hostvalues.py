@@ -19,30 +19,9 @@ DEFAULT_RUN_DIR = "/run/vzpkg"  # runtime state: runc root, OCI bundles
 _LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
-KNOWN_KEYS = frozenset(
+# vzpkg's own keys, beside OpenVZ's (vzpkg.openvz) and <NAME>_MIRROR.
+VZPKG_KEYS = frozenset(
     {
-        # OpenVZ's own (vz.conf(5))
-        "TEMPLATE",
-        "LOCKDIR",
-        "VE_ROOT",
-        "VE_PRIVATE",
-        "VE0CPUUNITS",
-        "VE_LAYOUT",
-        "DEF_OSTEMPLATE",
-        "CONFIGFILE",
-        "IPV6",
-        "VZFASTBOOT",
-        "VE_STOP_MODE",
-        "GOOD_PROC",
-        "VE_PARALLEL",
-        "VIRTUOZZO",
-        "LOGGING",
-        "LOGFILE",
-        "LOG_LEVEL",
-        "VERBOSE",
-        "DISK_QUOTA",
-        "NEIGHBOUR_DEVS",
-        # vzpkg's
         "METADATA_DIR",
         "CACHE_DIR",
         "PKGCACHE_DIR",
@@ -53,6 +32,22 @@ KNOWN_KEYS = frozenset(
         "TREES_DIR",
         "RUN_DIR",
         "STOP_TIMEOUT",
+        "VE_LAYOUT",
+    }
+)
+# OpenVZ's keys that vzpkg acts on; every other OpenVZ key is accepted and reported as unused.
+USED_OPENVZ_KEYS = frozenset(
+    {
+        "TEMPLATE",
+        "LOCKDIR",
+        "VE_ROOT",
+        "VE_PRIVATE",
+        "VE_LAYOUT",
+        "STOP_TIMEOUT",
+        "DEF_OSTEMPLATE",
+        "CONFIGFILE",
+        "NAMESERVER",
+        "SEARCHDOMAIN",
     }
 )
 MIRROR_KEY = re.compile(r"^[A-Z0-9_]+_MIRROR$")
@@ -150,7 +145,13 @@ def parse_values(text: str, source: str) -> tuple[dict[str, str], list[str]]:
 
 
 def is_known_key(key: str) -> bool:
-    return key in KNOWN_KEYS or MIRROR_KEY.match(key) is not None
+    from vzpkg.openvz import OPENVZ_KEYS
+
+    return key in VZPKG_KEYS or key in OPENVZ_KEYS or MIRROR_KEY.match(key) is not None
+
+
+def is_used_key(key: str) -> bool:
+    return key in VZPKG_KEYS or key in USED_OPENVZ_KEYS or MIRROR_KEY.match(key) is not None
 
 
 def conf_file(environ: Mapping[str, str], system: str | os.PathLike[str]) -> str | None:
@@ -171,3 +172,203 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
         for key, value in environ.items()
         if key.startswith("VZPKG_") and key != "VZPKG_CONF"
     }
+
+
+# --- the typed, checked host configuration -------------------------------------------------
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PATH_KEYS = (
+    "TEMPLATE",
+    "METADATA_DIR",
+    "CACHE_DIR",
+    "PKGCACHE_DIR",
+    "LOCKDIR",
+    "CONF_DIR",
+    "TREES_DIR",
+    "RUN_DIR",
+)
+_VEID = re.compile(r"\$(?:VEID\b|\{VEID\})")
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """A configuration file's bytes as text; a file that is not UTF-8 is a CONFIG error naming
+    the line (a traceback otherwise)."""
+    from vzpkg.errors import ExitCode, VzError
+
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise VzError(
+            f"{source}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x})",
+            ExitCode.CONFIG,
+            hint=f"configuration files are plain text: fix line {line} of {source}",
+        ) from None
+
+
+def read_text(path: str) -> str:
+    with open(path, "rb") as f:
+        return decode_text(f.read(), path)
+
+
+def _path_problem(key: str, value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{key}: {value!r} is not an absolute path"
+    if "$" in value:
+        return f"{key}: {value!r} refers to an undefined variable"
+    return None
+
+
+def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
+    """The host configuration's typed values from its raw ``KEY: value`` pairs, every problem
+    reported at once (VzError, exit 10). Light: vzctl's short paths and the full CLI both
+    come here, so they accept and refuse the same configurations."""
+    from vzpkg import checks
+    from vzpkg.errors import ExitCode, VzError
+
+    problems: list[str] = []
+    unknown = sorted(key for key in values if not is_known_key(key))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)} (not vzpkg's, nor any OpenVZ's)")
+    in_checkout = os.path.isdir(os.path.join(CHECKOUT, "metadata")) and os.path.isfile(
+        os.path.join(CHECKOUT, "pyproject.toml")
+    )
+    template = values.get("TEMPLATE", "/vz/template")
+    if in_checkout:
+        defaults = {"METADATA_DIR": f"{CHECKOUT}/metadata", "CACHE_DIR": f"{CHECKOUT}/caches"}
+    else:
+        defaults = {"METADATA_DIR": f"{template}/metadata", "CACHE_DIR": f"{template}/cache"}
+    cache_dir = values.get("CACHE_DIR", defaults["CACHE_DIR"])
+    defaults.update(
+        TEMPLATE="/vz/template",
+        PKGCACHE_DIR=f"{cache_dir}/.pkgcache",
+        LOCKDIR="/vz/lock",
+        CONF_DIR=DEFAULT_CONF_DIR,
+        TREES_DIR=f"{template}/trees",
+        RUN_DIR=DEFAULT_RUN_DIR,
+    )
+    paths = {}
+    for key in _PATH_KEYS:
+        value = values.get(key, defaults[key])
+        problem = _path_problem(key, value)
+        if problem:
+            problems.append(problem)
+        paths[key] = os.path.normpath(value) if not problem else value
+    build_dir = values.get("BUILD_DIR") or None
+    if build_dir is not None and (problem := _path_problem("BUILD_DIR", build_dir)):
+        problems.append(problem)
+    ve = {}
+    for key, default in (("VE_ROOT", "/vz/root/$VEID"), ("VE_PRIVATE", "/vz/private/$VEID")):
+        value = values.get(key, default)
+        if not value.startswith("/") or not _VEID.search(value):
+            problems.append(
+                f"{key}: {value!r} must be an absolute path containing $VEID "
+                "(one per VPS; without it every VPS would share one)"
+            )
+        elif "$" in _VEID.sub("", value):
+            problems.append(f"{key}: {value!r} refers to a variable other than $VEID")
+        ve[key] = value
+    if ve["VE_ROOT"] == ve["VE_PRIVATE"]:
+        problems.append("VE_ROOT and VE_PRIVATE are the same path: they must differ")
+
+    def check(key: str, func: object, *args: object) -> object:
+        try:
+            return func(*args)  # type: ignore[operator]
+        except VzError as e:
+            problems.append(f"{key}: {e.message.removeprefix(f'Bad parameter for {key}: ')}")
+            return None
+
+    stop_timeout = check(
+        "STOP_TIMEOUT", checks.whole_seconds, values.get("STOP_TIMEOUT", "60"), "STOP_TIMEOUT"
+    )
+    zstd = values.get("ZSTD_LEVEL", "3")
+    if not (zstd.isascii() and zstd.isdigit() and 1 <= int(zstd) <= 22):
+        problems.append(f"ZSTD_LEVEL: {zstd!r} is not a zstd level (1 to 22)")
+    tool = values.get("BOOTSTRAP_TOOL") or None
+    if tool not in (None, "mmdebstrap", "debootstrap"):
+        problems.append(f"BOOTSTRAP_TOOL: {tool!r} is not mmdebstrap or debootstrap")
+    unused = sorted(key for key in values if is_known_key(key) and not is_used_key(key))
+    layout_text = values.get("VE_LAYOUT") or None
+    ve_layout = None
+    if layout_text is not None and layout_text.startswith("ploop"):
+        unused.append("VE_LAYOUT")  # OpenVZ's default of ploop: new VPSs get vzpkg's default
+    elif layout_text is not None:
+        ve_layout = check("VE_LAYOUT", checks.layout, layout_text, "VE_LAYOUT")
+    nameservers = tuple(
+        check("NAMESERVER", checks.nameserver, word, "NAMESERVER")
+        for word in values.get("NAMESERVER", "").split()
+    )
+    searchdomains = tuple(
+        word if word == "inherit" else check("SEARCHDOMAIN", checks.domain, word, "SEARCHDOMAIN")
+        for word in values.get("SEARCHDOMAIN", "").split()
+    )
+    if problems:
+        raise VzError(
+            f"invalid configuration {source}:\n  " + "\n  ".join(problems),
+            ExitCode.CONFIG,
+            hint="see docs/configuration.md for the keys vzpkg reads and their values",
+        )
+    mirrors = {
+        key.removesuffix("_MIRROR").lower().replace("_", "-"): value
+        for key, value in values.items()
+        if MIRROR_KEY.match(key) and value
+    }
+    return {
+        "template_dir": paths["TEMPLATE"],
+        "metadata_dir": paths["METADATA_DIR"],
+        "cache_dir": paths["CACHE_DIR"],
+        "pkgcache_dir": paths["PKGCACHE_DIR"],
+        "lock_dir": paths["LOCKDIR"],
+        "build_dir": os.path.normpath(build_dir) if build_dir else None,
+        "ve_root": ve["VE_ROOT"],
+        "ve_private": ve["VE_PRIVATE"],
+        "conf_dir": paths["CONF_DIR"],
+        "trees_dir": paths["TREES_DIR"],
+        "run_dir": paths["RUN_DIR"],
+        "stop_timeout": stop_timeout,
+        "ve_layout": ve_layout,
+        "bootstrap_tool": tool,
+        "zstd_level": int(zstd),
+        "mirrors": mirrors,
+        "def_ostemplate": values.get("DEF_OSTEMPLATE") or None,
+        "configfile": values.get("CONFIGFILE") or None,
+        "nameservers": nameservers,
+        "searchdomains": searchdomains,
+        "unused_keys": tuple(sorted(set(unused))),
+        "source": source,
+    }
+
+
+def load(environ: Mapping[str, str]) -> dict[str, object]:
+    """Read, parse and check the host configuration (the file, then ``VZPKG_<KEY>``
+    overrides): ``checked``'s values, or VzError (exit 10) naming the file and every problem."""
+    from vzpkg.errors import ExitCode, VzError
+
+    try:
+        path = conf_file(environ, SYSTEM_CONF)
+    except FileNotFoundError:
+        raise VzError(
+            f"configuration file {environ['VZPKG_CONF']} (from VZPKG_CONF) does not exist",
+            ExitCode.CONFIG,
+            hint="unset VZPKG_CONF or create the file",
+        ) from None
+    values: dict[str, str] = {}
+    if path is not None:
+        try:
+            text = read_text(path)
+        except OSError as e:
+            raise VzError(f"cannot read {path}: {e.strerror}", ExitCode.CONFIG) from None
+        values, problems = parse_values(text, path)
+        if problems:
+            raise VzError("invalid configuration:\n  " + "\n  ".join(problems), ExitCode.CONFIG)
+    overrides = env_overrides(environ)
+    unknown = sorted(f"VZPKG_{key}" for key in overrides if not is_known_key(key))
+    if unknown:
+        # Say so here: reported as keys of the file, they would send the user looking there.
+        raise VzError(
+            f"environment: unknown variable(s) {', '.join(unknown)}",
+            ExitCode.CONFIG,
+            hint="see docs/configuration.md for the keys vzpkg reads",
+        )
+    values.update(overrides)
+    return checked(values, path or "built-in defaults")

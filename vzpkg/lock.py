@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -22,8 +23,21 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def ensure_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.lstat()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        raise VzError(
+            f"lock directory {path} cannot be made: {e.strerror}",
+            ExitCode.SYSTEM,
+            hint=f"LOCKDIR must name a directory (or a place for one) that root can write: {path}",
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise VzError(
+            f"lock directory {path} is not a directory",
+            ExitCode.SYSTEM,
+            hint="set LOCKDIR in the host configuration to a directory, or remove what is there",
+        )
     if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
         raise VzError(
             f"lock directory {path} is writable by others or not owned by root",
@@ -48,15 +62,24 @@ def locked(
     timeout: float = 0,
     what: str | None = None,
     on_wait: str | None = None,
+    hint: str = "wait for it to finish, or pass --timeout SECONDS to wait",
 ) -> Iterator[Path]:
     """Hold the lock ``name`` for the duration of the block.
 
     timeout 0 fails at once when the lock is held; a positive timeout waits that many seconds;
-    a negative one waits forever. Raises VzError(LOCKED) naming the holder.
+    a negative one waits forever. Raises VzError(LOCKED) naming the holder, with ``hint``
+    (which names the command's own way to wait, if it has one).
     """
     ensure_private_dir(lock_dir)
     path = lock_dir / (_SAFE.sub("_", name) + ".lck")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise VzError(
+            f"cannot open lock file {path}: {e.strerror}",
+            ExitCode.SYSTEM,
+            hint=f"{path} must be a regular file (or absent) in a directory root can write",
+        ) from None
     try:
         deadline = None if timeout < 0 else time.monotonic() + timeout
         announced = False
@@ -69,7 +92,7 @@ def locked(
                     raise VzError(
                         f"{what or name} is locked by {holder_of(path)}",
                         ExitCode.LOCKED,
-                        hint="wait for it to finish, or pass --timeout SECONDS to wait",
+                        hint=hint,
                     ) from None
                 if not announced and on_wait:
                     print(f"{on_wait} (held by {holder_of(path)})", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
@@ -25,10 +24,9 @@ from vzpkg.procenv import BASE_PATH as BASE_PATH
 from vzpkg.procenv import PASSTHROUGH_ENV as PASSTHROUGH_ENV
 from vzpkg.procenv import base_env as base_env
 from vzpkg.procenv import which
+from vzpkg.syscalls import set_parent_death_signal
 
 log = logging.getLogger("vzpkg")
-
-PR_SET_PDEATHSIG = 1
 
 # Program -> Debian package providing it, for "not found" hints.
 PACKAGE_OF: dict[str, str] = {
@@ -44,11 +42,6 @@ PACKAGE_OF: dict[str, str] = {
     "gpgv": "gpgv",
     "zstd": "zstd",
 }
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def find_tool(name: str) -> str | None:
@@ -95,11 +88,13 @@ def run(
     error_code: ExitCode = ExitCode.FAILURE,
     error_hint: str | None = None,
     input: bytes | None = None,
+    own_process_group: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a program to completion. On failure raise VzError carrying its stderr's tail.
 
     Short commands only: long jobs go through spawn / run_streaming, whose children die with
-    us (a preexec hook here would cost a real fork on every runc or mount call)."""
+    us (a preexec hook here would cost a real fork on every runc or mount call).
+    ``own_process_group``: the terminal's ^C does not reach the program."""
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     if input is not None:
@@ -115,6 +110,7 @@ def run(
             input=input,
             check=False,
             pass_fds=tuple(_INHERITED_FDS),
+            process_group=0 if own_process_group else None,
         )
     except FileNotFoundError:
         name = os.path.basename(args[0])
@@ -150,7 +146,7 @@ def spawn(
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
-            preexec_fn=_die_with_parent,
+            preexec_fn=set_parent_death_signal,
         )
     except FileNotFoundError:
         name = os.path.basename(args[0])

@@ -121,8 +121,8 @@ def test_plain_create_mount_umount_destroy(host: HostConfig, cache: tuple[Path, 
     assert str(root) in e.value.message
     assert (private / "etc/hostname").exists()
 
-    umount_root(root)
-    umount_root(root)  # idempotent
+    umount_root(101, root, private)
+    umount_root(101, root, private)  # idempotent
     assert not is_mounted(root)
     assert destroy_private(host, 101, private) == ()
     assert not os.path.lexists(private)
@@ -207,7 +207,7 @@ def test_overlay_vpss_share_one_read_only_tree(
     # Neither the tree nor a private area in use by a mount can be destroyed.
     with pytest.raises(VzError):
         destroy_private(host, 101, p101)
-    umount_root(r101)
+    umount_root(101, r101, p101)
     assert not is_mounted(r101)
     assert destroy_private(host, 101, p101) == ()
     assert not os.path.lexists(p101)
@@ -215,10 +215,10 @@ def test_overlay_vpss_share_one_read_only_tree(
     assert_template_files(r102)  # the other VPS keeps running on the tree
 
     # Mounted again, the VPS gets its own changes back.
-    umount_root(r102)
+    umount_root(102, r102, p102)
     mount_root(host, 102, p102, r102)
     assert (r102 / "etc/hostname").read_text() == "template\n"
-    umount_root(r102)
+    umount_root(102, r102, p102)
     assert destroy_private(host, 102, p102) == (sha,)
     assert os.listdir(host.trees_dir) == []
     assert not any(os.listdir(p.parent) for p in (p101,))

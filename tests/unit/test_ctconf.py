@@ -162,7 +162,7 @@ KMEMSIZE="14372700:14790164"
 IP_ADDRESS="10.0.0.2  10.0.0.3"
 HOSTNAME="old"
 HOSTNAME="web"
-LEGACY_KEY="going away"
+IPTABLES="iptable_filter"  # OpenVZ's, not used by vzpkg
 """
 
 
@@ -171,7 +171,7 @@ def test_rewrite_keeps_comments_unknown_keys_and_unchanged_lines(host: HostConfi
     conf_path(host, 101).write_text(BASE)
     cfg = read_ct_config(host, 101)
     assert cfg.hostname == "web"  # the last line counts, as in sh
-    extra = {k: v for k, v in cfg.extra.items() if k != "LEGACY_KEY"}
+    extra = {k: v for k, v in cfg.extra.items() if k != "IPTABLES"}
     new = dataclasses.replace(cfg, hostname="db", ve_layout="plain", extra=extra)
     write_ct_config(host, 101, new)
     assert conf_path(host, 101).read_text() == (
@@ -192,7 +192,7 @@ def test_update_changes_only_the_given_fields(host: HostConfig) -> None:
     conf_path(host, 101).write_text(BASE)
     new = update_ct_config(host, 101, onboot=False, nameserver=("10.0.0.1",))
     assert new.onboot is False and new.nameserver == ("10.0.0.1",)
-    assert new.extra["LEGACY_KEY"] == "going away"
+    assert new.extra["IPTABLES"] == "iptable_filter"
     text = conf_path(host, 101).read_text()
     assert 'ONBOOT="no"\n' in text and 'NAMESERVER="10.0.0.1"\n' in text
     assert "# The network\n" in text
@@ -206,10 +206,10 @@ def test_update_changes_only_the_given_fields(host: HostConfig) -> None:
 
 
 def test_rewrite_falls_back_to_fresh_text_when_a_reference_would_change_meaning() -> None:
-    base = 'BASE="/srv"\nVE_PRIVATE="$BASE/private/$VEID"\n'
+    base = 'TEMPLATE="/srv"\nVE_PRIVATE="$TEMPLATE/private/$VEID"\n'
     cfg = conf.parse_ct_config(base, "base")
     assert cfg.ve_private == "/srv/private/$VEID"
-    moved = dataclasses.replace(cfg, extra={"BASE": "/data"})
+    moved = dataclasses.replace(cfg, extra={"TEMPLATE": "/data"})
     text = render_ct_config(moved, base)
     assert conf.parse_ct_config(text, "rendered") == moved
     assert 'VE_PRIVATE="/srv/private/$VEID"\n' in text

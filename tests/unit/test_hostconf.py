@@ -132,7 +132,7 @@ def test_unknown_key_in_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(VzError) as raised:
         load_host_config({"VZPKG_CONF": str(path)})
     assert raised.value.code == ExitCode.CONFIG
-    assert f"{path}: unknown key(s) CACHEDIR" in raised.value.message
+    assert f"invalid configuration {path}:\n  unknown key(s) CACHEDIR" in raised.value.message
 
 
 def test_unknown_environment_override_names_the_variable(conf: Path) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
-from vzpkg.errors import VzError
+from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import fsync_dir as fsync_dir  # also used from here
 from vzpkg.fsutil import remove_tree_safely as remove_tree_safely
 
@@ -35,6 +35,21 @@ class CachedInfo:
     manifest: Manifest | None  # None when the manifest is missing or unreadable
     size: int
     mtime: float
+    problem: str | None = None  # why the cache cannot be used (vzctl create refuses it)
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True)
+class UsableCache:
+    """A cache ``vzctl create`` can use: its archive matches its manifest."""
+
+    name: str
+    archive: Path
+    sha256: str
+    manifest: Manifest
 
 
 class CacheStore:
@@ -62,11 +77,32 @@ class CacheStore:
             st = archive.stat()
         except FileNotFoundError:
             return None
+        problem = None
         try:
             manifest: Manifest | None = read_manifest(self.manifest_path(name))
-        except VzError:
-            manifest = None
-        return CachedInfo(name, archive, manifest, st.st_size, st.st_mtime)
+        except VzError as e:
+            manifest, problem = None, e.message
+        if manifest is not None and manifest.archive.size != st.st_size:
+            problem = f"{archive} is {st.st_size} bytes, its manifest says {manifest.archive.size}"
+        return CachedInfo(name, archive, manifest, st.st_size, st.st_mtime, problem)
+
+    def usable(self, name: str) -> UsableCache:
+        """The cache ``name`` if it can be used (the same test ``vzpkgls -c`` lists by);
+        VzError saying why not, and what to do, otherwise."""
+        info = self.info(name)
+        if info is None:
+            raise VzError(
+                f"no cache for OS template {name}",
+                ExitCode.TEMPLATE_NOT_FOUND,
+                hint=f"vzpkgcache {name}",
+            )
+        if info.manifest is None or info.problem is not None:
+            raise VzError(
+                f"the cache of {name} cannot be used: {info.problem}",
+                ExitCode.ARCHIVE,
+                hint=f"rebuild it: vzpkgcache -f {name}",
+            )
+        return UsableCache(name, info.archive, info.manifest.archive.sha256, info.manifest)
 
     def new_workdir(self, name: str, parent: Path | None = None) -> Path:
         """A private directory for one build, in the cache directory or in ``parent``."""

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from vzpkg.cli.edge import Terminated as Terminated
 from vzpkg.cli.edge import edge as edge
 from vzpkg.cli.edge import fail as fail
 from vzpkg.cli.edge import require_root as require_root
+from vzpkg.cli.edge import say as say
 from vzpkg.cli.edge import setup as setup
-from vzpkg.hostconf import HostConfig, load_host_config
+from vzpkg.hostconf import HostConfig, load_host_config, report_unused_keys
+from vzpkg.interrupts import Terminated as Terminated
 
 if TYPE_CHECKING:
     from vzpkg.metadata.loader import Catalog
@@ -23,6 +24,7 @@ def host_and_catalog() -> tuple[HostConfig, Catalog]:
     from vzpkg.metadata.loader import load_catalog  # lazy: vzctl's runtime commands need none
 
     host = load_host_config()
+    report_unused_keys(host)
     return host, load_catalog(host.metadata_dir)
 
 

@@ -12,24 +12,17 @@ from collections.abc import Callable
 from typing import NoReturn, ParamSpec, TypeVar
 
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.interrupts import Terminated, raise_terminated
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that cleanup stacks unwind as for Ctrl-C."""
-
-
-def _on_sigterm(signum: int, frame: object) -> NoReturn:
-    raise Terminated()
 
 
 def setup(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr
     )
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def say(text: str) -> None:

@@ -6,9 +6,11 @@ import sys
 
 import click
 
+from vzpkg import checks
 from vzpkg.cli import vzctl_actions as actions
 from vzpkg.cli.common import debug_option, edge, json_option, print_json, setup
-from vzpkg.ct import conf, vps
+from vzpkg.ct.common import DEFAULT_LAYOUT
+from vzpkg.ct.ids import parse_ctid
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 
@@ -20,7 +22,7 @@ def _host() -> HostConfig:
 
 
 def _ctid(value: str) -> int:
-    return conf.ctid_valid(value)
+    return parse_ctid(value)
 
 
 def _say(text: str, quiet: bool = False) -> None:
@@ -46,11 +48,7 @@ def _quiet() -> bool:
 @main.command(context_settings=CONTEXT)
 @click.argument("ctid")
 @click.option("--ostemplate", help="Template name (vzosname forms accepted).")
-@click.option(
-    "--layout",
-    type=click.Choice(["plain", "overlay"]),
-    help=f"Private area layout (default {vps.DEFAULT_LAYOUT}).",
-)
+@click.option("--layout", help=f"Private area layout: plain or overlay (default {DEFAULT_LAYOUT}).")
 @click.option("--hostname")
 @click.option("--ipadd", multiple=True, help="IP address (repeatable).")
 @click.option("--config", "sample", help="Sample config ve-NAME.conf-sample to start from.")
@@ -68,15 +66,17 @@ def create(
     root: str | None,
 ) -> None:
     """Create a VPS from a template cache."""
+    from vzpkg.ct.create import create as create_ct
+
     host = _host()
     number = _ctid(ctid)
-    cfg = vps.create(
+    cfg = create_ct(
         host,
         number,
         ostemplate,
-        layout_name=layout,
-        hostname=hostname,
-        ipadd=ipadd,
+        layout_name=None if layout is None else checks.layout(layout, "--layout"),
+        hostname=None if hostname is None else checks.hostname(hostname),
+        ipadd=tuple(checks.ip_address(ip) for ip in ipadd),
         sample=sample,
         private=private,
         root=root,
@@ -98,29 +98,21 @@ def start(ctid: str, wait: bool) -> None:
 @main.command(context_settings=CONTEXT)
 @click.argument("ctid")
 @click.option("--fast", is_flag=True, help="Kill at once, no graceful shutdown.")
-@click.option(
-    "--timeout", type=float, help="Seconds to wait for a graceful stop (default STOP_TIMEOUT)."
-)
+@click.option("--timeout", help="Seconds to wait for a graceful stop (default STOP_TIMEOUT).")
 @edge("vzctl")
-def stop(ctid: str, fast: bool, timeout: float | None) -> None:
+def stop(ctid: str, fast: bool, timeout: str | None) -> None:
     """Stop a VPS: its init's shutdown signal, then SIGKILL after the timeout."""
     actions.stop(ctid, _quiet(), fast=fast, timeout=timeout)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("ctid")
-@click.option("--fast", is_flag=True)
-@click.option("--timeout", type=float)
+@click.option("--fast", is_flag=True, help="Kill at once, no graceful shutdown.")
+@click.option("--timeout", help="Seconds to wait for a graceful stop (default STOP_TIMEOUT).")
 @edge("vzctl")
-def restart(ctid: str, fast: bool, timeout: float | None) -> None:
+def restart(ctid: str, fast: bool, timeout: str | None) -> None:
     """Stop (if running) and start a VPS."""
-    host = _host()
-    number = _ctid(ctid)
-    if vps.status(host, number).running:
-        vps.stop(host, number, timeout=timeout, fast=fast)
-        _say(f"Container {number} was stopped", _quiet())
-    init = vps.start(host, number)
-    _say(f"Container {number} started ({init.kind} as init)", _quiet())
+    actions.restart(ctid, _quiet(), fast=fast, timeout=timeout)
 
 
 @main.command(context_settings=CONTEXT)
@@ -129,8 +121,10 @@ def restart(ctid: str, fast: bool, timeout: float | None) -> None:
 @edge("vzctl")
 def status(ctid: str, as_json: bool) -> None:
     """Print whether the VPS exists, is mounted and is running."""
+    from vzpkg.ct.status import status as ct_status
+
     host = _host()
-    st = vps.status(host, _ctid(ctid))
+    st = ct_status(host, _ctid(ctid))
     if as_json:
         print_json(
             {
@@ -139,6 +133,7 @@ def status(ctid: str, as_json: bool) -> None:
                 "mounted": st.mounted,
                 "running": st.running,
                 "nproc": st.nproc,
+                "destroying": st.destroying,
             }
         )
     else:
@@ -150,8 +145,12 @@ def status(ctid: str, as_json: bool) -> None:
 @edge("vzctl")
 def mount(ctid: str) -> None:
     """Mount the VPS's root at VE_ROOT."""
-    vps.mount(_host(), _ctid(ctid))
-    _say(f"Container {ctid} is mounted", _quiet())
+    from vzpkg.ct import lifecycle
+
+    host = _host()
+    number = _ctid(ctid)
+    lifecycle.mount(host, number)
+    _say(f"Container {number} is mounted", _quiet())
 
 
 @main.command(context_settings=CONTEXT)
@@ -159,8 +158,12 @@ def mount(ctid: str) -> None:
 @edge("vzctl")
 def umount(ctid: str) -> None:
     """Unmount the VPS's root."""
-    vps.umount(_host(), _ctid(ctid))
-    _say(f"Container {ctid} is unmounted", _quiet())
+    from vzpkg.ct import lifecycle
+
+    host = _host()
+    number = _ctid(ctid)
+    lifecycle.umount(host, number)
+    _say(f"Container {number} is unmounted", _quiet())
 
 
 @main.command(context_settings=CONTEXT)
@@ -168,17 +171,12 @@ def umount(ctid: str) -> None:
 @edge("vzctl")
 def destroy(ctid: str) -> None:
     """Remove a stopped VPS: private area, mount point, config (kept as .destroyed)."""
-    vps.destroy(_host(), _ctid(ctid))
-    _say(f"Container {ctid} was destroyed", _quiet())
+    from vzpkg.ct.create import destroy as destroy_ct
 
-
-def _command_argv(command: tuple[str, ...]) -> list[str]:
-    if not command:
-        raise VzError(
-            "no command given", ExitCode.INVALID_ARGUMENT, hint="vzctl exec CTID COMMAND [ARG...]"
-        )
-    # As vzctl: the words form one shell command line run by the VPS's /bin/sh.
-    return ["/bin/sh", "-c", " ".join(command)]
+    host = _host()
+    number = _ctid(ctid)
+    destroy_ct(host, number)
+    _say(f"Container {number} was destroyed", _quiet())
 
 
 @main.command("exec", context_settings={**CONTEXT, "ignore_unknown_options": True})
@@ -187,7 +185,7 @@ def _command_argv(command: tuple[str, ...]) -> list[str]:
 @edge("vzctl")
 def exec_(ctid: str, command: tuple[str, ...]) -> None:
     """Run COMMAND in the VPS; exit 8 if it fails (use exec2 for its own exit code)."""
-    code = vps.exec_command(_host(), _ctid(ctid), _command_argv(command))
+    code = actions.exec_(ctid, command)
     sys.exit(0 if code == 0 else int(ExitCode.EXEC_FAILED))
 
 
@@ -197,7 +195,7 @@ def exec_(ctid: str, command: tuple[str, ...]) -> None:
 @edge("vzctl")
 def exec2(ctid: str, command: tuple[str, ...]) -> None:
     """Run COMMAND in the VPS and exit with its exit code."""
-    sys.exit(vps.exec_command(_host(), _ctid(ctid), _command_argv(command)))
+    sys.exit(actions.exec_(ctid, command))
 
 
 @main.command(context_settings=CONTEXT)
@@ -206,15 +204,19 @@ def exec2(ctid: str, command: tuple[str, ...]) -> None:
 @edge("vzctl")
 def enter(ctid: str, command: str | None) -> None:
     """An interactive shell on a new pty inside the VPS (never the host's terminal)."""
+    from vzpkg.ct import status
+
     host = _host()
     number = _ctid(ctid)
-    st = vps.status(host, number)
+    st = status.status(host, number)
     if not st.running:
         raise VzError(f"CT {number} is not running", ExitCode.NOT_RUNNING)
-    root = conf.root_path(host, number, st.config)
-    argv = ["/bin/sh", "-c", command] if command else [vps.shell_of(root), "-l"]
+    from vzpkg.ct.common import ct_paths
+
+    _, root = ct_paths(host, number, st.config)
+    argv = ["/bin/sh", "-c", command] if command else [status.shell_of(root), "-l"]
     _say(f"entered into CT {number}", _quiet())
-    code = vps.exec_command(host, number, argv, tty=True)
+    code = status.exec_command(host, number, argv, tty=True)
     _say(f"exited from CT {number}", _quiet())
     sys.exit(code)
 
@@ -247,7 +249,11 @@ def set_(
     save: bool,
 ) -> None:
     """Change VPS parameters: applied to a running VPS, written with --save."""
-    request = vps.SetRequest(
+    from vzpkg.ct.settings import SetRequest, set_params
+
+    host = _host()
+    number = _ctid(ctid)
+    request = SetRequest(
         hostname=hostname,
         nameservers=nameserver,
         searchdomain=searchdomain,
@@ -256,5 +262,9 @@ def set_(
         userpasswd=userpasswd,
         onboot=None if onboot is None else onboot == "yes",
     )
-    for note in vps.set_params(_host(), _ctid(ctid), request, save=save):
+    for note in set_params(host, number, request, save=save):
         _say(note, _quiet())
+
+
+if __name__ == "__main__":  # the full CLI without the short paths (tests compare the two)
+    main()

@@ -1,13 +1,16 @@
 """vzctl's entry point, with short paths for what is run most.
 
 ``vzctl exec`` / ``exec2`` on a running VPS (what scripts run in loops) go straight to runc with
-only light modules imported (os, json, re; the host configuration's raw values, runc's state
-files): a few ms of Python instead of the ~60 ms that loading the whole click CLI costs.
-Anything unusual (not root, a configuration problem, no such CT, not running, options) falls
-through to the full CLI, which checks and reports it properly.
+only light modules imported (the host configuration read and checked by hostvalues, runc's
+state files): a few ms of Python instead of the ~45 ms that loading the whole click CLI costs.
+``vzctl [-q] start|stop CTID`` run the click commands' own bodies (vzctl_actions) without
+loading click.
 
-``vzctl start|stop CTID`` with no options run the click commands' own bodies
-(vzctl_actions) without loading click.
+The short paths call the same functions as the full CLI (vzctl_actions, hostvalues, ids,
+runcargv), so they accept and refuse the same inputs; whenever anything is off (not root, a
+bad configuration, no such CT, options) nothing has been done yet and the full CLI runs
+instead, which reports it the same way. tests/integration/test_edge.py holds the two paths to
+that, argv by argv.
 """
 
 from __future__ import annotations
@@ -16,22 +19,26 @@ import os
 import signal
 import sys
 
+PROG = "vzctl"
+QUIET_FLAGS = ("-q", "--quiet", "-v", "--verbose")  # vzctl's global flags; exec ignores them
+
 
 def main() -> None:
-    code = fast_exec(sys.argv[1:])
-    if code is None:
-        code = fast_lifecycle(sys.argv[1:])
-    if code is not None:
-        # Nothing of ours to clean up: skip the interpreter's teardown (a few ms).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    from vzpkg.cli.vzctl import main as full_cli
+    try:
+        code = fast_exec(sys.argv[1:])
+        if code is None:
+            code = fast_lifecycle(sys.argv[1:])
+        if code is not None:
+            # Nothing of ours to clean up: skip the interpreter's teardown (a few ms).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        from vzpkg.cli.vzctl import main as full_cli
 
-    full_cli()
-
-
-QUIET_FLAGS = ("-q", "--quiet", "-v", "--verbose")  # vzctl's global flags; exec ignores them
+        full_cli()
+    except KeyboardInterrupt:  # ^C before a command's own edge was in place
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        sys.exit(130)
 
 
 def fast_exec(args: list[str]) -> int | None:
@@ -39,17 +46,19 @@ def fast_exec(args: list[str]) -> int | None:
     here (nothing has been run then)."""
     while args and args[0] in QUIET_FLAGS:
         args = args[1:]
-    if (
-        len(args) < 3
-        or args[0] not in ("exec", "exec2")
-        or not args[1].isdigit()
-        or args[2].startswith("-")
-        or os.geteuid() != 0
-    ):
+    if len(args) < 3 or args[0] not in ("exec", "exec2") or args[2].startswith("-"):
         return None
-    argv = exec_argv(args[1], args[2:])
-    if argv is None:
+    if os.geteuid() != 0:
         return None
+    from vzpkg import hostvalues
+    from vzpkg.ct.runcargv import vzctl_exec_argv
+    from vzpkg.errors import VzError
+
+    try:
+        values = hostvalues.load(os.environ)
+        argv = vzctl_exec_argv(args[1], args[2:], str(values["conf_dir"]), str(values["run_dir"]))
+    except VzError:
+        return None  # the full CLI says what is wrong, the same way
     from vzpkg.procenv import base_env
 
     env = base_env()
@@ -83,48 +92,11 @@ def fast_lifecycle(args: list[str]) -> int | None:
     while args and args[0] in QUIET_FLAGS:
         quiet = quiet or args[0] in ("-q", "--quiet")
         args = args[1:]
-    if len(args) != 2 or args[0] not in ("start", "stop") or not args[1].isdigit():
+    if len(args) != 2 or args[0] not in ("start", "stop") or args[1].startswith("-"):
         return None
     from vzpkg.cli import edge, vzctl_actions
 
     edge.setup(debug=False)
     action = vzctl_actions.start if args[0] == "start" else vzctl_actions.stop
-    edge.edge("vzctl")(action)(args[1], quiet)  # exits with the error's code on failure
+    edge.edge(PROG)(action)(args[1], quiet)  # exits with the error's code on failure
     return 0
-
-
-def exec_argv(ctid_text: str, words: list[str]) -> list[str] | None:
-    """``runc exec`` of ``words`` in running CT ``ctid_text``; None when anything is off."""
-    from vzpkg import hostvalues
-    from vzpkg.ct import runcstate
-    from vzpkg.ct.ids import container_id
-    from vzpkg.procenv import BASE_PATH, which
-
-    try:
-        path = hostvalues.conf_file(os.environ, hostvalues.SYSTEM_CONF)
-        values: dict[str, str] = {}
-        if path is not None:
-            with open(path) as f:
-                values, problems = hostvalues.parse_values(f.read(), path)
-            if problems:
-                return None
-    except OSError:
-        return None
-    values.update(hostvalues.env_overrides(os.environ))
-    if not all(hostvalues.is_known_key(key) for key in values):
-        return None
-    ctid = str(int(ctid_text))
-    conf_dir = values.get("CONF_DIR", hostvalues.DEFAULT_CONF_DIR)
-    state_root = os.path.join(values.get("RUN_DIR", hostvalues.DEFAULT_RUN_DIR), "runc")
-    runc = which("runc", BASE_PATH + ":" + os.environ.get("PATH", ""))
-    if runc is None or not os.path.isfile(os.path.join(conf_dir, f"{ctid}.conf")):
-        return None
-    try:
-        state = runcstate.read_state(state_root, container_id(ctid))
-    except runcstate.UnknownFormat:
-        return None
-    if state is None or state.status != "running":
-        return None
-    # As vzctl: the words form one command line for the VPS's /bin/sh.
-    shell = ["/bin/sh", "-c", " ".join(words)]
-    return [runc, "--root", state_root, "exec", "--cwd", "/", container_id(ctid), *shell]

@@ -6,17 +6,22 @@ from typing import Any
 
 import click
 
-from vzpkg.cli.common import debug_option, edge, print_json, require_root, setup
-from vzpkg.ct import conf, listing, vps
-from vzpkg.hostconf import load_host_config
+from vzpkg.cli.common import debug_option, edge, print_json, require_root, say, setup
+from vzpkg.ct import conf, listing
+from vzpkg.ct.common import ct_paths
+from vzpkg.ct.ids import parse_ctid
+from vzpkg.ct.status import Status, running_state, status
+from vzpkg.errors import VzError
+from vzpkg.hostconf import HostConfig, load_host_config, report_unused_keys
 
 
-def record(st: vps.Status, host_root: str, private: str) -> dict[str, Any]:
+def record(st: Status, host_root: str, private: str) -> dict[str, Any]:
     cfg = st.config
+    state = "running" if st.running else "stopped"
     return {
         "ctid": st.ctid,
         "nproc": st.nproc,
-        "status": "running" if st.running else "stopped",
+        "status": "destroying" if st.destroying else state,
         "ip": list(cfg.ip_address) if cfg else [],
         "hostname": cfg.hostname if cfg else None,
         "ostemplate": cfg.ostemplate if cfg else None,
@@ -26,6 +31,32 @@ def record(st: vps.Status, host_root: str, private: str) -> dict[str, Any]:
         "root": host_root,
         "mounted": st.mounted,
     }
+
+
+def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | None:
+    """The row of one CT. A CT whose CTID.conf cannot be read is still listed (from runc's
+    view: running or not, its processes) with a warning naming the problem; the others are
+    unaffected."""
+    try:
+        st = status(host, ctid)
+    except VzError as e:
+        say(f"vzlist: CT {ctid}: {e.message.splitlines()[0]} (listed without its settings)")
+        try:
+            running, nproc = running_state(host, ctid)
+        except VzError:
+            return None
+        st = Status(ctid, True, False, running, nproc, None)
+        row = record(st, "", "")
+        row["error"] = e.message
+        return st, row
+    cfg = st.config
+    if cfg is None:
+        return st, record(st, "", "")
+    try:
+        private, root = ct_paths(host, ctid, cfg)
+    except VzError:
+        return st, record(st, "", "")
+    return st, record(st, str(root), str(private))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,21 +91,18 @@ def main(
         return
     require_root("vzlist")
     host = load_host_config()
-    numbers = [conf.ctid_valid(c) for c in ctids] or conf.list_ctids(host)
+    report_unused_keys(host)
+    numbers = [parse_ctid(c) for c in ctids] or conf.list_ctids(host)
     records = []
     for number in numbers:
-        st = vps.status(host, number)
-        if not st.exists and not ctids:
+        entry = _record_of(host, number)
+        if entry is None:
+            continue
+        st, row = entry
+        if not st.exists and not st.destroying and not ctids:
             continue
         if ctids or all_ or (stopped and not st.running) or (not stopped and st.running):
-            cfg = st.config
-            records.append(
-                record(
-                    st,
-                    str(conf.root_path(host, number, cfg)) if cfg else "",
-                    str(conf.private_path(host, number, cfg)) if cfg else "",
-                )
-            )
+            records.append(row)
     ordered = listing.sort_records(records, sort_key)
     if as_json:
         print_json(ordered)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import click
 
-from vzpkg import lock
+from vzpkg import checks, lock
 from vzpkg.cache.build import BuildOptions, BuildResult, build_cache
 from vzpkg.cache.store import CacheStore
 from vzpkg.cli.common import (
@@ -47,8 +47,7 @@ def exit_code_of(results: list[BuildResult]) -> int:
 @click.option("-r", "--remove", is_flag=True, help="Remove the named caches (and their -old).")
 @click.option(
     "--timeout",
-    type=float,
-    default=0,
+    default="0",
     show_default=True,
     help="Seconds to wait for a template locked by another build (-1: forever).",
 )
@@ -67,7 +66,7 @@ def exit_code_of(results: list[BuildResult]) -> int:
 def main(
     force: bool,
     remove: bool,
-    timeout: float,
+    timeout: str,
     mirrors: tuple[str, ...],
     quiet: bool,
     as_json: bool,
@@ -78,13 +77,20 @@ def main(
     are named). Existing caches are kept unless -f is given; the previous cache stays as
     NAME-old. Exit codes: docs/exit-codes.md."""
     setup(debug)
-    host, catalog = host_and_catalog()
+    seconds = checks.timeout(timeout, "--timeout", forever=True)
     if remove and not names:
         raise VzError(
             "-r needs the names of the caches to remove",
             ExitCode.INVALID_ARGUMENT,
             hint="vzpkgls -c lists the caches",
         )
+    if force and not names:
+        raise VzError(
+            "-f needs the names of the caches to rebuild (it rebuilds even what is up to date)",
+            ExitCode.INVALID_ARGUMENT,
+            hint="vzpkgcache alone rebuilds only what changed; vzpkgcache -f NAME... forces",
+        )
+    host, catalog = host_and_catalog()
     require_root("vzpkgcache")
     if names:
         templates = [catalog.get(canonical_name(n, catalog)) for n in names]
@@ -96,7 +102,7 @@ def main(
         removed = []
         for t in templates:
             with lock.locked(
-                host.lock_dir, f"cache-{t.name}", timeout=timeout, what=f"cache {t.name}"
+                host.lock_dir, f"cache-{t.name}", timeout=seconds, what=f"cache {t.name}"
             ):
                 paths = store.remove(t.name)
             if not paths:
@@ -107,7 +113,7 @@ def main(
         return
     options = BuildOptions(
         force=force,
-        lock_timeout=timeout,
+        lock_timeout=seconds,
         mirror_overrides=parse_mirrors(mirrors),
         verbose=not quiet,
     )

@@ -22,7 +22,7 @@ def describe(t: Template, info: CachedInfo | None) -> dict[str, Any]:
         "family": t.family,
         "summary": t.summary,
         "metadata_digest": t.digest,
-        "cached": info is not None,
+        "cached": info is not None and info.usable,
         "cache": None,
     }
     if info is not None:
@@ -38,6 +38,8 @@ def describe(t: Template, info: CachedInfo | None) -> dict[str, Any]:
             "packages": len(m.packages) if m else None,
             # The metadata changed since the cache was built: vzpkgcache -f brings it up to date.
             "stale": m is None or m.metadata_digest != t.digest,
+            "usable": info.usable,
+            "problem": info.problem,
         }
     return entry
 
@@ -60,7 +62,7 @@ def main(cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool
         if arch and t.arch != arch:
             continue
         info = store.info(name)
-        if cached and info is None:
+        if cached and (info is None or not info.usable):
             continue
         rows.append(describe(t, info))
     if as_json:
@@ -74,7 +76,9 @@ def main(cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool
     click.echo(f"{'TEMPLATE':<{width}}  {'CACHED':<16}  {'SIZE':>9}  SUMMARY")
     for row in rows:
         cache = row["cache"]
-        if cache:
+        if cache and not cache["usable"]:
+            when, size = "broken", "-"
+        elif cache:
             when = datetime.datetime.fromisoformat(cache["mtime"]).strftime("%Y-%m-%d %H:%M")
             size = f"{cache['size'] / 2**20:.1f}M" + ("*" if cache["stale"] else "")
         else:

@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vzpkg import fsutil
+from vzpkg import checks, fsutil
+from vzpkg.ct.ids import CTID_MAX, parse_ctid
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, parse_kv
+from vzpkg.hostvalues import decode_text
+from vzpkg.openvz import OPENVZ_KEYS
 
-CTID_MAX = 2_147_483_647  # vzctl keeps CTIDs in a C int
-LAYOUTS = ("plain", "overlay")
+LAYOUTS = checks.LAYOUTS
 SHIPPED_SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_PREFIX, SAMPLE_SUFFIX = "ve-", ".conf-sample"
 
-_CTID = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() would accept other scripts' digits
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KV_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _VEID = re.compile(r"\$(?:VEID\b|\{VEID\})")
@@ -51,6 +52,8 @@ FIELD_OF_KEY: Mapping[str, str] = {
     "STOP_TIMEOUT": "stop_timeout",
 }
 _LIST_FIELDS = frozenset({"ip_address", "nameserver", "searchdomain"})
+# Keys of CTID.conf that neither vzpkg nor any OpenVZ version knows are refused (a typo would go
+# unnoticed otherwise); OpenVZ's are carried along in ``extra``.
 
 
 class CtConfigError(VzError):
@@ -109,6 +112,14 @@ class CtConfig:
 
 def _problems_of(cfg: CtConfig) -> list[str]:
     problems: list[str] = []
+
+    def check(key: str, func: Any, value: str) -> None:
+        try:
+            if func(value, key) != value:
+                problems.append(f"{key}: {value!r} is not in canonical form")
+        except VzError as e:
+            problems.append(f"{key}: {e.message.removeprefix(f'Bad parameter for {key}: ')}")
+
     if cfg.ve_layout is not None and cfg.ve_layout not in LAYOUTS:
         problems.append(f"VE_LAYOUT: {cfg.ve_layout!r} is not one of {', '.join(LAYOUTS)}")
     if cfg.stop_timeout is not None and cfg.stop_timeout < 0:
@@ -116,22 +127,24 @@ def _problems_of(cfg: CtConfig) -> list[str]:
     for key, value in (("VE_ROOT", cfg.ve_root), ("VE_PRIVATE", cfg.ve_private)):
         if value is not None and not value.startswith("/"):
             problems.append(f"{key}: {value!r} is not an absolute path")
-    for key, value in (
-        ("OSTEMPLATE", cfg.ostemplate),
-        ("HOSTNAME", cfg.hostname),
-        ("ORIGIN_SAMPLE", cfg.origin_sample),
-    ):
+    for key, value in (("OSTEMPLATE", cfg.ostemplate), ("ORIGIN_SAMPLE", cfg.origin_sample)):
         if value is not None and (not value or _has_space(value) or "/" in value):
             problems.append(f"{key}: {value!r} must be one word without '/'")
-    for key in ("IP_ADDRESS", "NAMESERVER", "SEARCHDOMAIN"):
-        for item in getattr(cfg, FIELD_OF_KEY[key]):
-            if not item or _has_space(item):
-                problems.append(f"{key}: {item!r} is not a single word")
+    if cfg.hostname is not None:
+        check("HOSTNAME", checks.hostname, cfg.hostname)
+    for ip in cfg.ip_address:
+        check("IP_ADDRESS", checks.ip_address, ip)
+    for server in cfg.nameserver:
+        check("NAMESERVER", checks.nameserver, server)
+    for name in cfg.searchdomain:
+        check("SEARCHDOMAIN", checks.domain, name)
     for key, value in cfg.extra.items():
         if not _KEY.fullmatch(key):
             problems.append(f"{key!r} is not a valid key name")
         elif key in FIELD_OF_KEY:
             problems.append(f"{key} is a known key; set it through its field, not extra")
+        elif key not in OPENVZ_KEYS:
+            problems.append(f"unknown key {key} (not vzpkg's, nor any OpenVZ's)")
         if not isinstance(value, str):
             problems.append(f"{key}: value {value!r} is not a string")
     if not problems:  # to_values() needs string values
@@ -146,17 +159,8 @@ def _has_space(value: str) -> bool:
 
 
 def ctid_valid(ctid: str | int) -> int:
-    """The CTID as an int: OpenVZ's CTIDs are numbers from 1 to 2147483647 (0 is the host)."""
-    if isinstance(ctid, bool) or not isinstance(ctid, int | str):
-        raise VzError(f"invalid CTID {ctid!r}", ExitCode.INVALID_ARGUMENT)
-    text = str(ctid)
-    if not _CTID.fullmatch(text) or not 0 < int(text) <= CTID_MAX:
-        raise VzError(
-            f"invalid CTID {text!r}",
-            ExitCode.INVALID_ARGUMENT,
-            hint=f"a CTID is a number from 1 to {CTID_MAX}",
-        )
-    return int(text)
+    """The CTID as an int (vzpkg.ct.ids.parse_ctid: the one CTID check of every entry point)."""
+    return parse_ctid(ctid)
 
 
 def expand(template: str, ctid: str | int) -> str:
@@ -221,7 +225,21 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
         if name is None:
             extra[key] = value
         elif name in _LIST_FIELDS:
-            known[name] = tuple(value.split())
+            words = [_canonical(key, word, problems, source) for word in value.split()]
+            known[name] = tuple(word for word in words if word is not None)
+        elif name == "hostname":
+            if value and (canonical := _canonical(key, value, problems, source)):
+                known[name] = canonical
+        elif name == "ve_layout":
+            if value.startswith("ploop"):
+                problems.append(
+                    f"{source}: VE_LAYOUT: {value!r}: ploop images are not supported by vzpkg"
+                )
+            elif value:
+                try:
+                    known[name] = checks.layout(value, "VE_LAYOUT")
+                except VzError:
+                    problems.append(f"{source}: VE_LAYOUT: {value!r} is not plain or overlay")
         elif name == "onboot":
             if value in ("yes", "no"):
                 known[name] = value == "yes"
@@ -230,9 +248,9 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
         elif name == "stop_timeout":
             if value.strip():
                 try:
-                    known[name] = int(value)
-                except ValueError:
-                    problems.append(f"{source}: STOP_TIMEOUT: {value!r} is not a number")
+                    known[name] = checks.whole_seconds(value, "STOP_TIMEOUT")
+                except VzError:
+                    problems.append(f"{source}: STOP_TIMEOUT: {value!r} is not a whole number")
         elif value:
             known[name] = value
     try:
@@ -244,6 +262,24 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
     return cfg
 
 
+_CANONICAL = {
+    "IP_ADDRESS": checks.ip_address,
+    "NAMESERVER": checks.nameserver,
+    "SEARCHDOMAIN": checks.domain,
+    "HOSTNAME": checks.hostname,
+}
+
+
+def _canonical(key: str, value: str, problems: list[str], source: str) -> str | None:
+    """``value`` of ``key`` in canonical form (``2001:DB8::0045`` -> ``2001:db8::45``); None
+    for a bad one, which is listed in ``problems``."""
+    try:
+        return str(_CANONICAL[key](value, key))
+    except VzError as e:
+        problems.append(f"{source}: {key}: {e.message.removeprefix(f'Bad parameter for {key}: ')}")
+        return None
+
+
 def parse_ct_config(text: str, source: str) -> CtConfig:
     return ct_config_from(parse_kv(text, source), source)
 
@@ -251,7 +287,7 @@ def parse_ct_config(text: str, source: str) -> CtConfig:
 def read_ct_config(host: HostConfig, ctid: str | int) -> CtConfig:
     path = conf_path(host, ctid)
     try:
-        text = path.read_text()
+        text = decode_text(path.read_bytes(), str(path))
     except FileNotFoundError:
         raise VzError(
             f"container configuration file {path} not found",
@@ -260,7 +296,12 @@ def read_ct_config(host: HostConfig, ctid: str | int) -> CtConfig:
         ) from None
     except OSError as e:
         raise VzError(f"cannot read {path}: {e.strerror}", ExitCode.SYSTEM) from None
-    return parse_ct_config(text, str(path))
+    cfg = parse_ct_config(text, str(path))
+    if cfg.extra:
+        from vzpkg import notes
+
+        notes.once(host.run_dir, str(path), sorted(cfg.extra))
+    return cfg
 
 
 def _quote(value: str, *, keep_veid: bool) -> str:
@@ -350,7 +391,7 @@ def write_ct_config(
     path = conf_path(host, ctid)
     if base_text is None:
         with contextlib.suppress(FileNotFoundError):
-            base_text = path.read_text()
+            base_text = decode_text(path.read_bytes(), str(path))
     data = render_ct_config(cfg, base_text).encode()
     try:
         host.conf_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -372,7 +413,7 @@ def update_ct_config(host: HostConfig, ctid: str | int, **changes: Any) -> CtCon
     current = read_ct_config(host, ctid)
     new = dataclasses.replace(current, **changes)
     if new != current:
-        write_ct_config(host, ctid, new, base_text=path.read_text())
+        write_ct_config(host, ctid, new, base_text=decode_text(path.read_bytes(), str(path)))
     return new
 
 
@@ -421,7 +462,7 @@ def read_sample(host: HostConfig, name: str) -> tuple[CtConfig, str]:
     """Sample ``name`` as a configuration and as text (to pass on as ``base_text``)."""
     path = sample_path(host, name)
     try:
-        text = path.read_text()
+        text = decode_text(path.read_bytes(), str(path))
     except OSError as e:
         raise VzError(f"cannot read {path}: {e.strerror}", ExitCode.SYSTEM) from None
     return parse_ct_config(text, str(path)), text

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vzpkg import fsutil, run
-from vzpkg.ct import runcstate
+from vzpkg.ct import runcargv, runcstate
 from vzpkg.ct.ids import CONTAINER_PREFIX as CONTAINER_PREFIX
 from vzpkg.ct.ids import container_id as container_id
 from vzpkg.errors import ExitCode, VzError
@@ -107,6 +107,9 @@ def write_bundle(bundle_dir: Path, config: dict[str, Any]) -> Path:
     return target
 
 
+CtId = int | str  # a CTID as a number or as its text
+
+
 def _stderr_text(stderr: bytes | None) -> str:
     return (stderr or b"").decode(errors="replace")
 
@@ -121,14 +124,14 @@ class Runc:
     @property
     def runc(self) -> str:
         if self._runc is None:
-            self._runc = run.check_tool("runc", "to run containers")
+            self._runc = runcargv.find_runc()
         return self._runc
 
     def _argv(self, *args: str | os.PathLike[str]) -> list[str]:
-        return [self.runc, "--root", os.fspath(self.state_root), *(os.fspath(a) for a in args)]
+        return runcargv.runc_argv(self.runc, self.state_root, *args)
 
     def _run(
-        self, ctid: str, what: str, *args: str | os.PathLike[str]
+        self, ctid: CtId, what: str, *args: str | os.PathLike[str]
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a runc subcommand capturing its output; failures become VzError naming CTID."""
         proc = run.run(self._argv(*args), stdout=subprocess.PIPE, check=False)
@@ -138,7 +141,7 @@ class Runc:
 
     def _error(
         self,
-        ctid: str,
+        ctid: CtId,
         what: str,
         returncode: int,
         stderr: bytes | None,
@@ -157,11 +160,12 @@ class Runc:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self, ctid: str, bundle: Path) -> ContainerState:
+    def start(self, ctid: CtId, bundle: Path) -> ContainerState:
         """``runc run --detach``: returns once init runs; nothing of ours stays behind.
 
         runc's own messages go to ``bundle/runc.log``: its stdio is handed on to init, so a
-        pipe there would never reach EOF while the VPS runs.
+        pipe there would never reach EOF while the VPS runs. runc runs in a process group of
+        its own: a ^C on our terminal must not cut it off half way (vzctl defers its own).
         """
         current = self.state(ctid)
         if current is not None:
@@ -191,6 +195,7 @@ class Runc:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
+            own_process_group=True,
         )
         if proc.returncode != 0:
             tail = log_path.read_bytes() if log_path.exists() else b""
@@ -210,27 +215,23 @@ class Runc:
             )
         return state
 
-    def state(self, ctid: str) -> ContainerState | None:
+    def state(self, ctid: CtId) -> ContainerState | None:
         """runc's view of the container; None when runc does not know it.
 
         Read from runc's state directory (vzpkg.ct.runcstate); ``runc state`` is asked only
         when those files are not in the format known there.
         """
-        try:
-            raw = runcstate.read_state(self.state_root, container_id(ctid))
-        except runcstate.UnknownFormat:
-            return self.runc_state(ctid)
+        raw = runcstate.query(self.state_root, container_id(ctid), self.runc)
         if raw is None:
             return None
         bundle = Path(raw.bundle) if raw.bundle else None
         return ContainerState(container_id(ctid), raw.status, raw.pid, bundle)
 
-    def runc_state(self, ctid: str) -> ContainerState | None:
-        """``runc state``: the container's state as runc prints it; None when unknown."""
+    def runc_state(self, ctid: CtId) -> ContainerState | None:
+        """``runc state`` itself (what ``state`` reads from files); None when unknown."""
         proc = run.run(self._argv("state", container_id(ctid)), stdout=subprocess.PIPE, check=False)
         if proc.returncode != 0:
-            text = _stderr_text(proc.stderr)
-            if any(s in text for s in _NOT_FOUND):
+            if any(s in _stderr_text(proc.stderr) for s in _NOT_FOUND):
                 return None
             raise self._error(ctid, "query", proc.returncode, proc.stderr)
         try:
@@ -252,7 +253,7 @@ class Runc:
         except FileNotFoundError:
             return []
 
-    def kill(self, ctid: str, signal: str | int, all: bool = False) -> None:
+    def kill(self, ctid: CtId, signal: str | int, all: bool = False) -> None:
         """Signal init, or with ``all`` every process of the container."""
         args: list[str] = ["kill"]
         if all:
@@ -260,7 +261,7 @@ class Runc:
         args += [container_id(ctid), str(signal_number(signal))]
         self._run(ctid, "signal", *args)
 
-    def delete(self, ctid: str, force: bool = False) -> None:
+    def delete(self, ctid: CtId, force: bool = False) -> None:
         """Remove the container's runc state and cgroups; ``force`` kills it first if running.
 
         With ``force`` an unknown container is not an error (runc treats it so too).
@@ -270,7 +271,7 @@ class Runc:
             args.append("--force")
         self._run(ctid, "delete", *args, container_id(ctid))
 
-    def pids(self, ctid: str) -> list[int]:
+    def pids(self, ctid: CtId) -> list[int]:
         """Host pids of every process in the container (from its cgroup; ``runc ps`` only when
         runc's state files are not in the format runcstate knows)."""
         found = runcstate.cgroup_pids(self.state_root, container_id(ctid))
@@ -280,7 +281,7 @@ class Runc:
         data: Any = json.loads(proc.stdout or b"null") or []
         return [int(p) for p in data]
 
-    def wait_stopped(self, ctid: str, timeout: float) -> bool:
+    def wait_stopped(self, ctid: CtId, timeout: float) -> bool:
         """Wait until init is gone (runc says stopped, or forgot the container): woken by the
         init's exit itself (a pidfd), not by polling."""
         deadline = time.monotonic() + timeout
@@ -294,7 +295,7 @@ class Runc:
             # At most a second per wait: a pid reused under us costs no more than that.
             _wait_for_exit(state.pid, min(remaining, 1.0))
 
-    def stop(self, ctid: str, graceful_signal: str | int, timeout: float) -> str:
+    def stop(self, ctid: CtId, graceful_signal: str | int, timeout: float) -> str:
         """Stop the container: ``graceful_signal`` to init and up to ``timeout`` seconds, then
         SIGKILL to every process, then ``runc delete --force``.
 
@@ -328,52 +329,46 @@ class Runc:
 
     def exec_argv(
         self,
-        ctid: str,
+        ctid: CtId,
         argv: Sequence[str],
         *,
         tty: bool = False,
         env: Sequence[tuple[str, str]] = (),
         cwd: str = "/",
     ) -> list[str]:
-        """argv of ``runc exec`` running ``argv`` in the container.
-
-        With ``tty`` runc makes a new pty inside the container (devpts of the VPS) and relays
-        it to our stdio: the command never gets the host's terminal.
-        """
-        if not argv:
-            raise VzError("no command to execute", ExitCode.INVALID_ARGUMENT)
-        args: list[str] = ["exec", "--cwd", cwd]
-        if tty:
-            args.append("--tty")
-        for key, value in env:
-            if not key or "=" in key:
-                raise VzError(f"bad environment variable name {key!r}", ExitCode.INVALID_ARGUMENT)
-            args += ["--env", f"{key}={value}"]
-        return self._argv(*args, container_id(ctid), *argv)
+        """argv of ``runc exec`` running ``argv`` in the container (vzpkg.ct.runcargv)."""
+        return runcargv.exec_argv(
+            self.runc, self.state_root, container_id(ctid), argv, tty=tty, env=env, cwd=cwd
+        )
 
     def exec(
         self,
-        ctid: str,
+        ctid: CtId,
         argv: Sequence[str],
         tty: bool = False,
         env: Sequence[tuple[str, str]] = (),
     ) -> int:
-        """Run ``argv`` in the running container with our stdin/stdout/stderr; its exit code
-        (128+n when killed by signal n, as runc reports it)."""
+        """Run ``argv`` in the running container with our stdio; its exit code."""
         state = self.state(ctid)
         if state is None or state.status != "running":
             raise VzError(f"container {container_id(ctid)} is not running", ExitCode.NOT_RUNNING)
-        if tty and not has_controlling_terminal():
-            # runc would fail with "open /dev/tty: no such device or address".
-            raise VzError(
-                "a terminal was asked for, but this process has no controlling terminal",
-                ExitCode.INVALID_ARGUMENT,
-            )
-        proc = run.spawn(self.exec_argv(ctid, argv, tty=tty, env=env), stdin=None)
-        # Like system(3): a ^C or ^\ from the terminal is the command's (runc forwards it),
-        # not a reason for us to abandon runc and leave the command running unattended.
-        with _ignoring_terminal_signals():
-            return proc.wait()
+        return run_attached(self.exec_argv(ctid, argv, tty=tty, env=env), tty=tty)
+
+
+def run_attached(argv: Sequence[str], *, tty: bool = False) -> int:
+    """Run a ``runc exec`` command line with our stdin/stdout/stderr; its exit code (128+n
+    when killed by signal n, as runc reports it)."""
+    if tty and not has_controlling_terminal():
+        # runc would fail with "open /dev/tty: no such device or address".
+        raise VzError(
+            "a terminal was asked for, but this process has no controlling terminal",
+            ExitCode.INVALID_ARGUMENT,
+        )
+    proc = run.spawn(argv, stdin=None)
+    # Like system(3): a ^C or ^\ from the terminal is the command's (runc forwards it), not a
+    # reason for us to abandon runc and leave the command running unattended.
+    with _ignoring_terminal_signals():
+        return proc.wait()
 
 
 def _wait_for_exit(pid: int, seconds: float) -> None:

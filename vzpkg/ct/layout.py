@@ -4,88 +4,60 @@ plain
     The cache is unpacked into ``<private>.tmp`` and renamed to ``<private>``; mounting binds
     ``<private>`` onto VE_ROOT.
 overlay
-    The cache is unpacked once per cache version into ``TREES_DIR/<sha256>/root``, shared by
-    every VPS made from it (one copy on disk, one page cache) and only ever used as an overlay
-    lowerdir, so no VPS can write to it. ``TREES_DIR/<sha256>/refs/<CTID>`` records each user
-    (holding its private path); the private area holds ``upper/``, ``work/`` and
-    ``.vzpkg-tree`` naming the sha256. Mounting is ``mount -t overlay`` on VE_ROOT.
+    The cache is unpacked once per cache version into a shared template tree (vzpkg.ct.trees)
+    used as the overlay's lowerdir; the private area holds ``upper/``, ``work/`` and
+    ``.vzpkg-tree`` naming the tree's sha256. Mounting is ``mount -t overlay`` on VE_ROOT.
 
-Nothing half-made is ever visible: private areas and trees are built under a temporary name
-and renamed into place, and any failure or interrupt removes the temporary. A tree is created,
-referenced, unreferenced and removed only under the lock ``tree-<sha256>``; the caller holds
-the CT's own lock.
+Nothing half-made is ever visible: private areas are built under a temporary name and renamed
+into place, and any failure or interrupt removes the temporary. A private area is removed by
+renaming it to ``<private>.destroying`` first: a destroy cut short leaves that name, which
+status reports, start refuses and the next destroy finishes. The caller holds the CT's lock.
 
-A plain private area is the VPS's root, so everything in it is under the VPS's control: a VPS
-can create a ``.vzpkg-tree`` of its own. A private area therefore counts as overlay only when
-the tree it names holds a reference for this CT and this private path, which lives in TREES_DIR
-where no VPS can write.
+A private area is marked with its CTID (vzpkg.ct.places) when it is made; nothing is mounted
+from it, and nothing in it is removed, unless the mark (or, for overlay, the tree's reference)
+says it is this CT's. A plain private area is the VPS's root, so everything in it is under the
+VPS's control: a VPS can create a ``.vzpkg-tree`` of its own. A private area therefore counts
+as overlay only when the tree it names holds a reference for this CT and this private path,
+which lives in TREES_DIR where no VPS can write.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 from vzpkg import run
+from vzpkg.ct import places, trees
 from vzpkg.ct.conf import LAYOUTS, ctid_valid, root_path
 from vzpkg.errors import ExitCode, VzError
-from vzpkg.fsutil import fsync_dir, remove_tree_safely
+from vzpkg.fsutil import (
+    discard,
+    fsync_dir,
+    makedirs_mode,
+    mkdir_mode,
+    read_small,
+    remove_tree_safely,
+    write_durably,
+)
 from vzpkg.hostconf import HostConfig
-from vzpkg.lock import locked
 from vzpkg.mounts import is_mounted as is_mounted  # callers ask the layout
 from vzpkg.mounts import mounts_using
+from vzpkg.syscalls import syncfs
 
 log = logging.getLogger("vzpkg")
 
 TREE_MARKER = ".vzpkg-tree"
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_REF_NAME = re.compile(r"[1-9][0-9]*")
 # mount(8) splits -o at commas, overlayfs splits lowerdir at colons and reads backslashes as
 # escapes: a path with any of them would mount something other than what was meant.
 _UNSAFE_IN_OPTION = re.compile(r"[,:\\=\s]")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 # --- small helpers -------------------------------------------------------------------------
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def syncfs(path: Path) -> None:
-    """syncfs(2): flush the filesystem holding ``path`` (what tar wrote was never fsynced)."""
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        if _libc().syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(path))
-    finally:
-        os.close(fd)
-
-
-def _makedirs(path: Path, mode: int) -> None:
-    """Create ``path`` and missing parents with ``mode`` (whatever the umask)."""
-    if path.is_dir():
-        return
-    _makedirs(path.parent, mode)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir()
-        path.chmod(mode)
-
-
-def _mkdir(path: Path, mode: int) -> None:
-    path.mkdir()
-    path.chmod(mode)
 
 
 def _absolute(path: Path, what: str) -> Path:
@@ -94,86 +66,7 @@ def _absolute(path: Path, what: str) -> Path:
     return Path(os.path.normpath(path))
 
 
-def _tmp_of(private: Path) -> Path:
-    return private.with_name(private.name + ".tmp")
-
-
-def _discard(path: Path) -> None:
-    """Remove a temporary on the way out of a failure; never mask the failure itself."""
-    try:
-        if os.path.lexists(path):
-            remove_tree_safely(path)
-    except Exception as e:
-        log.error("could not remove %s: %s", path, e)
-
-
-def _sha_valid(sha256: str) -> str:
-    if not _SHA256.fullmatch(sha256):
-        raise VzError(f"invalid cache sha256 {sha256!r}", ExitCode.INVALID_VALUE)
-    return sha256
-
-
-def tree_path(host: HostConfig, sha256: str) -> Path:
-    return host.trees_dir / _sha_valid(sha256)
-
-
-def _tree_lock(host: HostConfig, sha256: str) -> contextlib.AbstractContextManager[Path]:
-    return locked(
-        host.lock_dir,
-        f"tree-{sha256}",
-        timeout=-1,
-        what=f"template tree {sha256[:12]}",
-        on_wait=f"waiting for template tree {sha256[:12]}",
-    )
-
-
-def _read_small(path: Path) -> str | None:
-    """The text of regular file ``path``; None if it is missing or not a regular file.
-
-    O_NONBLOCK: a FIFO planted in a VPS's tree must not hang us.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, 4096).decode(errors="replace").strip()
-    finally:
-        os.close(fd)
-
-
-def _write_durably(directory: Path, name: str, text: str, mode: int) -> None:
-    tmp = f".{name}.tmp"
-    dir_fd = os.open(directory, _DIR_FLAGS)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
-        try:
-            try:
-                os.write(fd, text.encode())
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 # --- layout detection ----------------------------------------------------------------------
-
-
-def _ref_holds(host: HostConfig, sha256: str, ctid: int, private: Path) -> bool:
-    return _read_small(host.trees_dir / sha256 / "refs" / str(ctid)) == str(private)
 
 
 def _detect(host: HostConfig, ctid: int, private: Path) -> tuple[str, str | None]:
@@ -182,11 +75,7 @@ def _detect(host: HostConfig, ctid: int, private: Path) -> tuple[str, str | None
     try:
         st = private.lstat()
     except FileNotFoundError:
-        raise VzError(
-            f"private area {private} of CT {ctid} does not exist",
-            ExitCode.PRIVATE_MISSING,
-            hint=f"create the CT first: vzctl create {ctid}",
-        ) from None
+        raise missing_private(ctid, private) from None
     if not stat.S_ISDIR(st.st_mode):
         raise VzError(
             f"private area {private} of CT {ctid} is not a directory",
@@ -196,10 +85,39 @@ def _detect(host: HostConfig, ctid: int, private: Path) -> tuple[str, str | None
     marker = private / TREE_MARKER
     if not os.path.lexists(marker):
         return "plain", None
-    text = _read_small(marker)
-    if text is not None and _SHA256.fullmatch(text) and _ref_holds(host, text, ctid, private):
+    text = read_small(marker)
+    if (
+        text is not None
+        and trees.SHA256.fullmatch(text)
+        and trees.ref_holds(host, text, ctid, private)
+    ):
         return "overlay", text
     return "unknown", text
+
+
+def missing_private(ctid: int, private: Path) -> VzError:
+    """The refusal for a private area that is not there: never made, or being destroyed."""
+    if os.path.lexists(places.destroying_path(private)):
+        return VzError(
+            f"CT {ctid} is half destroyed: a destroy was interrupted and left "
+            f"{places.destroying_path(private)}",
+            ExitCode.PRIVATE_MISSING,
+            hint=f"finish it: vzctl destroy {ctid}",
+        )
+    return VzError(
+        f"private area {private} of CT {ctid} does not exist",
+        ExitCode.PRIVATE_MISSING,
+        hint=f"check VE_PRIVATE in CT {ctid}'s config, or create the CT: vzctl create {ctid}",
+    )
+
+
+def condition(private: Path) -> str:
+    """``present``, ``missing``, or ``destroying`` (a destroy was interrupted)."""
+    if os.path.isdir(private) and not os.path.islink(private):
+        return "present"
+    if os.path.lexists(places.destroying_path(private)):
+        return "destroying"
+    return "missing"
 
 
 def layout_of(host: HostConfig, ctid: str | int, private: Path) -> str:
@@ -259,6 +177,26 @@ def _resolve_layout(
     )
 
 
+def is_own_private(
+    host: HostConfig, ctid: int, private: Path, *, as_named: Path | None = None
+) -> bool:
+    """Whether ``private`` is provably CT ``ctid``'s private area: marked with its CTID, or an
+    overlay area whose tree holds this CT's reference (areas made before marks existed).
+
+    ``as_named``: the path the area was made under (the tree's reference names that path), when
+    it has been renamed since (``.destroying``).
+    """
+    if places.stamp_of(private) == ctid:
+        return True
+    named = as_named or private
+    text = read_small(private / TREE_MARKER)
+    return (
+        text is not None
+        and trees.SHA256.fullmatch(text) is not None
+        and trees.ref_holds(host, text, ctid, named)
+    )
+
+
 # --- create ----------------------------------------------------------------------------------
 
 
@@ -266,14 +204,28 @@ def _check_private_free(private: Path) -> None:
     try:
         st = private.lstat()
     except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode) and not any(private.iterdir()):
-        return  # an empty directory (a mount point the admin prepared, say) is taken over
-    raise VzError(
-        f"private area {private} already exists",
-        ExitCode.PRIVATE_EXISTS,
-        hint=f"destroy the CT that owns it first, or remove {private}",
-    )
+        st = None
+    if st is not None and not (stat.S_ISDIR(st.st_mode) and not any(private.iterdir())):
+        raise VzError(
+            f"private area {private} already exists",
+            ExitCode.PRIVATE_EXISTS,
+            hint=f"destroy the CT that owns it first, or remove {private}",
+        )
+    # An empty directory is taken over, but not a mount point: the new area is renamed onto it.
+    for path in (private, places.destroying_path(private)):
+        users = mounts_using(path) if os.path.lexists(path) else []
+        if users or (path == private and st is not None and is_mounted(private)):
+            raise VzError(
+                f"private area {private} is in use by the mount(s) {', '.join(users)}",
+                ExitCode.PRIVATE_EXISTS,
+                hint="choose another VE_PRIVATE, or unmount them",
+            )
+    if os.path.lexists(places.destroying_path(private)):
+        raise VzError(
+            f"{places.destroying_path(private)} is left from a destroy that was interrupted",
+            ExitCode.PRIVATE_EXISTS,
+            hint="finish that destroy first (vzctl destroy CTID), or remove it by hand",
+        )
 
 
 def create_private(
@@ -297,174 +249,76 @@ def create_private(
             ExitCode.INVALID_VALUE,
             hint=f"use one of {', '.join(LAYOUTS)}",
         )
-    sha = _sha_valid(cache_sha256.lower())
+    sha = trees.sha_valid(cache_sha256.lower())
     private = _absolute(private, "private area")
     _check_private_free(private)
-    tmp = _tmp_of(private)
+    tmp = places.tmp_path(private)
     try:
-        _makedirs(private.parent, 0o700)
+        makedirs_mode(private.parent, 0o700)
         if os.path.lexists(tmp):
             remove_tree_safely(tmp)  # an interrupted create of this CT; we hold its lock
     except OSError as e:
         raise VzError(f"cannot prepare {tmp}: {e.strerror}", ExitCode.SYSTEM) from None
     if layout == "plain":
-        _create_plain(cache_archive, sha, private, tmp)
+        _create_plain(number, cache_archive, sha, private, tmp)
     else:
         _create_overlay(host, number, cache_archive, sha, private, tmp)
 
 
-def _create_plain(archive: Path, sha: str, private: Path, tmp: Path) -> None:
+def _create_plain(ctid: int, archive: Path, sha: str, private: Path, tmp: Path) -> None:
     try:
-        _mkdir(tmp, 0o700)  # unpacking gives it the mode of the archive's root
+        mkdir_mode(tmp, 0o700)  # unpacking gives it the mode of the archive's root
         from vzpkg.cache.archive import unpack_archive  # lazy: zstandard, tarfile
 
         unpack_archive(archive, tmp, expected_sha256=sha)
+        places.stamp(tmp, ctid)  # after unpacking: the archive's own xattrs never count
         syncfs(tmp)
         os.rename(tmp, private)
         fsync_dir(private.parent)
     except BaseException as e:
-        _discard(tmp)
+        discard(tmp)
         if isinstance(e, OSError):
-            raise VzError(f"cannot create private area {private}: {e}", ExitCode.SYSTEM) from None
+            raise _create_failed(private, e) from None
         raise
+
+
+def _create_failed(private: Path, error: OSError) -> VzError:
+    hint = None
+    if error.errno == 28:  # ENOSPC
+        hint = (
+            f"the filesystem of {private.parent} is full: free space, or choose another VE_PRIVATE"
+        )
+    return VzError(f"cannot create private area {private}: {error}", ExitCode.SYSTEM, hint)
 
 
 def _create_overlay(
     host: HostConfig, ctid: int, archive: Path, sha: str, private: Path, tmp: Path
 ) -> None:
-    tree = _reference_tree(host, ctid, archive, sha, private)
+    tree = trees.reference_tree(host, ctid, archive, sha, private)
     try:
-        _mkdir(tmp, 0o700)
+        mkdir_mode(tmp, 0o700)
         # The overlay's root directory takes its mode and owner from upper/.
         top = (tree / "root").stat()
         upper = tmp / "upper"
-        _mkdir(upper, stat.S_IMODE(top.st_mode))
+        mkdir_mode(upper, stat.S_IMODE(top.st_mode))
         os.chown(upper, top.st_uid, top.st_gid)
-        _mkdir(tmp / "work", 0o700)
-        _write_durably(tmp, TREE_MARKER, sha + "\n", 0o644)
+        mkdir_mode(tmp / "work", 0o700)
+        write_durably(tmp, TREE_MARKER, sha + "\n", 0o644)
+        places.stamp(tmp, ctid)
         os.rename(tmp, private)
         fsync_dir(private.parent)
     except BaseException as e:
-        _discard(tmp)
+        discard(tmp)
         try:
-            _drop_ref(host, sha, ctid, private)
+            trees.drop_ref(host, sha, ctid, private)
         except Exception as drop_error:
             log.error("could not drop the reference of CT %s to %s: %s", ctid, tree, drop_error)
         if isinstance(e, OSError):
-            raise VzError(f"cannot create private area {private}: {e}", ExitCode.SYSTEM) from None
-        raise
-
-
-def _reference_tree(host: HostConfig, ctid: int, archive: Path, sha: str, private: Path) -> Path:
-    """The tree of ``sha``, made from ``archive`` if it does not exist, referenced by ``ctid``."""
-    tree = host.trees_dir / sha
-    try:
-        _makedirs(host.trees_dir, 0o755)
-        with _tree_lock(host, sha):
-            made = not os.path.lexists(tree)
-            if made:
-                _make_tree(host, archive, sha, tree)
-            elif tree.is_symlink() or not (tree / "root").is_dir():
-                raise VzError(
-                    f"template tree {tree} is damaged (no root/ in it)",
-                    ExitCode.SYSTEM,
-                    hint=f"remove it once no VPS uses it: rm -rf {tree}",
-                )
-            try:
-                _write_durably(tree / "refs", str(ctid), str(private) + "\n", 0o600)
-            except BaseException:
-                if made and not _refs_in(tree):
-                    _remove_tree(host, sha)
-                raise
-    except OSError as e:
-        raise VzError(f"cannot prepare template tree {tree}: {e}", ExitCode.SYSTEM) from None
-    return tree
-
-
-def _sweep_tree_temps(host: HostConfig, sha: str) -> None:
-    """Remove what interrupted makes and removals of this tree left. Needs the tree's lock."""
-    pattern = re.compile(rf"{sha}\.tmp-[0-9]+")
-    for path in host.trees_dir.iterdir():
-        if pattern.fullmatch(path.name):
-            remove_tree_safely(path)
-
-
-def _make_tree(host: HostConfig, archive: Path, sha: str, tree: Path) -> None:
-    _sweep_tree_temps(host, sha)
-    tmp = host.trees_dir / f"{sha}.tmp-{os.getpid()}"
-    try:
-        _mkdir(tmp, 0o700)
-        _mkdir(tmp / "root", 0o700)  # unpacking gives it the mode of the archive's root
-        _mkdir(tmp / "refs", 0o700)
-        from vzpkg.cache.archive import unpack_archive
-
-        unpack_archive(archive, tmp / "root", expected_sha256=sha)
-        syncfs(tmp)
-        os.chown(tmp, 0, 0)
-        tmp.chmod(0o755)
-        os.rename(tmp, tree)
-        fsync_dir(host.trees_dir)
-    except BaseException:
-        _discard(tmp)
+            raise _create_failed(private, e) from None
         raise
 
 
 # --- destroy ---------------------------------------------------------------------------------
-
-
-def _refs_in(tree: Path) -> list[str]:
-    try:
-        return [name for name in os.listdir(tree / "refs") if _REF_NAME.fullmatch(name)]
-    except FileNotFoundError:
-        return []
-
-
-def _drop_ref(host: HostConfig, sha: str, ctid: int, private: Path) -> bool:
-    """Remove CT ``ctid``'s reference to tree ``sha``, and the tree once nothing refers to it.
-
-    Returns whether the tree was removed.
-    """
-    tree = host.trees_dir / sha
-    with _tree_lock(host, sha):
-        if _ref_holds(host, sha, ctid, private):
-            (tree / "refs" / str(ctid)).unlink()
-            fsync_dir(tree / "refs")
-        if not os.path.isdir(tree) or _refs_in(tree):
-            return False
-        users = mounts_using(tree)
-        if users:
-            log.warning(
-                "template tree %s has no references but is in use by %s; kept",
-                tree,
-                ", ".join(users),
-            )
-            return False
-        _remove_tree(host, sha)
-        return True
-
-
-def _remove_tree(host: HostConfig, sha: str) -> None:
-    """Remove tree ``sha``. Needs the tree's lock.
-
-    Renamed first, so that a removal cut short leaves a temp (swept by the next make of that
-    tree) rather than a tree with part of its files.
-    """
-    doomed = host.trees_dir / f"{sha}.tmp-{os.getpid()}"
-    if os.path.lexists(doomed):
-        remove_tree_safely(doomed)
-    os.rename(host.trees_dir / sha, doomed)
-    fsync_dir(host.trees_dir)
-    remove_tree_safely(doomed)
-
-
-def _trees_referencing(host: HostConfig, ctid: int, private: Path) -> Iterator[str]:
-    try:
-        names = os.listdir(host.trees_dir)
-    except FileNotFoundError:
-        return
-    for name in sorted(names):
-        if _SHA256.fullmatch(name) and _ref_holds(host, name, ctid, private):
-            yield name
 
 
 def destroy_private(
@@ -473,49 +327,68 @@ def destroy_private(
     """Remove a CT's private area and, for overlay, its tree reference (and the tree once no
     reference is left). Returns the sha256 of each tree removed.
 
-    Refuses while the CT's root (``root``, by default the host's VE_ROOT for the CT) or anything
-    else shows the area: the caller stops and unmounts the CT first. Safe to repeat after an
-    interrupted destroy. The caller holds the CT's lock.
+    Only a private area that is provably this CT's is removed (see ``is_own_private``). It is
+    renamed to ``<private>.destroying`` first, so that a destroy cut short is seen as such and
+    finished by the next one. Refuses while the CT's ``root`` or anything else shows the area:
+    the caller stops and unmounts the CT first. The caller holds the CT's lock.
     """
     number = ctid_valid(ctid)
     private = _absolute(private, "private area")
     root = root if root is not None else root_path(host, number)
+    doomed, tmp = places.destroying_path(private), places.tmp_path(private)
     if is_mounted(root):
         raise VzError(
             f"CT {number} is mounted at {root}",
             ExitCode.MOUNTED,
             hint=f"stop it, or unmount it: vzctl umount {number}",
         )
-    tmp = _tmp_of(private)
-    for path in (private, tmp):
+    for path in (private, doomed, tmp):
+        if os.path.islink(path):
+            raise VzError(
+                f"{path} is a symlink, not a private area; nothing was removed",
+                ExitCode.DESTROY_FAILED,
+                hint=f"check VE_PRIVATE of CT {number}; remove the link by hand",
+            )
         users = mounts_using(path) if os.path.lexists(path) else []
         if users:
             raise VzError(
-                f"{path} is in use by the mount(s) {', '.join(users)}",
-                ExitCode.SYSTEM,
+                f"{path} is in use by the mount(s) {', '.join(users)}; nothing was removed",
+                ExitCode.DESTROY_FAILED,
                 hint=f"stop and unmount CT {number} first; else umount them by hand",
             )
     try:
-        for path in (private, tmp):
-            if os.path.islink(path):
-                raise VzError(
-                    f"{path} is a symlink, not a private area",
-                    ExitCode.SYSTEM,
-                    hint=f"check VE_PRIVATE of CT {number}; remove the link by hand",
+        if os.path.lexists(private):
+            if not is_own_private(host, number, private):
+                raise places.not_owned(
+                    number, private, "nothing was removed", ExitCode.DESTROY_FAILED
                 )
-            if os.path.lexists(path):
-                remove_tree_safely(path)
-                fsync_dir(path.parent)
+            if os.path.lexists(doomed):
+                _remove_doomed(host, number, private, doomed)
+            os.rename(private, doomed)
+            fsync_dir(private.parent)
+        if os.path.lexists(doomed):
+            _remove_doomed(host, number, private, doomed)
+        if os.path.lexists(tmp):
+            remove_tree_safely(tmp)  # an interrupted create of this CT; we hold its lock
+            fsync_dir(tmp.parent)
         removed = []
-        for sha in _trees_referencing(host, number, private):
-            if _drop_ref(host, sha, number, private):
+        for sha in trees.trees_referencing(host, number, private):
+            if trees.drop_ref(host, sha, number, private):
                 removed.append(sha)
     except OSError as e:
         raise VzError(
             f"cannot destroy private area {private}: {e}",
             ExitCode.DESTROY_FAILED,
+            hint=f"fix the cause and run vzctl destroy {number} again to finish",
         ) from None
     return tuple(removed)
+
+
+def _remove_doomed(host: HostConfig, ctid: int, private: Path, doomed: Path) -> None:
+    if not is_own_private(host, ctid, doomed, as_named=private):
+        raise places.not_owned(ctid, doomed, "nothing was removed", ExitCode.DESTROY_FAILED)
+    remove_tree_safely(doomed)
+    fsync_dir(doomed.parent)
 
 
 # --- mount -----------------------------------------------------------------------------------
@@ -523,9 +396,9 @@ def destroy_private(
 
 def _mount_point_ready(root: Path) -> None:
     try:
-        _makedirs(root.parent, 0o755)
+        makedirs_mode(root.parent, 0o755)
         with contextlib.suppress(FileExistsError):
-            _mkdir(root, 0o755)
+            mkdir_mode(root, 0o755)
         st = root.lstat()
     except OSError as e:
         raise VzError(
@@ -568,12 +441,24 @@ def mount_argv(layout: str, source: Path | str, root: Path, options: str = "") -
     return ["mount", "--make-private", "-t", "overlay", "-o", options, str(source), str(root)]
 
 
+def check_own_mount(ctid: int, root: Path, private: Path, code: ExitCode) -> bool:
+    """Whether something is mounted on ``root``; raise (``code``) when it is not this CT's."""
+    entry = places.top_mount(root)
+    if entry is None:
+        return False
+    if not places.is_own_mount(root, private, entry):
+        raise places.foreign_mount(ctid, root, private, entry, code)
+    return True
+
+
 def mount_root(
     host: HostConfig, ctid: str | int, private: Path, root: Path, *, layout: str | None = None
 ) -> None:
-    """Mount the CT's root filesystem on ``root``; nothing to do if something is mounted there.
+    """Mount the CT's root filesystem on ``root``; nothing to do if it is mounted there already.
 
-    ``layout`` is the CT's VE_LAYOUT when set; it is checked against the private area.
+    ``layout`` is the CT's VE_LAYOUT when set; it is checked against the private area. Refuses
+    a ``root`` where something else is mounted, and a private area that is not provably this
+    CT's.
     """
     number = ctid_valid(ctid)
     private = _absolute(private, "private area")
@@ -584,9 +469,11 @@ def mount_root(
             ExitCode.SYSTEM,
             hint="a VE_ROOT is never a symlink; check VE_ROOT",
         )
-    if is_mounted(root):
+    if check_own_mount(number, root, private, ExitCode.MOUNT_FAILED):
         return
     layout, sha = _resolve_layout(host, number, private, layout)
+    if not is_own_private(host, number, private):
+        raise places.not_owned(number, private, "it was not mounted", ExitCode.MOUNT_FAILED)
     if layout == "plain":
         argv = mount_argv("plain", private, root)
     else:
@@ -611,11 +498,12 @@ def mount_root(
         raise VzError(f"mount reported success but {root} is not mounted", ExitCode.SYSTEM)
 
 
-def umount_root(root: Path) -> None:
-    """Unmount the CT's root; nothing to do if nothing is mounted there."""
+def umount_root(ctid: int, root: Path, private: Path) -> None:
+    """Unmount the CT's root; nothing to do if nothing is mounted there. Refuses (and unmounts
+    nothing) when what is mounted on ``root`` is not from this CT's ``private`` area."""
     root = _absolute(root, "VE_ROOT")
     for _ in range(16):  # mounts stacked on the root, innermost last
-        if not is_mounted(root):
+        if not check_own_mount(ctid, root, private, ExitCode.UMOUNT_FAILED):
             return
         run.run(
             ["umount", str(root)],

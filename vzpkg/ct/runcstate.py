@@ -125,3 +125,31 @@ def _frozen(paths: tuple[object, object]) -> bool:
             return f.read().strip() == frozen
     except OSError:
         return False
+
+
+def query(state_root: str | os.PathLike[str], container: str, runc: str) -> RawState | None:
+    """The container's state from runc's files; from ``runc state`` when they are not in the
+    format known here (slower, never wrong). None when runc does not know the container."""
+    try:
+        return read_state(state_root, container)
+    except UnknownFormat:
+        pass
+    import subprocess  # lazy: the fallback is rare
+
+    from vzpkg import run
+    from vzpkg.errors import VzError
+
+    argv = [runc, "--root", os.fspath(state_root), "state", container]
+    proc = run.run(argv, stdout=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        if b"not exist" in (proc.stderr or b""):
+            return None
+        raise VzError(
+            f"cannot query container {container}: "
+            + run.failure_message(argv, proc.returncode, proc.stderr)
+        )
+    try:
+        data = json.loads(proc.stdout)
+        return RawState(str(data["status"]), int(data.get("pid") or 0), data.get("bundle"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise VzError(f"runc state {container}: unreadable output: {e}") from None

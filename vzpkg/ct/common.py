@@ -1,0 +1,72 @@
+"""What the runtime's actions (create, lifecycle, settings, status) share: where a VPS's runtime
+state lives, its lock, and its places as its configuration names them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from vzpkg import lock
+from vzpkg.ct import conf, places
+from vzpkg.ct.engine import Runc
+from vzpkg.ct.guest import GuestSettings, resolve_in_root
+from vzpkg.ct.runcargv import state_root
+from vzpkg.errors import ExitCode
+from vzpkg.hostconf import HostConfig
+
+DEFAULT_LAYOUT = "overlay"
+DEFAULT_SAMPLE = "basic"
+HOST_TINI = Path("/usr/bin/tini-static")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CT_LOCK_HINT = "wait for that command to finish, then try again"
+
+
+def runc_of(host: HostConfig) -> Runc:
+    return Runc(Path(state_root(host.run_dir)))
+
+
+def bundle_dir(host: HostConfig, ctid: int) -> Path:
+    return host.run_dir / "ct" / str(ctid)
+
+
+def render_cache_path(host: HostConfig, ctid: int) -> Path:
+    """Guest files rendered at the last start (guest.RenderCache): kept across stops."""
+    return host.run_dir / "ct" / f"{ctid}.render.json"
+
+
+@contextlib.contextmanager
+def ct_locked(host: HostConfig, ctid: int) -> Iterator[None]:
+    """The CT's lock: every state-changing action holds it; a second one is refused (exit 9)."""
+    with lock.locked(host.lock_dir, f"ct-{ctid}", what=f"CT {ctid}", hint=CT_LOCK_HINT):
+        yield
+
+
+def ct_paths(host: HostConfig, ctid: int, cfg: conf.CtConfig | None) -> tuple[Path, Path]:
+    """The CT's private area and root mount point, as configured (no checks of the places)."""
+    return conf.private_path(host, ctid, cfg), conf.root_path(host, ctid, cfg)
+
+
+def checked_paths(
+    host: HostConfig, ctid: int, cfg: conf.CtConfig, code: ExitCode = ExitCode.CONFIG
+) -> tuple[Path, Path]:
+    """``ct_paths``, refused (``code``) when one is a host system directory or one of
+    vzpkg's own: checked before anything is mounted, unmounted or removed there."""
+    private, root = ct_paths(host, ctid, cfg)
+    places.check_place(host, ctid, "private area", private, code)
+    places.check_place(host, ctid, "root", root, code)
+    return private, root
+
+
+def guest_settings(cfg: conf.CtConfig) -> GuestSettings:
+    return GuestSettings(
+        hostname=cfg.hostname,
+        ips=cfg.ip_address,
+        nameservers=cfg.nameserver,
+        searchdomain=" ".join(cfg.searchdomain) or None,
+    )
+
+
+def family_of(root: Path) -> str:
+    """The VPS's package family, from what it has (its template may be gone from metadata)."""
+    return "deb" if resolve_in_root(root, "/var/lib/dpkg/status") is not None else "rpm"

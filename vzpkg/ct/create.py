@@ -1,0 +1,191 @@
+"""vzctl create and destroy: a VPS's private area and CTID.conf come and go together.
+
+create checks every place the new VPS would use before it makes anything, makes the private
+area, and writes CTID.conf last (so a CT whose config exists is always complete); a kill -9
+is undone by a Guardian. destroy removes only what it can prove is this VPS's, and a destroy
+cut short is seen as such (status, start) and finished by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from vzpkg import lock
+from vzpkg.ct import conf, layout, places, trees
+from vzpkg.ct.common import (
+    DEFAULT_LAYOUT,
+    DEFAULT_SAMPLE,
+    bundle_dir,
+    checked_paths,
+    ct_locked,
+    render_cache_path,
+    runc_of,
+)
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.guard import Guardian
+from vzpkg.hostconf import HostConfig
+
+log = logging.getLogger("vzpkg")
+
+PRIVATE_MADE = b"p"
+
+
+def create(
+    host: HostConfig,
+    ctid: int,
+    ostemplate: str | None,
+    *,
+    layout_name: str | None = None,
+    hostname: str | None = None,
+    ipadd: Sequence[str] = (),
+    sample: str | None = None,
+    private: str | None = None,
+    root: str | None = None,
+) -> conf.CtConfig:
+    """Make CT ``ctid`` from a cache: private area first, CTID.conf last. The values were
+    checked at the edge (vzpkg.checks); the places are checked here, against every other VPS."""
+    # Only create reads metadata and caches: imported here, the other actions start faster.
+    from vzpkg.cache.store import CacheStore
+    from vzpkg.metadata.loader import load_catalog
+    from vzpkg.metadata.names import canonical_name
+
+    with ct_locked(host, ctid):
+        if conf.conf_path(host, ctid).exists():
+            raise VzError(
+                f"CT {ctid} already exists ({conf.conf_path(host, ctid)})",
+                ExitCode.PRIVATE_EXISTS,
+                hint=f"vzctl destroy {ctid} first",
+            )
+        sample_name = sample or host.configfile or DEFAULT_SAMPLE
+        base, text = conf.read_sample(host, sample_name)
+        name = ostemplate or base.ostemplate or host.def_ostemplate
+        if not name:
+            raise VzError(
+                "no OS template given",
+                ExitCode.INVALID_ARGUMENT,
+                hint="vzctl create CTID --ostemplate NAME (vzpkgls -c lists caches)",
+            )
+        catalog = load_catalog(host.metadata_dir)
+        template = canonical_name(name, catalog)
+        cache = CacheStore(host.cache_dir).usable(template)
+        chosen = layout_name or base.ve_layout or host.ve_layout or DEFAULT_LAYOUT
+        cfg = replace(
+            base,
+            ostemplate=template,
+            ve_layout=chosen,
+            ve_root=root or base.ve_root or host.ve_root,
+            ve_private=private or base.ve_private or host.ve_private,
+            hostname=hostname or base.hostname,
+            ip_address=tuple(ipadd) or base.ip_address,
+            nameserver=base.nameserver or host.nameservers,
+            searchdomain=base.searchdomain or host.searchdomains,
+            origin_sample=sample_name,
+        )
+        private_dir, root_dir = check_new_places(host, ctid, cfg)
+        # Two creates naming the same private area (each holding only its own CT's lock)
+        # must not both make it.
+        key = hashlib.sha256(places.real(private_dir).encode()).hexdigest()[:16]
+        with lock.locked(
+            host.lock_dir,
+            f"private-{key}",
+            what=f"private area {private_dir}",
+            hint="another vzctl create is making it; choose another --private",
+        ):
+            # Even a kill -9 of this process leaves no half-made private area behind.
+            undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, seen)  # noqa: E731
+            with Guardian(undo) as guard:
+                layout.create_private(host, ctid, chosen, cache.archive, cache.sha256, private_dir)
+                guard.mark(PRIVATE_MADE)
+                conf.write_ct_config(host, ctid, cfg, base_text=text)
+        return cfg
+
+
+def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[Path, Path]:
+    """The new CT's private area and root, refused (exit 21, nothing made) when either is a
+    host system directory or vzpkg's, overlaps another VPS's, or is in use already."""
+    private, root = checked_paths(host, ctid, cfg, ExitCode.INVALID_VALUE)
+    places.check_apart(
+        ctid, private, root, places.places_of_others(host, ctid), ExitCode.INVALID_VALUE
+    )
+    if layout.is_mounted(root):
+        raise VzError(
+            f"CT {ctid}: the root {root} is in use: something is mounted there; nothing was done",
+            ExitCode.INVALID_VALUE,
+            hint="give the new VPS a mount point of its own (--root, VE_ROOT)",
+        )
+    try:
+        st = root.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and (not stat.S_ISDIR(st.st_mode) or any(root.iterdir())):
+        raise VzError(
+            f"CT {ctid}: the root {root} is in use: it is not an empty directory; nothing was done",
+            ExitCode.INVALID_VALUE,
+            hint="a VPS is mounted on an empty directory of its own (--root, VE_ROOT)",
+        )
+    return private, root
+
+
+def _undo_create(
+    host: HostConfig, ctid: int, private: Path, root: Path, seen: frozenset[bytes]
+) -> None:
+    """Run by the Guardian when create did not finish: remove what it made."""
+    from vzpkg.fsutil import remove_tree_safely
+
+    if conf.conf_path(host, ctid).exists():
+        return  # the config is written last: the CT is complete
+    tmp = places.tmp_path(private)
+    if os.path.lexists(tmp):
+        remove_tree_safely(tmp)
+    trees.sweep_temps_of(host, os.getppid())
+    if PRIVATE_MADE in seen:
+        layout.destroy_private(host, ctid, private, root=root)
+
+
+def destroy(host: HostConfig, ctid: int) -> None:
+    """Remove a stopped CT: its private area (only if provably its own), mount point, runtime
+    state; CTID.conf is kept as CTID.conf.destroyed, as vzctl does."""
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        private_dir, root_dir = checked_paths(host, ctid, cfg, ExitCode.DESTROY_FAILED)
+        places.check_apart(
+            ctid,
+            private_dir,
+            root_dir,
+            places.places_of_others(host, ctid),
+            ExitCode.DESTROY_FAILED,
+        )
+        runc = runc_of(host)
+        state = runc.state(ctid)
+        if state is not None and state.is_active:
+            raise VzError(
+                f"CT {ctid} is running", ExitCode.RUNNING, hint=f"vzctl stop {ctid} first"
+            )
+        if state is not None:
+            runc.delete(ctid, force=True)
+        layout.umount_root(ctid, root_dir, private_dir)
+        layout.destroy_private(host, ctid, private_dir, root=root_dir)
+        _remove_mount_point(root_dir)
+        shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            render_cache_path(host, ctid).unlink()
+        path = conf.conf_path(host, ctid)
+        os.replace(path, path.with_name(path.name + ".destroyed"))
+
+
+def _remove_mount_point(root: Path) -> None:
+    """rmdir the CT's (unmounted, empty) mount point; anything else there is left alone."""
+    try:
+        root.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("kept %s: %s", root, e.strerror)

@@ -1,0 +1,185 @@
+"""vzctl mount, umount, start, stop: a VPS's root filesystem and its init.
+
+Every action holds the CT's lock. A start either completes or is undone: a kill -9 before init
+runs is undone by a Guardian; ^C or SIGTERM before ``runc run`` undoes the same way (exit 130);
+once ``runc run`` is under way they are held back until it has finished, so the VPS is either
+running (exit 0) or not there at all. runc runs in a process group of its own, so that a ^C on
+the terminal never reaches it half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from vzpkg import interrupts
+from vzpkg.ct import conf, layout, oci
+from vzpkg.ct.common import (
+    CGROUP_ROOT,
+    HOST_TINI,
+    bundle_dir,
+    checked_paths,
+    ct_locked,
+    family_of,
+    guest_settings,
+    render_cache_path,
+    runc_of,
+)
+from vzpkg.ct.engine import write_bundle
+from vzpkg.ct.guest import InitKind, RenderCache, apply_guest_setup, detect_init, resolve_in_root
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.guard import Guardian
+from vzpkg.hostconf import HostConfig
+
+
+def mount(host: HostConfig, ctid: int) -> None:
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        private_dir, root_dir = checked_paths(host, ctid, cfg)
+        if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
+            raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
+        if layout.condition(private_dir) != "present":
+            raise layout.missing_private(ctid, private_dir)
+        layout.mount_root(host, ctid, private_dir, root_dir, layout=cfg.ve_layout)
+
+
+def umount(host: HostConfig, ctid: int) -> None:
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        private_dir, root_dir = checked_paths(host, ctid, cfg)
+        state = runc_of(host).state(ctid)
+        if state is not None and state.is_active:
+            raise VzError(f"CT {ctid} is running", ExitCode.RUNNING, hint=f"vzctl stop {ctid}")
+        if not layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED):
+            raise VzError(f"CT {ctid} is not mounted", ExitCode.NOT_MOUNTED)
+        layout.umount_root(ctid, root_dir, private_dir)
+
+
+def start(host: HostConfig, ctid: int) -> InitKind:
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        private_dir, root_dir = checked_paths(host, ctid, cfg)
+        state = runc_of(host).state(ctid)
+        if state is not None and state.is_active:
+            raise VzError(f"CT {ctid} is already running", ExitCode.RUNNING)
+        if layout.condition(private_dir) != "present":
+            raise layout.missing_private(ctid, private_dir)
+        if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
+            return _start_mounted(host, ctid, cfg, root_dir)
+        # A start that does not get to run init unmounts again, even after kill -9.
+        with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
+            layout.mount_root(host, ctid, private_dir, root_dir, layout=cfg.ve_layout)
+            return _start_mounted(host, ctid, cfg, root_dir)
+
+
+def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
+    runc = runc_of(host)
+    state = runc.state(ctid)
+    if state is not None and state.status not in ("running", "paused"):
+        runc.delete(ctid, force=True)  # created but init never ran, or died
+        state = None
+    if state is None:
+        layout.umount_root(ctid, root, private)
+
+
+def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Path) -> InitKind:
+    init = detect_init(root_dir)
+    if init.kind == "tini" and resolve_in_root(root_dir, "/bin/sh") is None:
+        raise VzError(f"CT {ctid} has neither /sbin/init nor /bin/sh", ExitCode.BAD_CT)
+    bundle = bundle_dir(host, ctid)
+    bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rendered = RenderCache(render_cache_path(host, ctid))
+    write_guest_setup(ctid, root_dir, cfg, init, rendered)
+    rendered.save()
+    spec = oci.BundleSpec(
+        ctid=str(ctid),
+        root=root_dir,
+        hostname=cfg.hostname or f"ct{ctid}",
+        init_argv=first_start_wrapper(root_dir, init.argv),
+        binds=(oci.tini_bind(HOST_TINI),) if init.kind == "tini" else (),
+        host=oci.probe_host(),
+    )
+    write_bundle(bundle, oci.build_config(spec))
+    # From here on the start completes (or fails by itself): ^C and SIGTERM wait for it.
+    with interrupts.deferred():
+        runc_of(host).start(ctid, bundle)
+    return init
+
+
+def write_guest_setup(
+    ctid: int, root: Path, cfg: conf.CtConfig, init: InitKind, rendered: RenderCache | None = None
+) -> None:
+    """The guest's hostname, hosts, resolv.conf and init hooks, written into its root; a root
+    where that cannot be done safely (a symlinked /etc, a full disk) is refused by name."""
+    try:
+        apply_guest_setup(root, family_of(root), guest_settings(cfg), init, rendered)
+    except OSError as e:
+        where = e.filename or str(root)
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise VzError(
+                f"CT {ctid}: cannot write its guest settings: {where} is a symlink or not a "
+                "directory (vzpkg never follows a symlink inside a VPS)",
+                ExitCode.BAD_CT,
+                hint="inside the VPS, /etc must be a real directory: fix it (vzctl mount, then "
+                "the files below VE_ROOT), or recreate the VPS",
+            ) from None
+        hint = "free space on the filesystem of VE_PRIVATE" if e.errno == errno.ENOSPC else None
+        raise VzError(
+            f"CT {ctid}: cannot write its guest settings ({where}): {e.strerror}",
+            ExitCode.SYSTEM,
+            hint=hint,
+        ) from None
+
+
+def first_start_wrapper(root: Path, argv: Sequence[str]) -> tuple[str, ...]:
+    """ssh host keys are made per VPS, inside it, before its init starts sshd: the first init
+    is a shell that runs ssh-keygen -A and then execs the real init (which stays PID 1)."""
+    if resolve_in_root(root, "/usr/bin/ssh-keygen") is None:
+        return tuple(argv)
+    ssh_dir = resolve_in_root(root, "/etc/ssh")
+    if ssh_dir is not None and any((root / str(ssh_dir).lstrip("/")).glob("ssh_host_*_key")):
+        return tuple(argv)
+    script = '/usr/bin/ssh-keygen -A >/dev/null 2>&1; exec "$@"'
+    return ("/bin/sh", "-c", script, "vzpkg-first-start", *argv)
+
+
+def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: bool = False) -> str:
+    """Stop the CT: its init's own shutdown signal, SIGKILL after ``timeout`` (default: its
+    STOP_TIMEOUT, else the host's); ``fast`` kills at once. Returns "graceful" or "killed"."""
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        private_dir, root_dir = checked_paths(host, ctid, cfg)
+        runc = runc_of(host)
+        state = runc.state(ctid)
+        own_mount = layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED)
+        if state is None:
+            if own_mount:
+                layout.umount_root(ctid, root_dir, private_dir)
+            raise VzError(f"CT {ctid} is not running", ExitCode.NOT_RUNNING)
+        init = detect_init(root_dir) if own_mount else None
+        signal = init.stop_signal if init else "SIGTERM"
+        if fast:
+            wait = 0.0
+        elif timeout is not None:
+            wait = timeout
+        else:
+            wait = float(cfg.stop_timeout if cfg.stop_timeout is not None else host.stop_timeout)
+        how = runc.stop(ctid, signal, wait)
+        # The VPS is gone: what is left is ours to tidy, whatever arrives meanwhile.
+        with interrupts.deferred():
+            layout.umount_root(ctid, root_dir, private_dir)
+            shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
+            if not runc.known_ids():
+                remove_empty_cgroup_parents()
+        return how
+
+
+def remove_empty_cgroup_parents(parent: str = "vzpkg") -> None:
+    """runc delete removes a VPS's cgroups but not their common parent: drop it once empty
+    (rmdir of a cgroup fails with EBUSY while another VPS still runs in it)."""
+    for hierarchy in CGROUP_ROOT.iterdir():
+        with contextlib.suppress(OSError):
+            (hierarchy / parent).rmdir()

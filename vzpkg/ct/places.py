@@ -1,0 +1,279 @@
+"""Where a VPS lives, and proof that a place is its own.
+
+A VPS owns two places: its private area (VE_PRIVATE) and the mount point of its root (VE_ROOT).
+Both come from configuration files an administrator edits by hand, so before anything is made,
+mounted, unmounted or removed there, vzpkg checks that the place
+
+- is not a host system directory (``/etc``, ``/usr``, ``/`` ...) nor one of vzpkg's own;
+- is not inside, equal to or above another VPS's private area or root (``check_apart``);
+- really is this VPS's: a private area carries the CTID it was made for in the extended
+  attribute ``trusted.vzpkg.ctid`` (only host root can set ``trusted.*``; it moves with the
+  directory), and a root is unmounted only when what is mounted there comes from this VPS's
+  private area (``is_own_mount``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig
+from vzpkg.mounts import MountEntry, read_mountinfo
+
+log = logging.getLogger("vzpkg")
+
+OWNER_XATTR = "trusted.vzpkg.ctid"
+DESTROYING_SUFFIX = ".destroying"  # a private area being removed (see layout.destroy_private)
+TMP_SUFFIX = ".tmp"  # a private area being made
+
+# The host's own system: never a VPS's place, nor anything inside them.
+SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
+# Below /dev only /dev/shm holds ordinary files (a tmpfs any program may use).
+SYSTEM_TREE_EXCEPTIONS = ("/dev/shm",)
+# Directories that hold the host's data: never a VPS's place themselves (a directory below
+# them is fine: /srv/vz/private/101, /tmp/test/root/101).
+SYSTEM_DIRS = (
+    "/",
+    "/dev/shm",
+    "/home",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/root",
+    "/run",
+    "/srv",
+    "/tmp",
+    "/var",
+    "/var/cache",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+    "/vz",
+    "/vz/private",
+    "/vz/root",
+)
+
+
+@dataclass(frozen=True)
+class Place:
+    """The private area and root mount point of one VPS (as configured, normalised)."""
+
+    ctid: int
+    private: Path
+    root: Path
+
+
+def real(path: Path) -> str:
+    """``path`` with symlinks of its existing part resolved: what the kernel would reach."""
+    return os.path.realpath(path)
+
+
+def is_at_or_below(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _relation(mine: str, theirs: str) -> str | None:
+    if mine == theirs:
+        return "is"
+    if is_at_or_below(mine, theirs):
+        return "is inside"
+    if is_at_or_below(theirs, mine):
+        return "contains"
+    return None
+
+
+def vzpkg_dirs(host: HostConfig) -> list[tuple[str, Path]]:
+    """vzpkg's own directories, by the key that sets each."""
+    dirs = [
+        ("CONF_DIR", host.conf_dir),
+        ("LOCKDIR", host.lock_dir),
+        ("RUN_DIR", host.run_dir),
+        ("TREES_DIR", host.trees_dir),
+        ("CACHE_DIR", host.cache_dir),
+        ("METADATA_DIR", host.metadata_dir),
+        ("TEMPLATE", host.template_dir),
+    ]
+    return dirs
+
+
+def check_place(host: HostConfig, ctid: int, what: str, path: Path, code: ExitCode) -> None:
+    """Refuse ``path`` as a VPS's ``what`` ("private area", "root") when it is a host system
+    directory, lies inside one, or overlaps one of vzpkg's own directories."""
+    where = real(path)
+    for tree in SYSTEM_TREES:
+        inside = is_at_or_below(where, tree)
+        excepted = any(is_at_or_below(where, e) for e in SYSTEM_TREE_EXCEPTIONS)
+        if inside and not excepted:
+            raise _misplaced(
+                ctid, what, path, f"is inside the host's system directory {tree}", code
+            )
+    if where in SYSTEM_DIRS:
+        raise _misplaced(ctid, what, path, "is a host system directory", code)
+    for key, own in vzpkg_dirs(host):
+        relation = _relation(where, real(own))
+        if relation is not None:
+            raise _misplaced(ctid, what, path, f"{relation} vzpkg's {key} {own}", code)
+
+
+def _misplaced(ctid: int, what: str, path: Path, why: str, code: ExitCode) -> VzError:
+    key = "VE_PRIVATE" if what == "private area" else "VE_ROOT"
+    return VzError(
+        f"CT {ctid}: the {what} {path} {why}; nothing was done",
+        code,
+        hint=f"give CT {ctid} a {what} of its own ({key}, --{key.removeprefix('VE_').lower()})",
+    )
+
+
+def check_apart(
+    ctid: int, private: Path, root: Path, others: Iterable[Place], code: ExitCode
+) -> None:
+    """Refuse when this VPS's private area and root overlap each other or any place of
+    ``others`` (equal, inside or above)."""
+    mine = (("private area", private), ("root", root))
+    if _relation(real(root), real(private)) is not None:
+        raise VzError(
+            f"CT {ctid}: its root {root} and private area {private} overlap",
+            code,
+            hint="VE_ROOT (where the VPS is mounted) and VE_PRIVATE (its files) must be apart",
+        )
+    for other in others:
+        for what, path in mine:
+            for their_what, theirs in (("private area", other.private), ("root", other.root)):
+                relation = _relation(real(path), real(theirs))
+                if relation is not None:
+                    raise VzError(
+                        f"CT {ctid}: the {what} {path} {relation} the {their_what} {theirs} "
+                        f"of CT {other.ctid}; nothing was done",
+                        code,
+                        hint="every VPS needs a private area and a root of its own",
+                    )
+
+
+def places_of_others(host: HostConfig, ctid: int) -> list[Place]:
+    """The places of every other VPS that has a CTID.conf. A VPS whose configuration cannot be
+    read is taken to use the host's defaults (and said so at debug level)."""
+    from vzpkg.ct import conf  # conf needs nothing from here; imported late to stay light
+
+    places = []
+    for other in conf.list_ctids(host):
+        if other == ctid:
+            continue
+        try:
+            cfg: conf.CtConfig | None = conf.read_ct_config(host, other)
+        except VzError as e:
+            log.debug("CT %s: %s; assuming the host's VE_PRIVATE and VE_ROOT", other, e.message)
+            cfg = None
+        try:
+            places.append(
+                Place(other, conf.private_path(host, other, cfg), conf.root_path(host, other, cfg))
+            )
+        except VzError:
+            continue
+    return places
+
+
+# --- ownership --------------------------------------------------------------------------------
+
+
+def stamp(private: Path, ctid: int) -> None:
+    """Mark directory ``private`` as CT ``ctid``'s private area."""
+    try:
+        os.setxattr(private, OWNER_XATTR, str(ctid).encode(), follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise VzError(
+                f"the filesystem of {private} has no trusted extended attributes, which vzpkg "
+                "uses to mark a private area as a VPS's own",
+                ExitCode.SYSTEM,
+                hint="put VE_PRIVATE on ext4, xfs, btrfs or tmpfs",
+            ) from None
+        raise
+
+
+def stamp_of(path: Path) -> int | None:
+    """The CTID ``path`` is marked for; None when it carries no (valid) mark."""
+    try:
+        value = os.getxattr(path, OWNER_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+    text = value.decode("ascii", errors="replace")
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 11 else None
+
+
+def not_owned(ctid: int, path: Path, what: str, code: ExitCode) -> VzError:
+    """The refusal for a private area that cannot be proved CT ``ctid``'s."""
+    owner = stamp_of(path)
+    if owner is not None:
+        why = f"it is marked as CT {owner}'s"
+        hint = f"check VE_PRIVATE in CT {ctid}'s config: it names another VPS's private area"
+    else:
+        why = f"it carries no mark ({OWNER_XATTR}) that vzpkg made it for CT {ctid}"
+        hint = (
+            f"check VE_PRIVATE in CT {ctid}'s config; if {path} really is its private area "
+            f"(made before vzpkg marked them), mark it: setfattr -n {OWNER_XATTR} -v {ctid} {path}"
+        )
+    return VzError(f"CT {ctid}: {path} is not provably its private area: {why}; {what}", code, hint)
+
+
+def destroying_path(private: Path) -> Path:
+    return private.with_name(private.name + DESTROYING_SUFFIX)
+
+
+def tmp_path(private: Path) -> Path:
+    return private.with_name(private.name + TMP_SUFFIX)
+
+
+# --- mounts -----------------------------------------------------------------------------------
+
+
+def top_mount(root: Path, entries: Sequence[MountEntry] | None = None) -> MountEntry | None:
+    """What is mounted on ``root`` (the last of a stack of mounts there); None if nothing."""
+    point = real(root)
+    found = None
+    for entry in entries if entries is not None else read_mountinfo():
+        if entry.mount_point == point:
+            found = entry
+    return found
+
+
+def is_own_mount(root: Path, private: Path, entry: MountEntry) -> bool:
+    """Whether ``entry`` (mounted on ``root``) shows ``private``: an overlay whose upper layer
+    is ``private/upper``, or a bind mount of ``private`` itself."""
+    if entry.fstype == "overlay":
+        return entry.option("upperdir") == real(private / "upper")
+    try:
+        shown, mine = os.stat(root), os.stat(private, follow_symlinks=False)
+    except OSError:
+        return False
+    return (shown.st_dev, shown.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def foreign_mount(
+    ctid: int, root: Path, private: Path, entry: MountEntry, code: ExitCode
+) -> VzError:
+    """The refusal for a root mount point that shows something else than CT ``ctid``'s files."""
+    return VzError(
+        f"CT {ctid}: {root} is mounted, but not from its private area {private} "
+        f"({entry.fstype} from {entry.source}{' ' + entry.fs_root if entry.fs_root != '/' else ''}"
+        "); nothing was done",
+        code,
+        hint=f"another VPS or the host uses {root}: give CT {ctid} a VE_ROOT of its own",
+    )

@@ -1,0 +1,130 @@
+"""vzctl set: change a VPS's parameters, applied to it while it runs and saved with --save.
+
+Every value is checked (vzpkg.checks) before anything changes; a running VPS gets its new guest
+files and hostname at once, CTID.conf only with ``save``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from vzpkg import checks, run
+from vzpkg.ct import conf
+from vzpkg.ct.common import checked_paths, ct_locked, runc_of
+from vzpkg.ct.guest import detect_init, host_nameservers
+from vzpkg.ct.lifecycle import write_guest_setup
+from vzpkg.ct.status import exec_capture
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig
+
+
+@dataclass(frozen=True)
+class SetRequest:
+    """What ``vzctl set`` was asked to change; values in canonical form (``checked``)."""
+
+    hostname: str | None = None
+    nameservers: Sequence[str] = ()
+    searchdomain: str | None = None
+    ipadd: Sequence[str] = ()
+    ipdel: Sequence[str] = ()
+    userpasswd: Sequence[str] = ()  # "user:password"; applied inside the VPS, never saved
+    onboot: bool | None = None
+
+    def changes_config(self) -> bool:
+        return any(
+            (
+                self.hostname,
+                self.nameservers,
+                self.searchdomain,
+                self.ipadd,
+                self.ipdel,
+                self.onboot is not None,
+            )
+        )
+
+    def checked(self) -> SetRequest:
+        """This request with every value checked and canonical (VzError, exit 21, naming the
+        option, for the first bad one)."""
+        for entry in self.userpasswd:
+            user, sep, _ = entry.partition(":")
+            if not sep or not user or "\n" in entry or ":" in user:
+                raise checks.bad("--userpasswd", user or entry, "is not USER:PASSWORD")
+        return replace(
+            self,
+            hostname=None if self.hostname is None else checks.hostname(self.hostname),
+            nameservers=tuple(checks.nameserver(n) for n in self.nameservers),
+            searchdomain=None
+            if self.searchdomain is None
+            else " ".join(checks.domain(d) for d in self.searchdomain.split()) or None,
+            ipadd=tuple(checks.ip_address(ip, "--ipadd") for ip in self.ipadd),
+            ipdel=tuple(
+                ip if ip == "all" else checks.ip_address(ip, "--ipdel") for ip in self.ipdel
+            ),
+        )
+
+
+def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) -> list[str]:
+    """Apply ``request`` to the running VPS and, with ``save``, to CTID.conf. Returns notes."""
+    request = request.checked()
+    notes = []
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        ips = [
+            ip for ip in cfg.ip_address if ip not in request.ipdel and "all" not in request.ipdel
+        ]
+        ips += [ip for ip in request.ipadd if ip not in ips]
+        nameservers = tuple(request.nameservers) or cfg.nameserver
+        if "inherit" in nameservers:
+            nameservers = tuple(host_nameservers())
+        new = replace(
+            cfg,
+            hostname=request.hostname or cfg.hostname,
+            ip_address=tuple(ips),
+            nameserver=nameservers,
+            searchdomain=tuple(request.searchdomain.split())
+            if request.searchdomain
+            else cfg.searchdomain,
+            onboot=request.onboot if request.onboot is not None else cfg.onboot,
+        )
+        _, root_dir = checked_paths(host, ctid, cfg)
+        state = runc_of(host).state(ctid)
+        running = state is not None and state.status == "running"
+        if request.userpasswd and not running:
+            raise VzError(
+                f"CT {ctid} is not running: --userpasswd is applied inside it",
+                ExitCode.NOT_RUNNING,
+                hint=f"vzctl start {ctid} first",
+            )
+        if running and request.changes_config():
+            assert state is not None
+            write_guest_setup(ctid, root_dir, new, detect_init(root_dir))
+            if request.hostname:
+                set_kernel_hostname(ctid, state.pid, request.hostname)
+        for entry in request.userpasswd:
+            user = entry.partition(":")[0]
+            proc = exec_capture(host, ctid, ["chpasswd"], input=(entry + "\n").encode())
+            if proc.returncode != 0:
+                raise VzError(
+                    f"CT {ctid}: changing the password of {user} failed",
+                    ExitCode.EXEC_FAILED,
+                    hint=f"does user {user} exist in the VPS? vzctl exec {ctid} id {user}",
+                )
+            notes.append(f"password of {user} changed")
+        if save and request.changes_config():
+            conf.write_ct_config(host, ctid, new)
+            notes.append("saved parameters for CT " + str(ctid))
+        elif request.changes_config() and not running:
+            notes.append(f"CT {ctid} is not running and --save was not given: nothing changed")
+    return notes
+
+
+def set_kernel_hostname(ctid: int, init_pid: int, name: str) -> None:
+    """The running VPS's hostname: the host's hostname(1) in the VPS's UTS namespace only
+    (nothing of the VPS runs on the host, and the VPS needs no hostname binary)."""
+    run.check_tool("nsenter", "to set a running VPS's hostname", package="util-linux")
+    run.run(
+        ["nsenter", f"--target={init_pid}", "--uts", "--", "hostname", name],
+        error_code=ExitCode.FAILURE,
+        error_hint=f"CT {ctid}'s files say {name}; its running kernel hostname did not change",
+    )

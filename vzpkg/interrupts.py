@@ -1,0 +1,46 @@
+"""Interrupts (^C, SIGTERM, SIGHUP) around steps that must not be cut in half.
+
+SIGTERM is turned into an exception (``Terminated``) at every command's edge, so that cleanup
+stacks unwind as for ^C. Inside ``deferred()`` all three are only recorded: a step that cannot
+be undone half way (``runc run`` creating a VPS) completes, and the caller then sees what
+arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import NoReturn
+
+DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that cleanup stacks unwind as for Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[list[int]]:
+    """Record SIGINT, SIGTERM and SIGHUP instead of acting on them for the duration of the
+    block; yields the list of the signals that arrived."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending  # signal handlers belong to the main thread
+        return
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    saved = {sig: signal.signal(sig, record) for sig in DEFERRED}
+    try:
+        yield pending
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
