@@ -263,7 +263,7 @@ class Vzpkg:
         return elapsed
 
     def create_in_process(self, ctid: int) -> float:
-        """the create function itself, imports already done: the work of the command, nothing else."""
+        """create() itself, imports already done: the work of the command, nothing else."""
         host = load_host_config({"VZPKG_CONF": str(self.conf)})
         self.made.add(ctid)
         return timed_call(lambda: ct_create.create(host, ctid, TEMPLATE, layout_name="overlay"))

@@ -290,7 +290,7 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
     unused = sorted(key for key in values if is_known_key(key) and not is_used_key(key))
     layout_text = values.get("VE_LAYOUT") or None
     ve_layout = None
-    if layout_text is not None and layout_text.startswith("ploop"):
+    if layout_text is not None and layout_text.split(":")[0] == "ploop":
         unused.append("VE_LAYOUT")  # OpenVZ's default of ploop: new VPSs get vzpkg's default
     elif layout_text is not None:
         ve_layout = check("VE_LAYOUT", checks.layout, layout_text, "VE_LAYOUT")

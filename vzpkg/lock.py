@@ -24,7 +24,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def ensure_private_dir(path: Path) -> None:
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.path.lexists(path):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.lstat()
     except OSError as e:
         raise VzError(

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from vzpkg import procenv
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.procenv import BASE_PATH as BASE_PATH
 from vzpkg.procenv import PASSTHROUGH_ENV as PASSTHROUGH_ENV
@@ -45,7 +46,7 @@ PACKAGE_OF: dict[str, str] = {
 
 
 def find_tool(name: str) -> str | None:
-    return which(name, BASE_PATH + ":" + os.environ.get("PATH", ""))
+    return which(name, procenv.BASE_PATH + ":" + os.environ.get("PATH", ""))
 
 
 def check_tool(name: str, reason: str, package: str | None = None) -> str:
@@ -178,10 +179,12 @@ def run_streaming(
     cwd: Path | None = None,
     error_code: ExitCode = ExitCode.FAILURE,
     error_hint: str | None = None,
+    name: str | None = None,
 ) -> None:
     """Run a long job, handing each line of its output (stdout and stderr) to ``on_line``.
 
-    The last lines are kept for the error message when it fails.
+    The last lines are kept for the error message when it fails, which names the program as
+    ``name`` (when argv[0] is only a wrapper around it).
     """
     proc = spawn(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail: collections.deque[str] = collections.deque(maxlen=25)
@@ -200,7 +203,7 @@ def run_streaming(
         proc.stdout.close()
     returncode = proc.wait()
     if returncode != 0:
-        args = [os.fspath(a) for a in argv]
+        args = [name or os.fspath(argv[0]), *(os.fspath(a) for a in argv[1:])]
         raise VzError(
             failure_message(args, returncode, "\n".join(tail).encode()), error_code, hint=error_hint
         )

@@ -360,7 +360,7 @@ def test_errors_name_the_problem(engine: Engine) -> None:
 
 def test_missing_runc_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("vzpkg.run.BASE_PATH", str(tmp_path))
+    monkeypatch.setattr("vzpkg.procenv.BASE_PATH", str(tmp_path))
     with pytest.raises(VzError) as excinfo:
         Runc(tmp_path / "state").list_containers()
     assert excinfo.value.code == ExitCode.TOOL_MISSING

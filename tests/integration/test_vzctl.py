@@ -96,7 +96,7 @@ def enter_through_pty(host: VzHost, ctid: str, commands: str) -> str:
 def test_the_slides_session(host: VzHost, ct: str) -> None:
     mounts_before = host_mounts(host)
     vzctl(host, "create", ct, "--ostemplate", MINIMAL, "--hostname", f"ct{ct}")
-    vzctl(host, "set", ct, "--ipadd", "192.0.2.45", "--save")
+    vzctl(host, "set", ct, "--ipadd", "198.51.100.45", "--save")
     vzctl(host, "start", ct)
     ps = vzctl(host, "exec", ct, "ps", "ax").stdout.splitlines()
     assert ps[0].split()[0] == "PID"
@@ -108,7 +108,7 @@ def test_the_slides_session(host: VzHost, ct: str) -> None:
     table = host.run("vzlist", "-a").stdout.splitlines()
     assert table[0].split() == ["CTID", "NPROC", "STATUS", "IP_ADDR", "HOSTNAME"]
     row = next(line.split() for line in table[1:] if line.split()[0] == ct)
-    assert row[2:] == ["running", "192.0.2.45", f"ct{ct}"]
+    assert row[2:] == ["running", "198.51.100.45", f"ct{ct}"]
     assert int(row[1]) >= 1
     data = json.loads(host.run("vzlist", "-j", ct).stdout)
     assert data[0]["ostemplate"] == MINIMAL and data[0]["status"] == "running"
@@ -154,13 +154,13 @@ def test_set_applies_to_the_running_vps_and_saves(host: VzHost, ct: str) -> None
         "--hostname",
         "after",
         "--nameserver",
-        "192.0.2.53",
+        "198.51.100.53",
         "--searchdomain",
         "example.net",
     )
     assert vzctl(host, "exec", ct, "hostname").stdout.strip() == "after"
     resolv = vzctl(host, "exec", ct, "cat /etc/resolv.conf").stdout
-    assert "nameserver 192.0.2.53" in resolv and "search example.net" in resolv
+    assert "nameserver 198.51.100.53" in resolv and "search example.net" in resolv
     conf = (host.base / "conf" / f"{ct}.conf").read_text()
     assert 'HOSTNAME="before"' in conf  # not saved without --save
     vzctl(host, "set", ct, "--hostname", "after", "--onboot", "yes", "--save")

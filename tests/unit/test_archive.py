@@ -59,6 +59,12 @@ def device(name: str, kind: bytes) -> Member:
     return info, data
 
 
+def with_xattr(name: str, key: str) -> Member:
+    info, data = entry(name, D)
+    info.pax_headers = {f"SCHILY.xattr.{key}": "101"}
+    return info, data
+
+
 def nul_name() -> Member:
     info, data = entry("a\0b", data=b"x")
     info.pax_headers = {"path": "a\0b"}
@@ -101,6 +107,11 @@ HOSTILE: dict[str, tuple[str, Callable[[], list[Member]]]] = {
     "symlink-replaces-root": ("replace a directory", lambda: [entry(".", S, link="/")]),
     "file-below-file": ("parent that is not a directory", lambda: [
         entry("f", data=b"x"), entry("f/g", data=b"y")]),
+    # trusted.* is the host's: vzpkg's ownership marks, overlayfs's own attributes.
+    "trusted-xattr-on-root": ("trusted.vzpkg.ctid", lambda: [
+        with_xattr(".", "trusted.vzpkg.ctid")]),
+    "overlay-xattr": ("trusted.overlay.redirect", lambda: [
+        with_xattr("d", "trusted.overlay.redirect")]),
 }  # fmt: skip
 
 

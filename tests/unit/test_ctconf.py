@@ -292,3 +292,61 @@ def test_a_ct_config_made_from_a_sample_keeps_its_comments(host: HostConfig) -> 
     assert written.startswith(text.splitlines()[0])
     assert 'ORIGIN_SAMPLE="basic"\n' in written
     assert read_ct_config(host, 101) == cfg
+
+
+# --- OpenVZ's files, strict keys ----------------------------------------------------------------
+
+OPENVZ = Path(__file__).resolve().parents[1] / "data" / "openvz"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in OPENVZ.glob("*.conf-sample")))
+def test_openvz_samples_are_accepted_and_their_keys_kept(name: str) -> None:
+    text = (OPENVZ / name).read_text()
+    cfg = conf.parse_ct_config(text, name)
+    assert "DISKSPACE" in cfg.extra  # carried along, reported as unused
+    assert cfg.ip_address == ()  # OpenVZ's 0.0.0.0 means "none"
+    assert conf.parse_ct_config(render_ct_config(cfg, text), "again") == cfg
+
+
+def test_unknown_keys_are_errors_naming_the_file() -> None:
+    with pytest.raises(VzError) as e:
+        conf.parse_ct_config('HOSTNAME="web"\nMEMROY="1G"\n', "/etc/vz/conf/101.conf")
+    assert e.value.code == ExitCode.CONFIG
+    assert "/etc/vz/conf/101.conf: unknown key MEMROY" in e.value.message
+
+
+def test_openvz_values_are_read_as_openvz_means_them() -> None:
+    cfg = conf.parse_ct_config(
+        'VE_LAYOUT="simfs"\nIP_ADDRESS="0.0.0.0 2001:DB8:51::0045 198.51.100.2"\nONBOOT=auto\n',
+        "f",
+    )
+    assert cfg.ve_layout == "plain"
+    assert cfg.ip_address == ("2001:db8:51::45", "198.51.100.2")
+    with pytest.raises(VzError) as e:
+        conf.parse_ct_config('VE_LAYOUT="ploop"\n', "f")
+    assert "ploop" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ('HOSTNAME="' + "a" * 32 + "." + "b" * 32 + '"', "HOSTNAME"),
+        ('IP_ADDRESS="10.0.0.300"', "IP_ADDRESS"),
+        ('NAMESERVER="garbage"', "NAMESERVER"),
+        ('STOP_TIMEOUT="nan"', "STOP_TIMEOUT"),
+    ],
+)
+def test_bad_values_in_ct_config_name_the_key(line: str, key: str) -> None:
+    with pytest.raises(VzError) as e:
+        conf.parse_ct_config(line + "\n", "101.conf")
+    assert e.value.code == ExitCode.CONFIG
+    assert f"101.conf: {key}" in e.value.message
+
+
+def test_a_ct_config_that_is_not_utf8_names_its_line(host: HostConfig) -> None:
+    host.conf_dir.mkdir()
+    conf_path(host, 101).write_bytes(b'HOSTNAME="web"\nDESCRIPTION="caf\xe9"\n')
+    with pytest.raises(VzError) as e:
+        read_ct_config(host, 101)
+    assert e.value.code == ExitCode.CONFIG
+    assert f"{conf_path(host, 101)}:2: not UTF-8" in e.value.message

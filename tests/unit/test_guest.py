@@ -74,14 +74,16 @@ def test_guest_files_are_written(tmp_path: Path) -> None:
         "1:2345:respawn:/sbin/getty --noclear 38400 tty1\n"
         "T0:23:respawn:/sbin/getty -L ttyS0 9600 vt100\n"
     )
-    settings = GuestSettings("ct101.example.com", ("10.0.0.101",), ("192.0.2.53",), "example.com")
+    settings = GuestSettings(
+        "ct101.example.com", ("10.0.0.101",), ("198.51.100.53",), "example.com"
+    )
     apply_guest_setup(root, "deb", settings, InitKind("sysvinit", ("/sbin/init",), "SIGPWR"))
     assert (root / "etc/hostname").read_text() == "ct101.example.com\n"
     hosts = (root / "etc/hosts").read_text()
     assert "127.0.1.1\tct101.example.com ct101" in hosts
     assert "10.0.0.101\tct101.example.com" in hosts
     resolv = (root / "etc/resolv.conf").read_text()
-    assert "search example.com" in resolv and "nameserver 192.0.2.53" in resolv
+    assert "search example.com" in resolv and "nameserver 198.51.100.53" in resolv
     inittab = (root / "etc/inittab").read_text()
     assert "pf::powerwait:/sbin/init 0" in inittab
     assert "/etc/init.d/powerfail" not in inittab
@@ -109,8 +111,8 @@ def test_symlinks_planted_by_the_vps_are_not_followed(tmp_path: Path) -> None:
 
 def test_host_nameservers(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
-    conf.write_text("# x\nnameserver 192.0.2.1\nsearch lan\nnameserver 192.0.2.2\n")
-    assert host_nameservers(conf) == ["192.0.2.1", "192.0.2.2"]
+    conf.write_text("# x\nnameserver 203.0.113.1\nsearch lan\nnameserver 203.0.113.2\n")
+    assert host_nameservers(conf) == ["203.0.113.1", "203.0.113.2"]
     assert host_nameservers(tmp_path / "missing") == []
 
 

@@ -158,3 +158,78 @@ def test_bad_values_are_config_errors(tmp_path: Path, line: str) -> None:
         load_host_config({"VZPKG_CONF": str(path)})
     assert raised.value.code == ExitCode.CONFIG
     assert line.split("=")[0] in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ('VE_ROOT="/vz/root/shared"', "VE_ROOT"),  # no $VEID: every VPS would share it
+        ('VE_PRIVATE="/vz/private/$CTID"', "VE_PRIVATE"),
+        ('VE_PRIVATE="private/$VEID"', "VE_PRIVATE"),
+        ("RUN_DIR=run", "RUN_DIR"),
+        ('CONF_DIR=""', "CONF_DIR"),
+        ('LOCKDIR="$NOWHERE/lock"', "LOCKDIR"),
+        ("BUILD_DIR=relative", "BUILD_DIR"),
+        ("STOP_TIMEOUT=-5", "STOP_TIMEOUT"),
+        ("STOP_TIMEOUT=soon", "STOP_TIMEOUT"),
+        ("VE_LAYOUT=zfs", "VE_LAYOUT"),
+        ("ZSTD_LEVEL=99", "ZSTD_LEVEL"),
+        ("NAMESERVER=garbage", "NAMESERVER"),
+        ('SEARCHDOMAIN="bad_domain"', "SEARCHDOMAIN"),
+    ],
+)
+def test_places_and_values_are_checked(tmp_path: Path, line: str, key: str) -> None:
+    path = tmp_path / "vzpkg.conf"
+    path.write_text(line + "\n")
+    with pytest.raises(VzError) as raised:
+        load_host_config({"VZPKG_CONF": str(path)})
+    assert raised.value.code == ExitCode.CONFIG
+    assert f"  {key}: " in raised.value.message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "vzpkg.conf"
+    path.write_text("RUN_DIR=run\nVE_ROOT=/x\nTYPO=1\nSTOP_TIMEOUT=x\n")
+    with pytest.raises(VzError) as raised:
+        load_host_config({"VZPKG_CONF": str(path)})
+    for key in ("RUN_DIR", "VE_ROOT", "TYPO", "STOP_TIMEOUT"):
+        assert key in raised.value.message
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "vzpkg.conf"
+    path.write_bytes(b"CACHE_DIR=/x\n# caf\xe9\n")
+    with pytest.raises(VzError) as raised:
+        load_host_config({"VZPKG_CONF": str(path)})
+    assert raised.value.code == ExitCode.CONFIG
+    assert f"{path}:2: not UTF-8" in raised.value.message
+
+
+OPENVZ = Path(__file__).resolve().parents[1] / "data" / "openvz"
+
+
+@pytest.mark.parametrize("name", ["vzctl4-vz.conf", "vz7-vz.conf"])
+def test_openvz_vz_conf_files_are_accepted(name: str) -> None:
+    """The vz.conf that vzctl 4 and Virtuozzo 7 ship: every key accepted; the ones vzpkg acts
+    on used, the rest listed as unused (vzpkg.notes says so once)."""
+    path = OPENVZ / name
+    host = load_host_config({"VZPKG_CONF": str(path)})
+    assert host.ve_root == "/vz/root/$VEID" and host.lock_dir == Path("/vz/lock")
+    assert "DUMPDIR" in host.unused_keys and "LOCKDIR" not in host.unused_keys
+    if name == "vzctl4-vz.conf":
+        assert host.nameservers == ("inherit",)  # new VPSs inherit the host's nameservers
+        assert host.configfile == "vswap-256m" and host.def_ostemplate == "centos-6-x86"
+        assert host.ve_layout is None and "VE_LAYOUT" in host.unused_keys  # ploop: not here
+        assert "LOCAL_UID" in host.unused_keys
+    else:
+        assert host.configfile == "basic"
+
+
+def test_openvz_keys_of_every_version_are_known_and_typos_are_not() -> None:
+    from vzpkg.hostvalues import is_known_key, is_used_key
+
+    for key in ("NAMESERVER", "DUMPDIR", "LOCAL_UID", "IPTABLES_MODULES", "VEFSTYPE", "KMEMSIZE"):
+        assert is_known_key(key), key
+    for key in ("CACHEDIR", "NAMESERVERS", "VE_ROOTS", "LOCAL_IUD"):
+        assert not is_known_key(key), key
+    assert is_used_key("VE_ROOT") and not is_used_key("DUMPDIR")

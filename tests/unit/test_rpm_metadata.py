@@ -281,3 +281,18 @@ def test_key_fingerprint_gpg(catalog: Catalog, name: str, gnupg_home: Path) -> N
     assert sigs
     assert all(s[1] == "!" for s in sigs), sigs
     assert any(s[4] == fpr[-16:] for s in sigs)
+
+
+def test_missing_packages_are_found_in_apt_and_dnf_output() -> None:
+    from vzpkg.distro.base import missing_packages
+
+    lines = [
+        "I: installing remaining packages inside the chroot...",
+        "E: Unable to locate package no-such-pkg",
+        "E: Package 'gone' has no installation candidate",
+        "E: Couldn't find any package by glob 'x*'",
+        "No match for argument: nopkg",
+        "E: Unable to locate package no-such-pkg",
+    ]
+    assert missing_packages(lines) == ["no-such-pkg", "gone", "x*", "nopkg"]
+    assert missing_packages(["E: Release file is expired"]) == []

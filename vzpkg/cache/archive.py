@@ -81,7 +81,10 @@ def pack_argv(tar: str, root: Path, *, source_date_epoch: int, index_file: Path)
 def unpack_argv(tar: str, target: Path) -> list[str]:
     return [
         tar, "--extract", "--file=-", f"--directory={target}", "--numeric-owner", "--same-owner",
-        "--preserve-permissions", "--xattrs", "--xattrs-include=*", "--delay-directory-restore",
+        "--preserve-permissions", "--xattrs", "--xattrs-include=*",
+        # trusted.* is the host's namespace (vzpkg's ownership marks, overlayfs's own
+        # attributes): never taken from an archive, whatever it holds.
+        "--xattrs-exclude=trusted.*", "--delay-directory-restore",
     ]  # fmt: skip
 
 
@@ -149,10 +152,21 @@ def pack_tree(
                           uncompressed_size=uncompressed, members=members)  # fmt: skip
 
 
-def _raise_if_failed(argv: list[str], returncode: int, errors: IO[bytes]) -> None:
+def _raise_if_failed(
+    argv: list[str], returncode: int, errors: IO[bytes], target: Path | None = None
+) -> None:
     if returncode != 0:
         errors.seek(0)
-        raise VzError(run.failure_message(argv, returncode, errors.read()), ExitCode.FAILURE)
+        text = errors.read()
+        message = run.failure_message(argv, returncode, text)
+        if target is not None and b"No space left on device" in text:
+            raise VzError(
+                f"the filesystem of {target} is full: the cache does not fit\n{message}",
+                ExitCode.SYSTEM,
+                hint=f"free space there (df -h {target.parent}), or unpack elsewhere "
+                "(VE_PRIVATE, --private)",
+            )
+        raise VzError(message, ExitCode.FAILURE)
 
 
 class _ZstdReader(io.RawIOBase):
@@ -276,6 +290,12 @@ class _TreeModel:
             raise ValueError(f"{info.name!r} has unknown member type {info.type!r}")
         parts = _normalise(info.name, "member name")
         self._check_parents(info.name, parts)
+        for key in info.pax_headers:
+            if key.startswith("SCHILY.xattr.trusted."):
+                raise ValueError(
+                    f"{info.name!r} carries the extended attribute {key[len('SCHILY.xattr.') :]}"
+                    " (trusted.* is the host's namespace)"
+                )
         path = "/".join(parts)
         if info.islnk():
             target = _normalise(info.linkname, f"hard link target of {info.name!r}")
@@ -386,4 +406,4 @@ def _extract(tar: str, reader: _ZstdReader, target: Path) -> None:
             except BaseException:
                 proc.kill()
                 raise
-        _raise_if_failed(argv, proc.returncode, errors)
+        _raise_if_failed(argv, proc.returncode, errors, target)

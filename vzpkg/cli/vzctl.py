@@ -267,4 +267,6 @@ def set_(
 
 
 if __name__ == "__main__":  # the full CLI without the short paths (tests compare the two)
-    main()
+    from vzpkg.cli.entry import run_click
+
+    run_click(main, "vzctl")

@@ -33,9 +33,10 @@ def main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+        from vzpkg.cli.entry import run_click
         from vzpkg.cli.vzctl import main as full_cli
 
-        full_cli()
+        run_click(full_cli, PROG)
     except KeyboardInterrupt:  # ^C before a command's own edge was in place
         sys.stderr.write(f"{PROG}: interrupted\n")
         sys.exit(130)

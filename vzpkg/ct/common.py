@@ -10,7 +10,7 @@ from pathlib import Path
 from vzpkg import lock
 from vzpkg.ct import conf, places
 from vzpkg.ct.engine import Runc
-from vzpkg.ct.guest import GuestSettings, resolve_in_root
+from vzpkg.ct.guest import GuestSettings, host_nameservers, host_searchdomains, resolve_in_root
 from vzpkg.ct.runcargv import state_root
 from vzpkg.errors import ExitCode
 from vzpkg.hostconf import HostConfig
@@ -59,11 +59,19 @@ def checked_paths(
 
 
 def guest_settings(cfg: conf.CtConfig) -> GuestSettings:
+    """What the guest's files say; ``inherit`` (OpenVZ's NAMESERVER and SEARCHDOMAIN value)
+    becomes the host's own, read now."""
+    nameservers: list[str] = []
+    for server in cfg.nameserver:
+        nameservers += host_nameservers() if server == "inherit" else [server]
+    domains: list[str] = []
+    for domain in cfg.searchdomain:
+        domains += host_searchdomains() if domain == "inherit" else [domain]
     return GuestSettings(
         hostname=cfg.hostname,
         ips=cfg.ip_address,
-        nameservers=cfg.nameserver,
-        searchdomain=" ".join(cfg.searchdomain) or None,
+        nameservers=tuple(dict.fromkeys(nameservers)),
+        searchdomain=" ".join(dict.fromkeys(domains)) or None,
     )
 
 

@@ -225,13 +225,15 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
         if name is None:
             extra[key] = value
         elif name in _LIST_FIELDS:
-            words = [_canonical(key, word, problems, source) for word in value.split()]
+            # OpenVZ writes 0.0.0.0 (and ::) for "no address" and skips them: so do we.
+            given = [w for w in value.split() if not (key == "IP_ADDRESS" and w in _NO_ADDRESS)]
+            words = [_canonical(key, word, problems, source) for word in given]
             known[name] = tuple(word for word in words if word is not None)
         elif name == "hostname":
             if value and (canonical := _canonical(key, value, problems, source)):
                 known[name] = canonical
         elif name == "ve_layout":
-            if value.startswith("ploop"):
+            if value.split(":")[0] == "ploop":
                 problems.append(
                     f"{source}: VE_LAYOUT: {value!r}: ploop images are not supported by vzpkg"
                 )
@@ -241,7 +243,7 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
                 except VzError:
                     problems.append(f"{source}: VE_LAYOUT: {value!r} is not plain or overlay")
         elif name == "onboot":
-            if value in ("yes", "no"):
+            if value in ("yes", "no", "auto"):  # Virtuozzo 7's auto: vzpkg has no such mode
                 known[name] = value == "yes"
             elif value:
                 problems.append(f"{source}: ONBOOT: {value!r} is not yes or no")
@@ -262,6 +264,7 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
     return cfg
 
 
+_NO_ADDRESS = frozenset({"0.0.0.0", "::", "::0"})
 _CANONICAL = {
     "IP_ADDRESS": checks.ip_address,
     "NAMESERVER": checks.nameserver,

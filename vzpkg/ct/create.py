@@ -66,7 +66,8 @@ def create(
             )
         sample_name = sample or host.configfile or DEFAULT_SAMPLE
         base, text = conf.read_sample(host, sample_name)
-        name = ostemplate or base.ostemplate or host.def_ostemplate
+        # Virtuozzo names its EZ templates with a leading dot (".almalinux-8").
+        name = ostemplate or base.ostemplate or (host.def_ostemplate or "").removeprefix(".")
         if not name:
             raise VzError(
                 "no OS template given",

@@ -234,13 +234,19 @@ def apply_guest_setup(
 
 
 def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
-    """For --nameserver inherit: the host's own nameservers."""
+    """For NAMESERVER inherit: the host's own nameservers."""
+    return [words[1] for words in _resolv_lines(resolv_conf, "nameserver") if len(words) > 1]
+
+
+def host_searchdomains(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """For SEARCHDOMAIN inherit: the host's own search domains (its last search line)."""
+    found = [words[1:] for words in _resolv_lines(resolv_conf, "search")]
+    return found[-1] if found else []
+
+
+def _resolv_lines(resolv_conf: Path, keyword: str) -> list[list[str]]:
     try:
-        text = resolv_conf.read_text()
+        text = resolv_conf.read_text(errors="replace")
     except OSError:
         return []
-    return [
-        line.split()[1]
-        for line in text.splitlines()
-        if line.startswith("nameserver") and len(line.split()) > 1
-    ]
+    return [words for line in text.splitlines() if (words := line.split())[:1] == [keyword]]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vzpkg import interrupts
-from vzpkg.ct import conf, layout, oci
+from vzpkg.ct import conf, layout, oci, places
 from vzpkg.ct.common import (
     CGROUP_ROOT,
     HOST_TINI,
@@ -154,11 +154,13 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         private_dir, root_dir = checked_paths(host, ctid, cfg)
         runc = runc_of(host)
         state = runc.state(ctid)
-        own_mount = layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED)
         if state is None:
-            if own_mount:
+            # Not running: tidy up a mount of its own; whatever else is mounted there is left.
+            entry = places.top_mount(root_dir)
+            if entry is not None and places.is_own_mount(root_dir, private_dir, entry):
                 layout.umount_root(ctid, root_dir, private_dir)
             raise VzError(f"CT {ctid} is not running", ExitCode.NOT_RUNNING)
+        own_mount = layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED)
         init = detect_init(root_dir) if own_mount else None
         signal = init.stop_signal if init else "SIGTERM"
         if fast:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from vzpkg import checks, run
 from vzpkg.ct import conf
 from vzpkg.ct.common import checked_paths, ct_locked, runc_of
-from vzpkg.ct.guest import detect_init, host_nameservers
+from vzpkg.ct.guest import detect_init
 from vzpkg.ct.lifecycle import write_guest_setup
 from vzpkg.ct.status import exec_capture
 from vzpkg.errors import ExitCode, VzError
@@ -75,8 +75,6 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
         ]
         ips += [ip for ip in request.ipadd if ip not in ips]
         nameservers = tuple(request.nameservers) or cfg.nameserver
-        if "inherit" in nameservers:
-            nameservers = tuple(host_nameservers())
         new = replace(
             cfg,
             hostname=request.hostname or cfg.hostname,

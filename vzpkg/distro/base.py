@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,13 @@ from vzpkg.metadata.model import Template
 from vzpkg.pkgmgr import apt
 
 Progress = Callable[[str], None]
+# What apt (mmdebstrap, debootstrap) and dnf say of a package no repository has.
+_MISSING_PACKAGE = re.compile(
+    r"E: Unable to locate package (\S+)"
+    r"|E: Package '([^']+)' has no installation candidate"
+    r"|E: Couldn't find any package by (?:glob|regex) '([^']+)'"
+    r"|No match for argument: (\S+)"
+)
 # What a family makes of a failed bootstrap's output: (exit code, what went wrong, hint).
 Diagnosis = tuple[ExitCode, str, str | None]
 FETCH_TIMEOUT = 30
@@ -157,8 +165,12 @@ class Family(ABC):
                 on_line=on_line,
                 env=env,
                 error_code=ExitCode.BOOTSTRAP,
+                name=tool,  # not the namespace wrapper's: the tool is what failed
             )
         except VzError as e:
+            missing = missing_packages(lines)
+            if missing:
+                raise self._missing_packages(missing, e) from None
             found = diagnose(lines)
             if found is None:
                 raise VzError(f"{self.template.name}: {e.message}", e.code, e.hint) from None
@@ -168,6 +180,29 @@ class Family(ABC):
                 code,
                 hint=hint or "nothing was published; the previous cache is unchanged",
             ) from None
+
+    def _missing_packages(self, names: list[str], error: VzError) -> VzError:
+        """The error for packages the metadata names and no repository of it has: the names,
+        and the metadata files that name them."""
+        t = self.template
+        candidates = [t.package_set.path, t.release.path, t.distribution.path]
+        if t.package_set.path.parent.is_dir():
+            candidates += sorted(t.package_set.path.parent.glob("*.toml"))
+        files = []
+        for path in dict.fromkeys(candidates):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            if any(f'"{name}"' in text for name in names):
+                files.append(str(path))
+        where = ", ".join(files) or f"the metadata of {t.name}"
+        return VzError(
+            f"{t.name}: package(s) {', '.join(names)} not found in the template's repositories"
+            f"\n{error.message}",
+            ExitCode.METADATA_INVALID,
+            hint=f"fix or remove them in {where}; nothing was published",
+        )
 
     @abstractmethod
     def check_host(self) -> None:
@@ -205,3 +240,15 @@ def family_for(
             ExitCode.FAILURE,
         )
     return cls(template, host, mirror_overrides)
+
+
+def missing_packages(lines: list[str]) -> list[str]:
+    """The packages a bootstrap tool said no repository has (apt's and dnf's wording)."""
+    names: list[str] = []
+    for line in lines:
+        match = _MISSING_PACKAGE.search(line)
+        if match:
+            name = next(group for group in match.groups() if group)
+            if name not in names:
+                names.append(name)
+    return names

@@ -240,6 +240,8 @@ def _read_toml(path: Path, problems: Problems) -> _Table | None:
             return _Table(tomllib.load(f), path, problems)
     except tomllib.TOMLDecodeError as e:
         problems.add(path, None, f"not valid TOML: {e}")
+    except UnicodeDecodeError as e:
+        problems.add(path, None, f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start})")
     except OSError as e:
         problems.add(path, None, f"cannot read: {e.strerror}")
     return None

@@ -1,0 +1,95 @@
+"""Where a VPS may live: never a host system directory or one of vzpkg's own, never inside or
+above another VPS's places; and the mark that proves a private area is a VPS's own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vzpkg.ct import places
+from vzpkg.ct.places import Place, check_apart, check_place
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig, host_config_from
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> HostConfig:
+    return host_config_from(
+        {
+            "TEMPLATE": str(tmp_path / "template"),
+            "LOCKDIR": str(tmp_path / "lock"),
+            "CONF_DIR": str(tmp_path / "conf"),
+            "RUN_DIR": str(tmp_path / "run"),
+            "VE_ROOT": str(tmp_path / "root/$VEID"),
+            "VE_PRIVATE": str(tmp_path / "private/$VEID"),
+        },
+        "test",
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/etc", "/etc/vz", "/usr", "/usr/lib/x", "/home", "/var/lib", "/proc/1", "/dev",
+     "/dev/sda", "/boot/x", "/sys/kernel", "/tmp", "/dev/shm", "/vz", "/vz/private", "/root"],
+)  # fmt: skip
+def test_system_directories_are_refused(host: HostConfig, path: str) -> None:
+    with pytest.raises(VzError) as e:
+        check_place(host, 101, "root", Path(path), ExitCode.INVALID_VALUE)
+    assert e.value.code == ExitCode.INVALID_VALUE
+    assert path in e.value.message and "nothing was done" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "path", ["/vz/private/101", "/srv/vz/101", "/dev/shm/vz/101", "/home/vz/1"]
+)
+def test_ordinary_places_are_fine(host: HostConfig, path: str) -> None:
+    check_place(host, 101, "private area", Path(path), ExitCode.INVALID_VALUE)
+
+
+@pytest.mark.parametrize("name", ["conf", "lock", "run/x", "template", "template/trees/y"])
+def test_vzpkgs_own_directories_are_refused(host: HostConfig, tmp_path: Path, name: str) -> None:
+    with pytest.raises(VzError):
+        check_place(host, 101, "private area", tmp_path / name, ExitCode.INVALID_VALUE)
+    with pytest.raises(VzError):  # nor above them
+        check_place(host, 101, "private area", tmp_path, ExitCode.INVALID_VALUE)
+
+
+def test_places_of_two_vpss_never_overlap(tmp_path: Path) -> None:
+    other = Place(4001, tmp_path / "private/4001", tmp_path / "root/4001")
+    fine = (tmp_path / "private/4014", tmp_path / "root/4014")
+    check_apart(4014, *fine, [other], ExitCode.INVALID_VALUE)
+    for private, root in (
+        (tmp_path / "private/4014", tmp_path / "root/4001"),  # the same root
+        (tmp_path / "private/4001/upper/x", tmp_path / "root/4014"),  # inside its private
+        (tmp_path / "private", tmp_path / "root/4014"),  # above its private
+        (tmp_path / "private/4014", tmp_path / "root/4001/mnt"),  # inside its root
+        (tmp_path / "private/4014", tmp_path / "private/4014/root"),  # its own, nested
+    ):
+        with pytest.raises(VzError) as e:
+            check_apart(4014, private, root, [other], ExitCode.INVALID_VALUE)
+        assert e.value.code == ExitCode.INVALID_VALUE
+
+
+def test_a_symlink_does_not_hide_an_overlap(tmp_path: Path) -> None:
+    (tmp_path / "private/4001").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "private/4001")
+    other = Place(4001, tmp_path / "private/4001", tmp_path / "root/4001")
+    with pytest.raises(VzError):
+        check_apart(4014, tmp_path / "alias", tmp_path / "root/4014", [other], ExitCode.CONFIG)
+
+
+def test_the_ownership_mark(tmp_path: Path) -> None:
+    area = tmp_path / "area"
+    area.mkdir()
+    assert places.stamp_of(area) is None
+    if os.geteuid() != 0:
+        return  # trusted.* needs root (as only root can forge it)
+    places.stamp(area, 101)
+    assert places.stamp_of(area) == 101
+    link = tmp_path / "link"
+    link.symlink_to(area)
+    assert places.stamp_of(link) is None  # never through a symlink
+    error = places.not_owned(102, area, "nothing was removed", ExitCode.DESTROY_FAILED)
+    assert "CT 101" in error.message and error.code == ExitCode.DESTROY_FAILED
