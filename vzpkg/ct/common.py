@@ -58,6 +58,18 @@ def checked_paths(
     return private, root
 
 
+@contextlib.contextmanager
+def opened_ct(
+    host: HostConfig, ctid: int, code: ExitCode = ExitCode.CONFIG
+) -> Iterator[tuple[conf.CtConfig, Path, Path]]:
+    """The CT locked, with its configuration and its checked places (private area, root):
+    how every state-changing action begins."""
+    with ct_locked(host, ctid):
+        cfg = conf.read_ct_config(host, ctid)
+        private, root = checked_paths(host, ctid, cfg, code)
+        yield cfg, private, root
+
+
 def guest_settings(cfg: conf.CtConfig) -> GuestSettings:
     """What the guest's files say; ``inherit`` (OpenVZ's NAMESERVER and SEARCHDOMAIN value)
     becomes the host's own, read now."""

@@ -26,6 +26,7 @@ from vzpkg.ct.common import (
     bundle_dir,
     checked_paths,
     ct_locked,
+    opened_ct,
     render_cache_path,
     runc_of,
 )
@@ -154,9 +155,7 @@ def _undo_create(
 def destroy(host: HostConfig, ctid: int) -> None:
     """Remove a stopped CT: its private area (only if provably its own), mount point, runtime
     state; CTID.conf is kept as CTID.conf.destroyed, as vzctl does."""
-    with ct_locked(host, ctid):
-        cfg = conf.read_ct_config(host, ctid)
-        private_dir, root_dir = checked_paths(host, ctid, cfg, ExitCode.DESTROY_FAILED)
+    with opened_ct(host, ctid, ExitCode.DESTROY_FAILED) as (_, private_dir, root_dir):
         places.check_apart(
             ctid,
             private_dir,

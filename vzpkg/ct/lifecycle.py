@@ -21,10 +21,9 @@ from vzpkg.ct.common import (
     CGROUP_ROOT,
     HOST_TINI,
     bundle_dir,
-    checked_paths,
-    ct_locked,
     family_of,
     guest_settings,
+    opened_ct,
     render_cache_path,
     runc_of,
 )
@@ -36,9 +35,7 @@ from vzpkg.hostconf import HostConfig
 
 
 def mount(host: HostConfig, ctid: int) -> None:
-    with ct_locked(host, ctid):
-        cfg = conf.read_ct_config(host, ctid)
-        private_dir, root_dir = checked_paths(host, ctid, cfg)
+    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
         if layout.condition(private_dir) != "present":
@@ -47,9 +44,7 @@ def mount(host: HostConfig, ctid: int) -> None:
 
 
 def umount(host: HostConfig, ctid: int) -> None:
-    with ct_locked(host, ctid):
-        cfg = conf.read_ct_config(host, ctid)
-        private_dir, root_dir = checked_paths(host, ctid, cfg)
+    with opened_ct(host, ctid) as (_, private_dir, root_dir):
         state = runc_of(host).state(ctid)
         if state is not None and state.is_active:
             raise VzError(f"CT {ctid} is running", ExitCode.RUNNING, hint=f"vzctl stop {ctid}")
@@ -59,9 +54,7 @@ def umount(host: HostConfig, ctid: int) -> None:
 
 
 def start(host: HostConfig, ctid: int) -> InitKind:
-    with ct_locked(host, ctid):
-        cfg = conf.read_ct_config(host, ctid)
-        private_dir, root_dir = checked_paths(host, ctid, cfg)
+    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
         state = runc_of(host).state(ctid)
         if state is not None and state.is_active:
             raise VzError(f"CT {ctid} is already running", ExitCode.RUNNING)
@@ -149,9 +142,7 @@ def first_start_wrapper(root: Path, argv: Sequence[str]) -> tuple[str, ...]:
 def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: bool = False) -> str:
     """Stop the CT: its init's own shutdown signal, SIGKILL after ``timeout`` (default: its
     STOP_TIMEOUT, else the host's); ``fast`` kills at once. Returns "graceful" or "killed"."""
-    with ct_locked(host, ctid):
-        cfg = conf.read_ct_config(host, ctid)
-        private_dir, root_dir = checked_paths(host, ctid, cfg)
+    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
         runc = runc_of(host)
         state = runc.state(ctid)
         if state is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from vzpkg import checks, run
 from vzpkg.ct import conf
-from vzpkg.ct.common import checked_paths, ct_locked, runc_of
+from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
 from vzpkg.ct.lifecycle import write_guest_setup
 from vzpkg.ct.status import exec_capture
@@ -68,8 +68,7 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
     """Apply ``request`` to the running VPS and, with ``save``, to CTID.conf. Returns notes."""
     request = request.checked()
     notes = []
-    with ct_locked(host, ctid):
-        cfg = conf.read_ct_config(host, ctid)
+    with opened_ct(host, ctid) as (cfg, _, root_dir):
         ips = [
             ip for ip in cfg.ip_address if ip not in request.ipdel and "all" not in request.ipdel
         ]
@@ -85,7 +84,6 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
             else cfg.searchdomain,
             onboot=request.onboot if request.onboot is not None else cfg.onboot,
         )
-        _, root_dir = checked_paths(host, ctid, cfg)
         state = runc_of(host).state(ctid)
         running = state is not None and state.status == "running"
         if request.userpasswd and not running:
