@@ -229,6 +229,7 @@ def not_owned(ctid: int, path: Path, what: str, code: ExitCode) -> VzError:
         hint = (
             f"check VE_PRIVATE in CT {ctid}'s config; if {path} really is its private area "
             f"(made before vzpkg marked them), mark it: setfattr -n {OWNER_XATTR} -v {ctid} {path}"
+            " (setfattr is in Debian's attr package)"
         )
     return VzError(f"CT {ctid}: {path} is not provably its private area: {why}; {what}", code, hint)
 
