@@ -578,3 +578,36 @@ def test_openvz_configuration_files_are_accepted(host: VzHost, cts: list[str]) -
     conf.write_text(conf.read_text() + 'MEMROY="1G"\n')
     message = vzctl(host, "start", ctid, code=10).stderr
     assert "MEMROY" in message and str(conf) in message
+
+
+def test_kill_9_while_making_a_tree_leaves_no_temp(host: VzHost, cts: list[str]) -> None:
+    """The first overlay VPS of a cache makes the shared tree: killed meanwhile, its guardian
+    removes the half-made tree (it knows the pid that was making it)."""
+    trees = host.base / "trees-kill"
+    env = dict(host.env, VZPKG_TREES_DIR=str(trees))
+    ctid = str(next(_next))
+    proc = subprocess.Popen(
+        [str(BIN / "vzctl"), "create", ctid, "--ostemplate", MINIMAL],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(trees.glob("*.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(trees.glob("*.tmp-*")), proc.communicate(timeout=60)[1]
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 60
+    while lock.is_locked(host.lock_dir, f"ct-{ctid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert not list(trees.glob("*.tmp-*"))
+        assert not conf_of(host, ctid).exists()
+        assert not (host.base / "private" / ctid).exists()
+    finally:
+        if conf_of(host, ctid).exists():  # it finished before the kill after all
+            subprocess.run([str(BIN / "vzctl"), "destroy", ctid], env=env, check=False)
+        shutil.rmtree(trees, ignore_errors=True)

@@ -102,7 +102,8 @@ def create(
             hint="another vzctl create is making it; choose another --private",
         ):
             # Even a kill -9 of this process leaves no half-made private area behind.
-            undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, seen)  # noqa: E731
+            me = os.getpid()  # the watcher's parent, which is gone by the time it undoes
+            undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, me, seen)  # noqa: E731
             with Guardian(undo) as guard:
                 layout.create_private(host, ctid, chosen, cache.archive, cache.sha256, private_dir)
                 guard.mark(PRIVATE_MADE)
@@ -137,7 +138,7 @@ def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[P
 
 
 def _undo_create(
-    host: HostConfig, ctid: int, private: Path, root: Path, seen: frozenset[bytes]
+    host: HostConfig, ctid: int, private: Path, root: Path, creator: int, seen: frozenset[bytes]
 ) -> None:
     """Run by the Guardian when create did not finish: remove what it made."""
     from vzpkg.fsutil import remove_tree_safely
@@ -147,7 +148,7 @@ def _undo_create(
     tmp = places.tmp_path(private)
     if os.path.lexists(tmp):
         remove_tree_safely(tmp)
-    trees.sweep_temps_of(host, os.getppid())
+    trees.sweep_temps_of(host, creator)  # a tree it was making
     if PRIVATE_MADE in seen:
         layout.destroy_private(host, ctid, private, root=root)
 
