@@ -82,24 +82,33 @@ def open_dir_beneath(
 
 
 def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``root/rel`` with a regular file holding ``data`` (a symlink there is replaced)."""
+    """Replace ``root/rel`` with a regular file holding ``data`` (a symlink there is replaced).
+
+    On failure (a full disk, a directory where the file should be) nothing of ours is left
+    behind, and the OSError names ``root/rel``.
+    """
     parent, name = _split(rel)
     with open_dir_beneath(root, parent, create=True) as dfd:
         tmp = f".{name}.vzpkg-tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            mode,
-            dir_fd=dfd,
-        )
         try:
-            write_all(fd, data)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                mode,
+                dir_fd=dfd,
+            )
+            try:
+                write_all(fd, data)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise OSError(e.errno, e.strerror, str(root / rel)) from None
 
 
 def remove_beneath(root: Path, rel: str) -> None:

@@ -75,6 +75,11 @@ def test_start_leaves_no_supervisor(engine: Engine) -> None:
     assert [p for p in processes if p[2][:2] == ["runc", "init"]] == []
     by_pid = {pid: (ppid, argv) for pid, ppid, argv in processes}
     assert by_pid[init][0] != ours  # reparented, not a child of ours
+    # runc returns once init was released; its exec of tini may still be a moment away.
+    deadline = time.monotonic() + 5
+    while by_pid[init][1][0] != "/.vzpkg/tini" and time.monotonic() < deadline:
+        time.sleep(0.01)
+        by_pid = {pid: (ppid, argv) for pid, ppid, argv in host_processes()}
     assert by_pid[init][1][0] == "/.vzpkg/tini"
     pids = engine.runc.pids("101")
     assert init in pids

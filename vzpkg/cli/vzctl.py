@@ -215,6 +215,14 @@ def enter(ctid: str, command: str | None) -> None:
 
     _, root = ct_paths(host, number, st.config)
     argv = ["/bin/sh", "-c", command] if command else [status.shell_of(root), "-l"]
+    from vzpkg.ct.engine import has_controlling_terminal
+
+    if not has_controlling_terminal():
+        raise VzError(
+            "vzctl enter needs a terminal, and this process has none",
+            ExitCode.INVALID_ARGUMENT,
+            hint=f"use vzctl exec {number} COMMAND to run a command without one",
+        )
     _say(f"entered into CT {number}", _quiet())
     code = status.exec_command(host, number, argv, tty=True)
     _say(f"exited from CT {number}", _quiet())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -11,7 +12,7 @@ from vzpkg.ct import conf, listing
 from vzpkg.ct.common import ct_paths
 from vzpkg.ct.ids import parse_ctid
 from vzpkg.ct.status import Status, running_state, status
-from vzpkg.errors import VzError
+from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, load_host_config, report_unused_keys
 
 
@@ -40,7 +41,7 @@ def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | N
     try:
         st = status(host, ctid)
     except VzError as e:
-        say(f"vzlist: CT {ctid}: {e.message.splitlines()[0]} (listed without its settings)")
+        say(f"vzlist: CT {ctid}: its settings are unknown: {e.message}")
         try:
             running, nproc = running_state(host, ctid)
         except VzError:
@@ -99,11 +100,19 @@ def main(
         if entry is None:
             continue
         st, row = entry
-        if not st.exists and not st.destroying and not ctids:
+        if st.config is None and not st.exists and not st.running:
+            continue  # no such CT (named, or a CTID.conf that went away meanwhile)
+        if not st.exists and not st.destroying and not st.running and not ctids:
             continue
         if ctids or all_ or (stopped and not st.running) or (not stopped and st.running):
             records.append(row)
     ordered = listing.sort_records(records, sort_key)
+    if not ordered:  # as OpenVZ's vzlist: nothing to list is an error scripts can test
+        if as_json:
+            print_json([])
+        else:
+            say("Container(s) not found")
+        sys.exit(int(ExitCode.FAILURE))
     if as_json:
         print_json(ordered)
     elif ctid_only:

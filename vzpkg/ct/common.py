@@ -4,11 +4,13 @@ state lives, its lock, and its places as its configuration names them."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vzpkg import lock
-from vzpkg.ct import conf, places
+from vzpkg import cgroups, hostvalues, lock
+from vzpkg.ct import conf, layout, places
 from vzpkg.ct.engine import Runc
 from vzpkg.ct.guest import GuestSettings, host_nameservers, host_searchdomains, resolve_in_root
 from vzpkg.ct.runcargv import state_root
@@ -18,12 +20,30 @@ from vzpkg.hostconf import HostConfig
 DEFAULT_LAYOUT = "overlay"
 DEFAULT_SAMPLE = "basic"
 HOST_TINI = Path("/usr/bin/tini-static")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "vzpkg"
 CT_LOCK_HINT = "wait for that command to finish, then try again"
 
 
 def runc_of(host: HostConfig) -> Runc:
     return Runc(Path(state_root(host.run_dir)))
+
+
+def cgroup_parent(host: HostConfig) -> str:
+    """The cgroup that holds this host configuration's VPSs (``/vzpkg/<CTID>``).
+
+    CTIDs are unique per CONF_DIR only: a second configuration (a test host, say) gets a
+    parent of its own, so that its VPS 101 never shares a cgroup with the host's VPS 101.
+    """
+    if os.path.normpath(host.conf_dir) == hostvalues.DEFAULT_CONF_DIR:
+        return CGROUP_PARENT
+    digest = hashlib.sha256(os.fsencode(os.path.normpath(host.conf_dir))).hexdigest()
+    return f"{CGROUP_PARENT}-{digest[:10]}"
+
+
+def stray_pids(host: HostConfig, ctid: int) -> list[int]:
+    """Processes left in the CT's cgroups: a VPS that runs although runc has no state for it
+    (RUN_DIR changed or cleaned while it ran)."""
+    return cgroups.procs_of_group(cgroup_parent(host), str(ctid))
 
 
 def bundle_dir(host: HostConfig, ctid: int) -> Path:
@@ -63,10 +83,16 @@ def opened_ct(
     host: HostConfig, ctid: int, code: ExitCode = ExitCode.CONFIG
 ) -> Iterator[tuple[conf.CtConfig, Path, Path]]:
     """The CT locked, with its configuration and its checked places (private area, root):
-    how every state-changing action begins."""
+    how every state-changing action begins. Refused (``code``) when a place is a host system
+    directory or vzpkg's, or when the private area is not provably this CT's (a config
+    pointing at another VPS's area, whatever is mounted where)."""
     with ct_locked(host, ctid):
         cfg = conf.read_ct_config(host, ctid)
         private, root = checked_paths(host, ctid, cfg, code)
+        if layout.condition(private) == "present" and not layout.is_own_private(
+            host, ctid, private
+        ):
+            raise places.not_owned(ctid, private, "nothing was done", code)
         yield cfg, private, root
 
 
@@ -81,7 +107,7 @@ def guest_settings(cfg: conf.CtConfig) -> GuestSettings:
         domains += host_searchdomains() if domain == "inherit" else [domain]
     return GuestSettings(
         hostname=cfg.hostname,
-        ips=cfg.ip_address,
+        ips=tuple(dict.fromkeys(ip.partition("/")[0] for ip in cfg.ip_address)),
         nameservers=tuple(dict.fromkeys(nameservers)),
         searchdomain=" ".join(dict.fromkeys(domains)) or None,
     )

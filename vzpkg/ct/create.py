@@ -29,6 +29,7 @@ from vzpkg.ct.common import (
     opened_ct,
     render_cache_path,
     runc_of,
+    stray_pids,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
@@ -92,15 +93,23 @@ def create(
             origin_sample=sample_name,
         )
         private_dir, root_dir = check_new_places(host, ctid, cfg)
-        # Two creates naming the same private area (each holding only its own CT's lock)
-        # must not both make it.
-        key = hashlib.sha256(places.real(private_dir).encode()).hexdigest()[:16]
-        with lock.locked(
-            host.lock_dir,
-            f"private-{key}",
-            what=f"private area {private_dir}",
-            hint="another vzctl create is making it; choose another --private",
-        ):
+        # Two creates naming the same place (each holding only its own CT's lock) must not
+        # both take it: the places themselves are locked (in a fixed order) until the end.
+        with contextlib.ExitStack() as held:
+            taken = {
+                hashlib.sha256(places.real(path).encode()).hexdigest()[:16]: (what, path)
+                for what, path in (("private area", private_dir), ("root", root_dir))
+            }
+            for key, (what, path) in sorted(taken.items()):
+                held.enter_context(
+                    lock.locked(
+                        host.lock_dir,
+                        f"place-{key}",
+                        what=f"{what} {path}",
+                        hint="another vzctl create is taking it; choose another place",
+                    )
+                )
+            check_new_places(host, ctid, cfg)  # again, now that nobody else can take them
             # Even a kill -9 of this process leaves no half-made private area behind.
             me = os.getpid()  # the watcher's parent, which is gone by the time it undoes
             undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, me, seen)  # noqa: E731
@@ -128,6 +137,12 @@ def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[P
         st = root.lstat()
     except FileNotFoundError:
         st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise VzError(
+            f"CT {ctid}: the root {root} is a symlink; nothing was done",
+            ExitCode.INVALID_VALUE,
+            hint="a VPS is mounted on a directory, never through a symlink (--root, VE_ROOT)",
+        )
     if st is not None and (not stat.S_ISDIR(st.st_mode) or any(root.iterdir())):
         raise VzError(
             f"CT {ctid}: the root {root} is in use: it is not an empty directory; nothing was done",
@@ -170,6 +185,10 @@ def destroy(host: HostConfig, ctid: int) -> None:
             raise VzError(
                 f"CT {ctid} is running", ExitCode.RUNNING, hint=f"vzctl stop {ctid} first"
             )
+        if state is None and stray_pids(host, ctid):
+            from vzpkg.ct.lifecycle import runs_without_state
+
+            raise runs_without_state(host, ctid)
         if state is not None:
             runc.delete(ctid, force=True)
         layout.umount_root(ctid, root_dir, private_dir)

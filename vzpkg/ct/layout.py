@@ -251,6 +251,8 @@ def create_private(
         )
     sha = trees.sha_valid(cache_sha256.lower())
     private = _absolute(private, "private area")
+    if layout == "overlay":  # what every later mount would refuse: refused now
+        overlay_options(trees.tree_path(host, sha) / "root", private / "upper", private / "work")
     _check_private_free(private)
     tmp = places.tmp_path(private)
     try:
@@ -364,17 +366,22 @@ def destroy_private(
                 )
             if os.path.lexists(doomed):
                 _remove_doomed(host, number, private, doomed)
+            if places.stamp_of(private) != number:
+                places.stamp(private, number)  # made before marks: its tree's reference proved it
             os.rename(private, doomed)
             fsync_dir(private.parent)
+        # The tree reference goes first (removing the last VPS's tree takes long): a destroy
+        # cut short meanwhile still shows as one, by the .destroying area that is left.
+        removed = []
+        for sha in trees.trees_referencing(host, number, private):
+            if trees.drop_ref(host, sha, number, private):
+                removed.append(sha)
         if os.path.lexists(doomed):
             _remove_doomed(host, number, private, doomed)
         if os.path.lexists(tmp):
             remove_tree_safely(tmp)  # an interrupted create of this CT; we hold its lock
             fsync_dir(tmp.parent)
-        removed = []
-        for sha in trees.trees_referencing(host, number, private):
-            if trees.drop_ref(host, sha, number, private):
-                removed.append(sha)
+        trees.sweep_stale(host)
     except OSError as e:
         raise VzError(
             f"cannot destroy private area {private}: {e}",

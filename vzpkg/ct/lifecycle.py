@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
+import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from vzpkg import interrupts
+from vzpkg import cgroups, interrupts
 from vzpkg.ct import conf, layout, oci, places
 from vzpkg.ct.common import (
-    CGROUP_ROOT,
     HOST_TINI,
     bundle_dir,
+    cgroup_parent,
     family_of,
     guest_settings,
     opened_ct,
     render_cache_path,
     runc_of,
+    stray_pids,
 )
-from vzpkg.ct.engine import write_bundle
+from vzpkg.ct.engine import KILL_GRACE, write_bundle
 from vzpkg.ct.guest import InitKind, RenderCache, apply_guest_setup, detect_init, resolve_in_root
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
@@ -35,7 +39,7 @@ from vzpkg.hostconf import HostConfig
 
 
 def mount(host: HostConfig, ctid: int) -> None:
-    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
+    with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
         if layout.condition(private_dir) != "present":
@@ -44,20 +48,25 @@ def mount(host: HostConfig, ctid: int) -> None:
 
 
 def umount(host: HostConfig, ctid: int) -> None:
-    with opened_ct(host, ctid) as (_, private_dir, root_dir):
-        state = runc_of(host).state(ctid)
-        if state is not None and state.is_active:
+    with opened_ct(host, ctid, ExitCode.UMOUNT_FAILED) as (_, private_dir, root_dir):
+        runc = runc_of(host)
+        state = runc.state(ctid)
+        if (state is not None and state.is_active) or stray_pids(host, ctid):
             raise VzError(f"CT {ctid} is running", ExitCode.RUNNING, hint=f"vzctl stop {ctid}")
+        if state is not None:
+            runc.delete(ctid, force=True)  # an init that died by itself left this
         if not layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED):
             raise VzError(f"CT {ctid} is not mounted", ExitCode.NOT_MOUNTED)
         layout.umount_root(ctid, root_dir, private_dir)
 
 
 def start(host: HostConfig, ctid: int) -> InitKind:
-    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
+    with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
         state = runc_of(host).state(ctid)
         if state is not None and state.is_active:
             raise VzError(f"CT {ctid} is already running", ExitCode.RUNNING)
+        if state is None and stray_pids(host, ctid):
+            raise runs_without_state(host, ctid)
         if layout.condition(private_dir) != "present":
             raise layout.missing_private(ctid, private_dir)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
@@ -93,6 +102,7 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
         hostname=cfg.hostname or f"ct{ctid}",
         init_argv=first_start_wrapper(root_dir, init.argv),
         binds=(oci.tini_bind(HOST_TINI),) if init.kind == "tini" else (),
+        cgroup_parent=cgroup_parent(host),
         host=oci.probe_host(),
     )
     write_bundle(bundle, oci.build_config(spec))
@@ -142,37 +152,76 @@ def first_start_wrapper(root: Path, argv: Sequence[str]) -> tuple[str, ...]:
 def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: bool = False) -> str:
     """Stop the CT: its init's own shutdown signal, SIGKILL after ``timeout`` (default: its
     STOP_TIMEOUT, else the host's); ``fast`` kills at once. Returns "graceful" or "killed"."""
-    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
+    with opened_ct(host, ctid, ExitCode.UMOUNT_FAILED) as (cfg, private_dir, root_dir):
         runc = runc_of(host)
         state = runc.state(ctid)
         if state is None:
+            killed = kill_strays(host, ctid)
             # Not running: tidy up a mount of its own; whatever else is mounted there is left.
             entry = places.top_mount(root_dir)
             if entry is not None and places.is_own_mount(root_dir, private_dir, entry):
                 layout.umount_root(ctid, root_dir, private_dir)
+            if killed:
+                return "killed"
             raise VzError(f"CT {ctid} is not running", ExitCode.NOT_RUNNING)
         own_mount = layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED)
         init = detect_init(root_dir) if own_mount else None
-        signal = init.stop_signal if init else "SIGTERM"
+        stop_signal = init.stop_signal if init else "SIGTERM"
         if fast:
             wait = 0.0
         elif timeout is not None:
             wait = timeout
         else:
             wait = float(cfg.stop_timeout if cfg.stop_timeout is not None else host.stop_timeout)
-        how = runc.stop(ctid, signal, wait)
+        how = runc.stop(ctid, stop_signal, wait)
         # The VPS is gone: what is left is ours to tidy, whatever arrives meanwhile.
         with interrupts.deferred():
             layout.umount_root(ctid, root_dir, private_dir)
             shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
             if not runc.known_ids():
-                remove_empty_cgroup_parents()
+                cgroups.remove_empty_parent(cgroup_parent(host))
         return how
 
 
-def remove_empty_cgroup_parents(parent: str = "vzpkg") -> None:
-    """runc delete removes a VPS's cgroups but not their common parent: drop it once empty
-    (rmdir of a cgroup fails with EBUSY while another VPS still runs in it)."""
-    for hierarchy in CGROUP_ROOT.iterdir():
-        with contextlib.suppress(OSError):
-            (hierarchy / parent).rmdir()
+def runs_without_state(host: HostConfig, ctid: int) -> VzError:
+    """The refusal for a VPS whose processes run although runc has no state for it."""
+    return VzError(
+        f"CT {ctid} is running ({len(stray_pids(host, ctid))} processes in its cgroup), but "
+        f"runc has no state for it in {host.run_dir}/runc: was RUN_DIR changed or cleaned "
+        "while it ran?",
+        ExitCode.RUNNING,
+        hint=f"put RUN_DIR back, or stop it: vzctl stop {ctid} (kills its processes)",
+    )
+
+
+def kill_strays(host: HostConfig, ctid: int) -> bool:
+    """Kill the processes of a VPS that runc lost (see ``runs_without_state``): SIGKILL to the
+    init of its PID namespace takes every process of the namespace down. Returns whether there
+    were any."""
+    pids = stray_pids(host, ctid)
+    if not pids:
+        return False
+    inits = [pid for pid in pids if _namespace_pid(pid) == 1] or pids
+    deadline = time.monotonic() + KILL_GRACE
+    while pids and time.monotonic() < deadline:
+        for pid in inits:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+        pids = inits = stray_pids(host, ctid)
+    if pids:
+        raise VzError(f"CT {ctid}: {len(pids)} processes survived SIGKILL", ExitCode.STOP_FAILED)
+    cgroups.remove_group(cgroup_parent(host), str(ctid))
+    return True
+
+
+def _namespace_pid(pid: int) -> int | None:
+    """Process ``pid``'s pid in its own (innermost) PID namespace."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None

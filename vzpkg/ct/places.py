@@ -168,26 +168,45 @@ def check_apart(
 
 
 def places_of_others(host: HostConfig, ctid: int) -> list[Place]:
-    """The places of every other VPS that has a CTID.conf. A VPS whose configuration cannot be
-    read is taken to use the host's defaults (and said so at debug level)."""
+    """The places of every other VPS that has a CTID.conf. A configuration that does not
+    parse (a typo in another key, bytes that are not UTF-8) is read leniently for VE_PRIVATE
+    and VE_ROOT alone: one broken file must not hide a VPS's places from the check."""
     from vzpkg.ct import conf  # conf needs nothing from here; imported late to stay light
 
     places = []
     for other in conf.list_ctids(host):
         if other == ctid:
             continue
+        place: Place | None
         try:
-            cfg: conf.CtConfig | None = conf.read_ct_config(host, other)
-        except VzError as e:
-            log.debug("CT %s: %s; assuming the host's VE_PRIVATE and VE_ROOT", other, e.message)
-            cfg = None
-        try:
-            places.append(
-                Place(other, conf.private_path(host, other, cfg), conf.root_path(host, other, cfg))
+            cfg = conf.read_ct_config(host, other)
+            place = Place(
+                other, conf.private_path(host, other, cfg), conf.root_path(host, other, cfg)
             )
         except VzError:
-            continue
+            place = _place_of_broken(host, other)
+        if place is not None:
+            places.append(place)
     return places
+
+
+def _place_of_broken(host: HostConfig, ctid: int) -> Place | None:
+    from vzpkg.ct import conf
+    from vzpkg.hostvalues import parse_values
+
+    try:
+        text = conf.conf_path(host, ctid).read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    values, _ = parse_values(text, "")  # the lines that do parse
+    found = []
+    for key, default in (("VE_PRIVATE", host.ve_private), ("VE_ROOT", host.ve_root)):
+        path = conf.expand(values.get(key) or default, ctid)
+        if not path.startswith("/"):
+            return None
+        found.append(Path(os.path.normpath(path)))
+    log.debug("CT %s: config unreadable; its places read leniently: %s", ctid, found)
+    return Place(ctid, found[0], found[1])
 
 
 # --- ownership --------------------------------------------------------------------------------

@@ -84,15 +84,9 @@ def cgroup_pids(state_root: str | os.PathLike[str], container: str) -> list[int]
         return None
     if not isinstance(top, str) or not os.path.isdir(top):
         return None
-    pids: list[int] = []
-    for directory, _, files in os.walk(top):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(directory, "cgroup.procs"), "rb") as f:
-                    pids.extend(int(line) for line in f.read().split())
-            except OSError:
-                continue  # a cgroup removed while we walk
-    return pids
+    from vzpkg.cgroups import procs_below
+
+    return procs_below(top)
 
 
 def _process_start(pid: int) -> int | None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vzpkg import checks, run
-from vzpkg.ct import conf
+from vzpkg.ct import conf, layout
 from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
 from vzpkg.ct.lifecycle import write_guest_setup
@@ -48,8 +48,10 @@ class SetRequest:
         option, for the first bad one)."""
         for entry in self.userpasswd:
             user, sep, _ = entry.partition(":")
-            if not sep or not user or "\n" in entry or ":" in user:
-                raise checks.bad("--userpasswd", user or entry, "is not USER:PASSWORD")
+            if "\n" in entry or "\0" in entry:
+                raise checks.bad("--userpasswd", user, "has a newline or NUL byte in it")
+            if not sep or not user:
+                raise checks.bad("--userpasswd", entry, "is not USER:PASSWORD")
         return replace(
             self,
             hostname=None if self.hostname is None else checks.hostname(self.hostname),
@@ -68,11 +70,8 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
     """Apply ``request`` to the running VPS and, with ``save``, to CTID.conf. Returns notes."""
     request = request.checked()
     notes = []
-    with opened_ct(host, ctid) as (cfg, _, root_dir):
-        ips = [
-            ip for ip in cfg.ip_address if ip not in request.ipdel and "all" not in request.ipdel
-        ]
-        ips += [ip for ip in request.ipadd if ip not in ips]
+    with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
+        ips = merged_addresses(cfg.ip_address, request.ipadd, request.ipdel)
         nameservers = tuple(request.nameservers) or cfg.nameserver
         new = replace(
             cfg,
@@ -91,6 +90,13 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                 f"CT {ctid} is not running: --userpasswd is applied inside it",
                 ExitCode.NOT_RUNNING,
                 hint=f"vzctl start {ctid} first",
+            )
+        if running and not layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.CONFIG):
+            raise VzError(
+                f"CT {ctid} runs, but its root {root_dir} is not mounted: was VE_ROOT changed "
+                "while it ran? nothing was done",
+                ExitCode.CONFIG,
+                hint=f"put VE_ROOT in CT {ctid}'s config back as it was when it started",
             )
         if running and request.changes_config():
             assert state is not None
@@ -112,7 +118,30 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
             notes.append("saved parameters for CT " + str(ctid))
         elif request.changes_config() and not running:
             notes.append(f"CT {ctid} is not running and --save was not given: nothing changed")
+        elif request.onboot is not None:
+            notes.append("--onboot is a saved setting only: give --save to change it")
     return notes
+
+
+def merged_addresses(
+    current: Sequence[str], add: Sequence[str], delete: Sequence[str]
+) -> list[str]:
+    """IP_ADDRESS after ``--ipdel`` then ``--ipadd``. An address is one entry whatever its
+    prefix: ``--ipadd 198.51.100.7/24`` replaces ``198.51.100.7``, ``--ipdel 198.51.100.7``
+    removes ``198.51.100.7/24``."""
+    gone = {address_of(ip) for ip in delete}
+    ips = [] if "all" in delete else [ip for ip in current if address_of(ip) not in gone]
+    for ip in add:
+        same = [i for i, old in enumerate(ips) if address_of(old) == address_of(ip)]
+        if same:
+            ips[same[0]] = ip
+        else:
+            ips.append(ip)
+    return ips
+
+
+def address_of(ip: str) -> str:
+    return ip.partition("/")[0]
 
 
 def set_kernel_hostname(ctid: int, init_pid: int, name: str) -> None:

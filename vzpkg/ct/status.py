@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vzpkg import run
 from vzpkg.ct import conf, layout, places
-from vzpkg.ct.common import ct_paths, runc_of
+from vzpkg.ct.common import ct_paths, runc_of, stray_pids
 from vzpkg.ct.engine import run_attached
 from vzpkg.ct.guest import resolve_in_root
 from vzpkg.ct.runcargv import vps_exec_argv as exec_argv
@@ -64,7 +64,10 @@ def running_state(host: HostConfig, ctid: int) -> tuple[bool, int | None]:
     processes it has; from runc alone (no CTID.conf needed)."""
     runc = runc_of(host)
     state = runc.state(ctid)
-    running = state is not None and state.is_active
+    if state is None:
+        strays = stray_pids(host, ctid)  # it runs, though runc lost its state
+        return bool(strays), len(strays) or None
+    running = state.is_active
     return running, len(runc.pids(ctid)) if running else None
 
 

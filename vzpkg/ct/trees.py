@@ -106,6 +106,30 @@ def _sweep_tree_temps(host: HostConfig, sha: str) -> None:
             remove_tree_safely(path)
 
 
+def sweep_stale(host: HostConfig) -> list[Path]:
+    """Remove the temporaries of tree makes and removals that were cut short, of any cache
+    version: a temp is stale when nobody holds its tree's lock (whoever makes or removes a tree
+    holds it). Without this, the temp of the last tree of an old cache would stay for good."""
+    pattern = re.compile(r"([0-9a-f]{64})\.tmp-[0-9]+")
+    swept: list[Path] = []
+    try:
+        names = sorted(os.listdir(host.trees_dir))
+    except FileNotFoundError:
+        return swept
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            with locked(host.lock_dir, f"tree-{match.group(1)}", what="tree"):
+                if os.path.lexists(host.trees_dir / name):
+                    remove_tree_safely(host.trees_dir / name)
+                    swept.append(host.trees_dir / name)
+        except VzError:
+            continue  # being made or removed right now
+    return swept
+
+
 def sweep_temps_of(host: HostConfig, pid: int) -> None:
     """Remove the temporary trees process ``pid`` was making (after it was killed)."""
     for stale in host.trees_dir.glob(f"*.tmp-{pid}"):
