@@ -51,9 +51,14 @@ def write_all(fd: int, data: bytes) -> None:
 
 @contextlib.contextmanager
 def open_dir_beneath(
-    root: Path, rel: str | PurePosixPath = ".", *, create: bool = False
+    root: Path,
+    rel: str | PurePosixPath = ".",
+    *,
+    create: bool = False,
+    owner: tuple[int, int] | None = None,
 ) -> Iterator[int]:
-    """An fd of directory ``root/rel``, never following a symlink on the way."""
+    """An fd of directory ``root/rel``, never following a symlink on the way. With ``create``
+    missing directories are made (owned by ``owner`` when given)."""
     parts = _parts(rel)
     fd = os.open(root, _DIR_FLAGS)
     try:
@@ -65,6 +70,8 @@ def open_dir_beneath(
                     raise
                 os.mkdir(part, 0o755, dir_fd=fd)
                 nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if owner is not None:
+                    os.fchown(nxt, *owner)
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -81,14 +88,22 @@ def open_dir_beneath(
         os.close(fd)
 
 
-def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``root/rel`` with a regular file holding ``data`` (a symlink there is replaced).
+def write_file_beneath(
+    root: Path,
+    rel: str,
+    data: bytes,
+    mode: int = 0o644,
+    *,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Replace ``root/rel`` with a regular file holding ``data`` (a symlink there is replaced),
+    owned by ``owner`` (uid, gid) when given: a VPS's root, when the VPS has its own ids.
 
     On failure (a full disk, a directory where the file should be) nothing of ours is left
     behind, and the OSError names ``root/rel``.
     """
     parent, name = _split(rel)
-    with open_dir_beneath(root, parent, create=True) as dfd:
+    with open_dir_beneath(root, parent, create=True, owner=owner) as dfd:
         tmp = f".{name}.vzpkg-tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dfd)
@@ -101,7 +116,9 @@ def write_file_beneath(root: Path, rel: str, data: bytes, mode: int = 0o644) -> 
             )
             try:
                 write_all(fd, data)
-                os.fchmod(fd, mode)
+                if owner is not None:
+                    os.fchown(fd, *owner)
+                os.fchmod(fd, mode)  # after fchown, which would clear setuid bits
             finally:
                 os.close(fd)
             os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable
 from types import TracebackType
 
-from vzpkg import run
+from vzpkg import interrupts, run
 
 log = logging.getLogger("vzpkg")
 
@@ -35,11 +35,14 @@ class Guardian:
 
     def __enter__(self) -> Guardian:
         read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the watcher
+        with interrupts.held_back():
+            pid = os.fork()
+            if pid == 0:  # the watcher
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                    signal.signal(sig, signal.SIG_IGN)  # Ctrl-C must not stop the clean-up
+                interrupts.unblock()
+        if pid == 0:
             os.close(write)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-                signal.signal(sig, signal.SIG_IGN)  # Ctrl-C must not stop the clean-up
             seen: set[bytes] = set()
             with contextlib.suppress(OSError):
                 while COMMIT not in seen and (chunk := os.read(read, 64)):

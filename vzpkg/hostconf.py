@@ -52,6 +52,8 @@ class HostConfig:
     nameservers: tuple[str, ...] = ()  # NAMESERVER of new VPSs ("inherit": the host's)
     searchdomains: tuple[str, ...] = ()  # SEARCHDOMAIN of new VPSs
     unused_keys: tuple[str, ...] = ()  # OpenVZ keys vzpkg accepts but does not act on
+    userns_pool_base: int = 1 << 30  # first host id of the VPSs' user namespace blocks
+    userns_pool_size: int = 1 << 30  # how many ids the pool has (65536 per VPS)
     source: str = "built-in defaults"
 
     def mirror(self, name: str) -> str | None:

@@ -33,6 +33,8 @@ VZPKG_KEYS = frozenset(
         "RUN_DIR",
         "STOP_TIMEOUT",
         "VE_LAYOUT",
+        "USERNS_POOL_BASE",
+        "USERNS_POOL_SIZE",
     }
 )
 # OpenVZ's keys that vzpkg acts on; every other OpenVZ key is accepted and reported as unused.
@@ -284,6 +286,15 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
     zstd = values.get("ZSTD_LEVEL", "3")
     if not (zstd.isascii() and zstd.isdigit() and 1 <= int(zstd) <= 22):
         problems.append(f"ZSTD_LEVEL: {zstd!r} is not a zstd level (1 to 22)")
+    pool: list[int] = []
+    for key in ("USERNS_POOL_BASE", "USERNS_POOL_SIZE"):
+        text = values.get(key, str(1 << 30))
+        number = int(text) if text.isascii() and text.isdigit() and len(text) < 12 else -1
+        if number <= 0 or number % 65536:
+            problems.append(f"{key}: {text!r} is not a positive multiple of 65536")
+        pool.append(number)
+    if all(n > 0 for n in pool) and pool[0] + pool[1] > (1 << 32) - 1:
+        problems.append("USERNS_POOL_BASE + USERNS_POOL_SIZE go past the last uid (2^32 - 2)")
     tool = values.get("BOOTSTRAP_TOOL") or None
     if tool not in (None, "mmdebstrap", "debootstrap"):
         problems.append(f"BOOTSTRAP_TOOL: {tool!r} is not mmdebstrap or debootstrap")
@@ -335,6 +346,8 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
         "nameservers": nameservers,
         "searchdomains": searchdomains,
         "unused_keys": tuple(sorted(set(unused))),
+        "userns_pool_base": pool[0],
+        "userns_pool_size": pool[1],
         "source": source,
     }
 

@@ -44,3 +44,22 @@ def deferred() -> Iterator[list[int]]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def held_back() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP blocked for the duration of the block (a fork): Python runs
+    code of its own around a fork (at-fork hooks), where an exception from our handlers would
+    be printed and dropped. Blocked, they arrive when the block ends, in our code. A child
+    forked meanwhile starts with them blocked: it unblocks them (``unblock``) once it has set
+    its own handlers."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock() -> None:
+    """In a child forked under ``held_back``: let the signals through again."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from vzpkg import procenv
+from vzpkg import interrupts, procenv
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.procenv import BASE_PATH as BASE_PATH
 from vzpkg.procenv import PASSTHROUGH_ENV as PASSTHROUGH_ENV
 from vzpkg.procenv import base_env as base_env
 from vzpkg.procenv import which
-from vzpkg.syscalls import set_parent_death_signal
+from vzpkg.syscalls import enter_userns, set_parent_death_signal
 
 log = logging.getLogger("vzpkg")
 
@@ -135,20 +135,30 @@ def spawn(
     stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    userns_fd: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a program that runs alongside us (e.g. tar feeding a compressor)."""
+    """Start a program that runs alongside us (e.g. tar feeding a compressor). With
+    ``userns_fd`` it runs as root of that user namespace (a VPS's ids, not the host's)."""
     args = [os.fspath(a) for a in argv]
-    log.debug("+ %s", shlex.join(args))
+    log.debug("+ %s%s", shlex.join(args), "" if userns_fd is None else " (in the VPS's ids)")
+
+    def prepare() -> None:
+        interrupts.unblock()
+        set_parent_death_signal()
+        if userns_fd is not None:
+            enter_userns(userns_fd)
+
     try:
-        return subprocess.Popen(
-            args,
-            env=base_env(env),
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            preexec_fn=set_parent_death_signal,
-        )
+        with interrupts.held_back():  # a fork with a preexec function runs at-fork hooks
+            return subprocess.Popen(
+                args,
+                env=base_env(env),
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                preexec_fn=prepare,  # runs before subprocess closes the other fds
+            )
     except FileNotFoundError:
         name = os.path.basename(args[0])
         raise VzError(

@@ -108,9 +108,19 @@ def stop_everything(host: VzHost) -> None:
         host.run("vzctl", "destroy", ctid, timeout=60)
 
 
+def passable(path: Path) -> None:
+    """Let others pass through ``path``'s directories (pytest makes its temp dirs 0700): runc
+    mounts a VPS's root from inside the VPS's user namespace, as the VPS's own ids."""
+    for directory in (path, *path.parents):
+        mode = directory.stat().st_mode
+        if not mode & 0o001:
+            directory.chmod((mode & 0o7777) | 0o001)
+
+
 @pytest.fixture(scope="session")
 def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
     base = tmp_path_factory.mktemp("vzhost")
+    passable(base)
     metadata = base / "metadata"
     shutil.copytree(REPO / "metadata" / "debian", metadata / "debian")
     shutil.copytree(REPO / "tests" / "integration" / "metadata", metadata, dirs_exist_ok=True)

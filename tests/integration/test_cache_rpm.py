@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.integration.conftest import BIN, REPO, VzHost, runtime_conf, stop_everything
+from tests.integration.conftest import BIN, REPO, VzHost, passable, runtime_conf, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
     PackageSpec,
@@ -58,6 +58,7 @@ def rpmhost(
     tmp_path_factory: pytest.TempPathFactory, fixture_repo: FixtureRepo, server: RepoServer
 ) -> Iterator[VzHost]:
     base = tmp_path_factory.mktemp("rpmhost")
+    passable(base)
     metadata = base / "metadata"
     shutil.copytree(REPO / "tests" / "integration" / "metadata-rpm", metadata)
     keys = metadata / "vzfix" / "keys"

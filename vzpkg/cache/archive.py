@@ -357,12 +357,19 @@ def _open_archive(archive: Path) -> io.BufferedReader:
 
 
 def unpack_archive(
-    archive: Path, target: Path, *, expected_sha256: str | None = None
+    archive: Path,
+    target: Path,
+    *,
+    expected_sha256: str | None = None,
+    userns_fd: int | None = None,
 ) -> UnpackResult:
     """Unpack a cache into ``target``, an existing empty directory.
 
     Nothing is written until the checksum (if given) and every member have been checked. If
     extraction itself fails, ``target`` may hold part of the tree; the caller removes it.
+    With ``userns_fd`` tar runs as root of that user namespace: every file gets the VPS's
+    shifted owner in the same pass (file capabilities and ACLs too, by the kernel), and tar
+    itself has no power over anything the VPS's ids do not own.
     """
     tar = run.check_tool("tar", "to unpack template caches")
     if not target.is_dir():
@@ -379,16 +386,24 @@ def unpack_archive(
         members = _check_stream(archive, checked)
         raw.seek(0)
         reader = _ZstdReader(raw, archive)
-        _extract(tar, reader, target)
+        _extract(tar, reader, target, userns_fd)
     if reader.digest.digest() != checked.digest.digest():
         raise _corrupt(archive, "the archive changed while it was being unpacked")
     return UnpackResult(members=members, uncompressed_size=reader.total)
 
 
-def _extract(tar: str, reader: _ZstdReader, target: Path) -> None:
-    argv = unpack_argv(tar, target)
+def _extract(tar: str, reader: _ZstdReader, target: Path, userns_fd: int | None) -> None:
+    # In a VPS's user namespace tar could not reach ``target`` through its root-only parents:
+    # it starts in it instead (the chdir happens as host root, before it enters).
+    argv = unpack_argv(tar, Path(".") if userns_fd is not None else target)
     with tempfile.TemporaryFile(prefix="vzpkg-tar-stderr-") as errors:
-        with run.spawn(argv, stdin=subprocess.PIPE, stderr=errors) as proc:
+        with run.spawn(
+            argv,
+            stdin=subprocess.PIPE,
+            stderr=errors,
+            cwd=target if userns_fd is not None else None,
+            userns_fd=userns_fd,
+        ) as proc:
             assert proc.stdin is not None
             stdin = proc.stdin
             try:

@@ -54,6 +54,11 @@ def _quiet() -> bool:
 @click.option("--config", "sample", help="Sample config ve-NAME.conf-sample to start from.")
 @click.option("--private", help="Private area path (default VE_PRIVATE).")
 @click.option("--root", help="Mount point (default VE_ROOT).")
+@click.option(
+    "--userns",
+    type=click.Choice(["yes", "no"]),
+    help="A user namespace of its own (default yes); no: a privileged VPS.",
+)
 @edge("vzctl")
 def create(
     ctid: str,
@@ -64,6 +69,7 @@ def create(
     sample: str | None,
     private: str | None,
     root: str | None,
+    userns: str | None,
 ) -> None:
     """Create a VPS from a template cache."""
     from vzpkg.ct.create import create as create_ct
@@ -80,8 +86,13 @@ def create(
         sample=sample,
         private=private,
         root=root,
+        userns=None if userns is None else userns == "yes",
     )
-    _say(f"Container {number} created from {cfg.ostemplate} ({cfg.ve_layout} layout)", _quiet())
+    ids = "privileged" if cfg.userns is None else f"host ids from {cfg.userns[0]}"
+    _say(
+        f"Container {number} created from {cfg.ostemplate} ({cfg.ve_layout} layout, {ids})",
+        _quiet(),
+    )
 
 
 @main.command(context_settings=CONTEXT)
@@ -134,6 +145,7 @@ def status(ctid: str, as_json: bool) -> None:
                 "running": st.running,
                 "nproc": st.nproc,
                 "destroying": st.destroying,
+                "userns": st.config is not None and st.config.userns is not None,
             }
         )
     else:

@@ -31,6 +31,8 @@ def record(st: Status, host_root: str, private: str) -> dict[str, Any]:
         "private": private,
         "root": host_root,
         "mounted": st.mounted,
+        "userns": bool(cfg and cfg.userns),
+        "userns_base": cfg.userns[0] if cfg and cfg.userns else None,
     }
 
 

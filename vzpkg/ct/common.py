@@ -34,9 +34,10 @@ def cgroup_parent(host: HostConfig) -> str:
     CTIDs are unique per CONF_DIR only: a second configuration (a test host, say) gets a
     parent of its own, so that its VPS 101 never shares a cgroup with the host's VPS 101.
     """
-    if os.path.normpath(host.conf_dir) == hostvalues.DEFAULT_CONF_DIR:
+    where = os.path.realpath(host.conf_dir)  # one directory, however it is named
+    if where == os.path.realpath(hostvalues.DEFAULT_CONF_DIR):
         return CGROUP_PARENT
-    digest = hashlib.sha256(os.fsencode(os.path.normpath(host.conf_dir))).hexdigest()
+    digest = hashlib.sha256(os.fsencode(where)).hexdigest()
     return f"{CGROUP_PARENT}-{digest[:10]}"
 
 

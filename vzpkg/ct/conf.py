@@ -50,6 +50,8 @@ FIELD_OF_KEY: Mapping[str, str] = {
     "SEARCHDOMAIN": "searchdomain",
     "ONBOOT": "onboot",
     "STOP_TIMEOUT": "stop_timeout",
+    "LOCAL_UID": "local_uid",
+    "LOCAL_GID": "local_gid",
 }
 _LIST_FIELDS = frozenset({"ip_address", "nameserver", "searchdomain"})
 # Keys of CTID.conf that neither vzpkg nor any OpenVZ version knows are refused (a typo would go
@@ -86,12 +88,23 @@ class CtConfig:
     onboot: bool | None = None
     stop_timeout: int | None = None  # seconds; None: the host's STOP_TIMEOUT
     origin_sample: str | None = None
+    # OpenVZ's keys for the first host uid/gid of the VPS's user namespace; 0: none (a
+    # privileged VPS, also what a VPS made before user namespaces is).
+    local_uid: int | None = None
+    local_gid: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # every other key, as written
 
     def __post_init__(self) -> None:
         problems = _problems_of(self)
         if problems:
             raise CtConfigError(problems)
+
+    @property
+    def userns(self) -> tuple[int, int] | None:
+        """The host uid and gid the VPS's ids 0..65535 map to; None: a privileged VPS."""
+        if not self.local_uid or not self.local_gid:
+            return None
+        return self.local_uid, self.local_gid
 
     def to_values(self) -> dict[str, str]:
         """The keys this configuration sets, as file values (known keys first)."""
@@ -124,6 +137,15 @@ def _problems_of(cfg: CtConfig) -> list[str]:
         problems.append(f"VE_LAYOUT: {cfg.ve_layout!r} is not one of {', '.join(LAYOUTS)}")
     if cfg.stop_timeout is not None and cfg.stop_timeout < 0:
         problems.append(f"STOP_TIMEOUT: {cfg.stop_timeout} is negative")
+    for key in ("LOCAL_UID", "LOCAL_GID"):
+        value = getattr(cfg, FIELD_OF_KEY[key])
+        if value is not None and not 0 <= value <= (1 << 32) - 65537:
+            problems.append(f"{key}: {value} is not a host id a 65536-id block can start at")
+    if (cfg.local_uid == 0) != (cfg.local_gid == 0) and None not in (
+        cfg.local_uid,
+        cfg.local_gid,
+    ):
+        problems.append("LOCAL_UID and LOCAL_GID: one is 0 (no user namespace), the other not")
     for key, value in (("VE_ROOT", cfg.ve_root), ("VE_PRIVATE", cfg.ve_private)):
         if value is not None and not value.startswith("/"):
             problems.append(f"{key}: {value!r} is not an absolute path")
@@ -253,6 +275,12 @@ def ct_config_from(values: Mapping[str, str], source: str) -> CtConfig:
                     known[name] = checks.whole_seconds(value, "STOP_TIMEOUT")
                 except VzError:
                     problems.append(f"{source}: STOP_TIMEOUT: {value!r} is not a whole number")
+        elif name in ("local_uid", "local_gid"):
+            text = value.strip()
+            if text.isascii() and text.isdigit() and len(text) <= 10:
+                known[name] = int(text)
+            elif text:
+                problems.append(f"{source}: {key}: {value!r} is not a host id")
         elif value:
             known[name] = value
     try:

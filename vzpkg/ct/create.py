@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vzpkg import lock
-from vzpkg.ct import conf, layout, places, trees
+from vzpkg.ct import conf, idmap, layout, places, trees
 from vzpkg.ct.common import (
     DEFAULT_LAYOUT,
     DEFAULT_SAMPLE,
@@ -51,9 +51,14 @@ def create(
     sample: str | None = None,
     private: str | None = None,
     root: str | None = None,
+    userns: bool | None = None,
 ) -> conf.CtConfig:
     """Make CT ``ctid`` from a cache: private area first, CTID.conf last. The values were
-    checked at the edge (vzpkg.checks); the places are checked here, against every other VPS."""
+    checked at the edge (vzpkg.checks); the places are checked here, against every other VPS.
+
+    ``userns``: whether the VPS gets a user namespace of its own (a block of host ids); None:
+    yes, unless the sample says ``LOCAL_UID="0"``. ``False`` makes a privileged VPS.
+    """
     # Only create reads metadata and caches: imported here, the other actions start faster.
     from vzpkg.cache.store import CacheStore
     from vzpkg.metadata.loader import load_catalog
@@ -92,7 +97,7 @@ def create(
             searchdomain=base.searchdomain or host.searchdomains,
             origin_sample=sample_name,
         )
-        private_dir, root_dir = check_new_places(host, ctid, cfg)
+        private_dir, root_dir, others = check_new_places(host, ctid, cfg)
         # Two creates naming the same place (each holding only its own CT's lock) must not
         # both take it: the places themselves are locked (in a fixed order) until the end.
         with contextlib.ExitStack() as held:
@@ -109,24 +114,40 @@ def create(
                         hint="another vzctl create is taking it; choose another place",
                     )
                 )
-            check_new_places(host, ctid, cfg)  # again, now that nobody else can take them
+            # Again, now that nobody else can take them.
+            _, _, others = check_new_places(host, ctid, cfg)
+            if userns is False or (userns is None and base.local_uid == 0):
+                cfg = replace(cfg, local_uid=0, local_gid=0)
+                log.warning(
+                    "CT %s is privileged (--userns no): root in it is root on the host's "
+                    "kernel; docs/security.md says what that allows",
+                    ctid,
+                )
+            else:
+                block = idmap.allocate(host, ctid, [o.userns_base for o in others if o.userns_base])
+                cfg = replace(cfg, local_uid=block, local_gid=block)
+                held.callback(idmap.release, host, ctid)
             # Even a kill -9 of this process leaves no half-made private area behind.
             me = os.getpid()  # the watcher's parent, which is gone by the time it undoes
             undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, me, seen)  # noqa: E731
             with Guardian(undo) as guard:
-                layout.create_private(host, ctid, chosen, cache.archive, cache.sha256, private_dir)
+                layout.create_private(
+                    host, ctid, chosen, cache.archive, cache.sha256, private_dir, cfg.userns
+                )
                 guard.mark(PRIVATE_MADE)
                 conf.write_ct_config(host, ctid, cfg, base_text=text)
         return cfg
 
 
-def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[Path, Path]:
+def check_new_places(
+    host: HostConfig, ctid: int, cfg: conf.CtConfig
+) -> tuple[Path, Path, list[places.Place]]:
     """The new CT's private area and root, refused (exit 21, nothing made) when either is a
-    host system directory or vzpkg's, overlaps another VPS's, or is in use already."""
+    host system directory or vzpkg's, overlaps another VPS's, or is in use already; and the
+    other VPSs' places."""
     private, root = checked_paths(host, ctid, cfg, ExitCode.INVALID_VALUE)
-    places.check_apart(
-        ctid, private, root, places.places_of_others(host, ctid), ExitCode.INVALID_VALUE
-    )
+    others = places.places_of_others(host, ctid)
+    places.check_apart(ctid, private, root, others, ExitCode.INVALID_VALUE)
     if layout.is_mounted(root):
         raise VzError(
             f"CT {ctid}: the root {root} is in use: something is mounted there; nothing was done",
@@ -149,7 +170,7 @@ def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[P
             ExitCode.INVALID_VALUE,
             hint="a VPS is mounted on an empty directory of its own (--root, VE_ROOT)",
         )
-    return private, root
+    return private, root, others
 
 
 def _undo_create(
@@ -191,7 +212,7 @@ def destroy(host: HostConfig, ctid: int) -> None:
             raise runs_without_state(host, ctid)
         if state is not None:
             runc.delete(ctid, force=True)
-        layout.umount_root(ctid, root_dir, private_dir)
+        layout.umount_root(ctid, root_dir, private_dir, staging=layout.staging_path(host, ctid))
         layout.destroy_private(host, ctid, private_dir, root=root_dir)
         _remove_mount_point(root_dir)
         shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)

@@ -191,23 +191,27 @@ def apply_guest_setup(
     settings: GuestSettings,
     init: InitKind,
     cache: RenderCache | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Write hostname, hosts, resolv.conf and the init's stop hook into the VPS's root
-    (rendered through ``cache`` when given)."""
+    (rendered through ``cache`` when given), owned by ``owner`` (the host ids of the VPS's
+    root, when it has a user namespace)."""
     render_text = cache.render if cache is not None else render
+
+    def write(rel: str, data: bytes) -> None:
+        fsutil.write_file_beneath(root, rel, data, owner=owner)
+
     if settings.hostname:
-        fsutil.write_file_beneath(root, "etc/hostname", f"{settings.hostname}\n".encode())
+        write("etc/hostname", f"{settings.hostname}\n".encode())
     short = settings.hostname.split(".")[0] if settings.hostname else None
-    fsutil.write_file_beneath(
-        root,
+    write(
         "etc/hosts",
         render_text(
             family, "hosts", hostname=settings.hostname, short=short, ips=list(settings.ips)
         ).encode(),
     )
     if settings.nameservers or settings.searchdomain:
-        fsutil.write_file_beneath(
-            root,
+        write(
             "etc/resolv.conf",
             render_text(
                 family,
@@ -230,7 +234,7 @@ def apply_guest_setup(
                 kept.append(line)
             text = "\n".join(kept) + "\n"
             if text != inittab:
-                fsutil.write_file_beneath(root, "etc/inittab", text.encode())
+                write("etc/inittab", text.encode())
 
 
 def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:

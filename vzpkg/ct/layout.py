@@ -31,7 +31,7 @@ import stat
 from pathlib import Path
 
 from vzpkg import run
-from vzpkg.ct import places, trees
+from vzpkg.ct import idmap, places, trees
 from vzpkg.ct.conf import LAYOUTS, ctid_valid, root_path
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import (
@@ -235,12 +235,16 @@ def create_private(
     cache_archive: Path,
     cache_sha256: str,
     private: Path,
+    userns: tuple[int, int] | None = None,
 ) -> None:
     """Make the private area of a new CT from a cache archive whose sha256 is known.
 
     plain unpacks (and so verifies) the whole archive. overlay reuses the tree of that sha256
-    when it exists, which makes it fast; the archive is read only to make the tree. The caller
-    holds the CT's lock.
+    when it exists, which makes it fast; the archive is read only to make the tree. ``userns``
+    (the host uid and gid of the VPS's root) makes the VPS's own files owned by its ids: plain
+    unpacks as root of its user namespace, overlay gives it an upper directory of its own
+    (the shared tree stays the host's, seen through an idmapped mount). The caller holds the
+    CT's lock.
     """
     number = ctid_valid(ctid)
     if layout not in LAYOUTS:
@@ -262,17 +266,24 @@ def create_private(
     except OSError as e:
         raise VzError(f"cannot prepare {tmp}: {e.strerror}", ExitCode.SYSTEM) from None
     if layout == "plain":
-        _create_plain(number, cache_archive, sha, private, tmp)
+        _create_plain(number, cache_archive, sha, private, tmp, userns)
     else:
-        _create_overlay(host, number, cache_archive, sha, private, tmp)
+        _create_overlay(host, number, cache_archive, sha, private, tmp, userns)
 
 
-def _create_plain(ctid: int, archive: Path, sha: str, private: Path, tmp: Path) -> None:
+def _create_plain(
+    ctid: int, archive: Path, sha: str, private: Path, tmp: Path, userns: tuple[int, int] | None
+) -> None:
     try:
         mkdir_mode(tmp, 0o700)  # unpacking gives it the mode of the archive's root
         from vzpkg.cache.archive import unpack_archive  # lazy: zstandard, tarfile
 
-        unpack_archive(archive, tmp, expected_sha256=sha)
+        if userns is None:
+            unpack_archive(archive, tmp, expected_sha256=sha)
+        else:
+            os.chown(tmp, *userns)  # the root of the VPS's user namespace unpacks into it
+            with idmap.userns_fd(*userns) as fd:
+                unpack_archive(archive, tmp, expected_sha256=sha, userns_fd=fd)
         places.stamp(tmp, ctid)  # after unpacking: the archive's own xattrs never count
         syncfs(tmp)
         os.rename(tmp, private)
@@ -290,11 +301,22 @@ def _create_failed(private: Path, error: OSError) -> VzError:
         hint = (
             f"the filesystem of {private.parent} is full: free space, or choose another VE_PRIVATE"
         )
-    return VzError(f"cannot create private area {private}: {error}", ExitCode.SYSTEM, hint)
+    where = f" ({error.filename})" if error.filename else ""
+    return VzError(
+        f"cannot create private area {private}: {error.strerror or error}{where}",
+        ExitCode.SYSTEM,
+        hint,
+    )
 
 
 def _create_overlay(
-    host: HostConfig, ctid: int, archive: Path, sha: str, private: Path, tmp: Path
+    host: HostConfig,
+    ctid: int,
+    archive: Path,
+    sha: str,
+    private: Path,
+    tmp: Path,
+    userns: tuple[int, int] | None,
 ) -> None:
     tree = trees.reference_tree(host, ctid, archive, sha, private)
     try:
@@ -303,7 +325,8 @@ def _create_overlay(
         top = (tree / "root").stat()
         upper = tmp / "upper"
         mkdir_mode(upper, stat.S_IMODE(top.st_mode))
-        os.chown(upper, top.st_uid, top.st_gid)
+        shift = userns or (0, 0)
+        os.chown(upper, top.st_uid + shift[0], top.st_gid + shift[1])
         mkdir_mode(tmp / "work", 0o700)
         write_durably(tmp, TREE_MARKER, sha + "\n", 0o644)
         places.stamp(tmp, ctid)
@@ -458,14 +481,37 @@ def check_own_mount(ctid: int, root: Path, private: Path, code: ExitCode) -> boo
     return True
 
 
+def staging_path(host: HostConfig, ctid: int) -> Path:
+    """Where an overlay VPS with a user namespace sees its template tree through an idmapped
+    mount (its overlay's lowerdir): ``RUN_DIR/lower/CTID``, mounted while the VPS is."""
+    return host.run_dir / "lower" / str(ctid)
+
+
+def release_staging(staging: Path) -> None:
+    """Unmount and remove a VPS's idmapped view of its tree (nothing to do if there is none)."""
+    for _ in range(16):
+        if not is_mounted(staging):
+            break
+        run.run(["umount", str(staging)], error_code=ExitCode.UMOUNT_FAILED)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        staging.rmdir()
+
+
 def mount_root(
-    host: HostConfig, ctid: str | int, private: Path, root: Path, *, layout: str | None = None
+    host: HostConfig,
+    ctid: str | int,
+    private: Path,
+    root: Path,
+    *,
+    layout: str | None = None,
+    userns: tuple[int, int] | None = None,
 ) -> None:
     """Mount the CT's root filesystem on ``root``; nothing to do if it is mounted there already.
 
     ``layout`` is the CT's VE_LAYOUT when set; it is checked against the private area. Refuses
     a ``root`` where something else is mounted, and a private area that is not provably this
-    CT's.
+    CT's. With ``userns`` an overlay's lower layer is the template tree seen through an
+    idmapped mount (``staging_path``): the host's files, owned by the VPS's root inside.
     """
     number = ctid_valid(ctid)
     private = _absolute(private, "private area")
@@ -481,6 +527,7 @@ def mount_root(
     layout, sha = _resolve_layout(host, number, private, layout)
     if not is_own_private(host, number, private):
         raise places.not_owned(number, private, "it was not mounted", ExitCode.MOUNT_FAILED)
+    staging = None
     if layout == "plain":
         argv = mount_argv("plain", private, root)
     else:
@@ -491,26 +538,55 @@ def mount_root(
             # lstat: a symlink here would be followed by mount(2) on the host.
             if not stat.S_ISDIR(path.lstat().st_mode):
                 raise VzError(f"{path} is not a directory", ExitCode.SYSTEM)
+        if userns is not None:
+            staging = staging_path(host, number)
+            lower = _idmapped_lower(lower, staging, userns)
         argv = mount_argv("overlay", "overlay", root, overlay_options(lower, upper, work))
-    _mount_point_ready(root)
-    run.check_tool("mount", "to mount VPS roots", package="mount")
-    hint = (
-        "the kernel log says why: dmesg | tail"
-        if layout == "plain"
-        else "the filesystem of VE_PRIVATE must support overlay upper layers (ext4, xfs, "
-        "btrfs, tmpfs); the kernel log says why: dmesg | tail"
-    )
-    run.run(argv, error_code=ExitCode.MOUNT_FAILED, error_hint=hint)
-    if not is_mounted(root):
-        raise VzError(f"mount reported success but {root} is not mounted", ExitCode.SYSTEM)
+    try:
+        _mount_point_ready(root)
+        run.check_tool("mount", "to mount VPS roots", package="mount")
+        hint = (
+            "the kernel log says why: dmesg | tail"
+            if layout == "plain"
+            else "the filesystem of VE_PRIVATE must support overlay upper layers (ext4, xfs, "
+            "btrfs, tmpfs); the kernel log says why: dmesg | tail"
+        )
+        run.run(argv, error_code=ExitCode.MOUNT_FAILED, error_hint=hint)
+        if not is_mounted(root):
+            raise VzError(f"mount reported success but {root} is not mounted", ExitCode.SYSTEM)
+    except BaseException:
+        if staging is not None:
+            release_staging(staging)
+        raise
 
 
-def umount_root(ctid: int, root: Path, private: Path) -> None:
-    """Unmount the CT's root; nothing to do if nothing is mounted there. Refuses (and unmounts
-    nothing) when what is mounted on ``root`` is not from this CT's ``private`` area."""
+def _idmapped_lower(tree: Path, staging: Path, userns: tuple[int, int]) -> Path:
+    release_staging(staging)  # what a crash left
+    try:
+        makedirs_mode(staging.parent, 0o700)
+        mkdir_mode(staging, 0o700)
+        with idmap.userns_fd(*userns) as fd:
+            idmap.idmapped_bind(tree, staging, fd)
+    except OSError as e:
+        release_staging(staging)
+        raise VzError(
+            f"cannot mount the template tree {tree} with the VPS's ids on {staging}: {e}",
+            ExitCode.MOUNT_FAILED,
+            hint="idmapped mounts need kernel 5.19+ and a filesystem that supports them "
+            "(ext4, xfs, btrfs, tmpfs) for TREES_DIR",
+        ) from None
+    return staging
+
+
+def umount_root(ctid: int, root: Path, private: Path, *, staging: Path | None = None) -> None:
+    """Unmount the CT's root (and its idmapped view of its tree, ``staging``); nothing to do if
+    nothing is mounted there. Refuses (and unmounts nothing) when what is mounted on ``root``
+    is not from this CT's ``private`` area."""
     root = _absolute(root, "VE_ROOT")
     for _ in range(16):  # mounts stacked on the root, innermost last
         if not check_own_mount(ctid, root, private, ExitCode.UMOUNT_FAILED):
+            if staging is not None:
+                release_staging(staging)
             return
         run.run(
             ["umount", str(root)],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, interrupts
-from vzpkg.ct import conf, layout, oci, places
+from vzpkg.ct import conf, idmap, layout, oci, places
 from vzpkg.ct.common import (
     HOST_TINI,
     bundle_dir,
@@ -33,9 +34,12 @@ from vzpkg.ct.common import (
 )
 from vzpkg.ct.engine import KILL_GRACE, write_bundle
 from vzpkg.ct.guest import InitKind, RenderCache, apply_guest_setup, detect_init, resolve_in_root
+from vzpkg.ct.layout import staging_path
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
 from vzpkg.hostconf import HostConfig
+
+log = logging.getLogger("vzpkg")
 
 
 def mount(host: HostConfig, ctid: int) -> None:
@@ -44,7 +48,9 @@ def mount(host: HostConfig, ctid: int) -> None:
             raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
         if layout.condition(private_dir) != "present":
             raise layout.missing_private(ctid, private_dir)
-        layout.mount_root(host, ctid, private_dir, root_dir, layout=cfg.ve_layout)
+        layout.mount_root(
+            host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns
+        )
 
 
 def umount(host: HostConfig, ctid: int) -> None:
@@ -57,7 +63,7 @@ def umount(host: HostConfig, ctid: int) -> None:
             runc.delete(ctid, force=True)  # an init that died by itself left this
         if not layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED):
             raise VzError(f"CT {ctid} is not mounted", ExitCode.NOT_MOUNTED)
-        layout.umount_root(ctid, root_dir, private_dir)
+        layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
 
 
 def start(host: HostConfig, ctid: int) -> InitKind:
@@ -69,11 +75,15 @@ def start(host: HostConfig, ctid: int) -> InitKind:
             raise runs_without_state(host, ctid)
         if layout.condition(private_dir) != "present":
             raise layout.missing_private(ctid, private_dir)
+        if cfg.userns is not None:
+            places.check_traversable(ctid, root_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             return _start_mounted(host, ctid, cfg, root_dir)
         # A start that does not get to run init unmounts again, even after kill -9.
         with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
-            layout.mount_root(host, ctid, private_dir, root_dir, layout=cfg.ve_layout)
+            layout.mount_root(
+                host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns
+            )
             return _start_mounted(host, ctid, cfg, root_dir)
 
 
@@ -84,10 +94,18 @@ def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
         runc.delete(ctid, force=True)  # created but init never ran, or died
         state = None
     if state is None:
-        layout.umount_root(ctid, root, private)
+        layout.umount_root(ctid, root, private, staging=staging_path(host, ctid))
 
 
 def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Path) -> InitKind:
+    if cfg.userns is None:
+        made = "with --userns no" if cfg.local_uid == 0 else "before VPSs had user namespaces"
+        log.warning(
+            "CT %s is privileged (made %s): root in it is root on the host's kernel; "
+            "docs/security.md says what that allows",
+            ctid,
+            made,
+        )
     init = detect_init(root_dir)
     if init.kind == "tini" and resolve_in_root(root_dir, "/bin/sh") is None:
         raise VzError(f"CT {ctid} has neither /sbin/init nor /bin/sh", ExitCode.BAD_CT)
@@ -96,6 +114,7 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
     rendered = RenderCache(render_cache_path(host, ctid))
     write_guest_setup(ctid, root_dir, cfg, init, rendered)
     rendered.save()
+    ids = cfg.userns
     spec = oci.BundleSpec(
         ctid=str(ctid),
         root=root_dir,
@@ -103,6 +122,8 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
         init_argv=first_start_wrapper(root_dir, init.argv),
         binds=(oci.tini_bind(HOST_TINI),) if init.kind == "tini" else (),
         cgroup_parent=cgroup_parent(host),
+        uid_mappings=() if ids is None else (oci.IdMapping(0, ids[0], idmap.BLOCK),),
+        gid_mappings=() if ids is None else (oci.IdMapping(0, ids[1], idmap.BLOCK),),
         host=oci.probe_host(),
     )
     write_bundle(bundle, oci.build_config(spec))
@@ -118,7 +139,9 @@ def write_guest_setup(
     """The guest's hostname, hosts, resolv.conf and init hooks, written into its root; a root
     where that cannot be done safely (a symlinked /etc, a full disk) is refused by name."""
     try:
-        apply_guest_setup(root, family_of(root), guest_settings(cfg), init, rendered)
+        apply_guest_setup(
+            root, family_of(root), guest_settings(cfg), init, rendered, owner=cfg.userns
+        )
     except OSError as e:
         where = e.filename or str(root)
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -160,7 +183,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
             # Not running: tidy up a mount of its own; whatever else is mounted there is left.
             entry = places.top_mount(root_dir)
             if entry is not None and places.is_own_mount(root_dir, private_dir, entry):
-                layout.umount_root(ctid, root_dir, private_dir)
+                layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
             if killed:
                 return "killed"
             raise VzError(f"CT {ctid} is not running", ExitCode.NOT_RUNNING)
@@ -176,7 +199,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         how = runc.stop(ctid, stop_signal, wait)
         # The VPS is gone: what is left is ours to tidy, whatever arrives meanwhile.
         with interrupts.deferred():
-            layout.umount_root(ctid, root_dir, private_dir)
+            layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
             shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
             if not runc.known_ids():
                 cgroups.remove_empty_parent(cgroup_parent(host))

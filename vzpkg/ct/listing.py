@@ -36,6 +36,8 @@ FIELDS: Mapping[str, Field] = {
         Field("private", "PRIVATE", 24, False, lambda r: _dash(r.get("private"))),
         Field("root", "ROOT", 24, False, lambda r: _dash(r.get("root"))),
         Field("mounted", "MOUNTED", 7, False, lambda r: "yes" if r.get("mounted") else "no"),
+        Field("userns", "USERNS", 6, False, lambda r: "yes" if r.get("userns") else "no"),
+        Field("userns_base", "USERNS_BASE", 11, True, lambda r: _dash(r.get("userns_base"))),
     )
 }
 ALIASES = {"veid": "ctid", "vpsid": "ctid", "ip_addr": "ip"}

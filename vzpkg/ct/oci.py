@@ -122,6 +122,8 @@ _SECCOMP_DENIED = (
     "delete_module",
 )
 _MNT_FORCE = 1
+_MS_REMOUNT, _MS_BIND = 32, 4096
+_S_IFMT, _S_IFBLK = 0o170000, 0o060000
 _SECCOMP_ARCHES = ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32")
 
 _CTID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]*$")
@@ -310,11 +312,32 @@ def _device_rules() -> list[dict[str, Any]]:
     return rules
 
 
-def _seccomp() -> dict[str, Any]:
+def _masked_eq(index: int, mask: int, value: int) -> dict[str, Any]:
+    return {"index": index, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}
+
+
+def _privileged_rules() -> list[dict[str, Any]]:
+    """What a VPS without a user namespace is denied besides (it holds CAP_SYS_ADMIN and
+    CAP_MKNOD over the host's objects): remounting a superblock (a plain VPS's ``mount -o
+    remount,ro /`` would make the host's filesystem read-only, and sysvinit's halt does it),
+    reconfiguring one through the new mount API, and making block device nodes."""
+    eperm = {"action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    return [
+        # mount(source, target, type, flags, data): MS_REMOUNT without MS_BIND changes the
+        # superblock; with MS_BIND only this mount's flags (allowed).
+        {"names": ["mount"], **eperm, "args": [_masked_eq(3, _MS_REMOUNT | _MS_BIND, _MS_REMOUNT)]},
+        {"names": ["fspick"], **eperm},
+        {"names": ["mknod"], **eperm, "args": [_masked_eq(1, _S_IFMT, _S_IFBLK)]},
+        {"names": ["mknodat"], **eperm, "args": [_masked_eq(2, _S_IFMT, _S_IFBLK)]},
+    ]
+
+
+def _seccomp(privileged: bool = False) -> dict[str, Any]:
     return {
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": list(_SECCOMP_ARCHES),
         "syscalls": [
+            *(_privileged_rules() if privileged else []),
             {"names": list(_SECCOMP_DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
             {
                 # LXC's reject_force_umount: umount2(..., MNT_FORCE) fails with EACCES.
@@ -370,7 +393,7 @@ def build_config(spec: BundleSpec) -> dict[str, Any]:
         ],
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
-        "seccomp": _seccomp(),
+        "seccomp": _seccomp(privileged=not spec.uses_user_namespace),
         # Host mounts below the root still reach the VPS; the VPS's own never reach the host.
         "rootfsPropagation": "rslave",
     }

@@ -74,11 +74,13 @@ SYSTEM_DIRS = (
 
 @dataclass(frozen=True)
 class Place:
-    """The private area and root mount point of one VPS (as configured, normalised)."""
+    """The private area and root mount point of one VPS (as configured, normalised), and the
+    first host uid of its user namespace (None: it has none)."""
 
     ctid: int
     private: Path
     root: Path
+    userns_base: int | None = None
 
 
 def real(path: Path) -> str:
@@ -180,8 +182,12 @@ def places_of_others(host: HostConfig, ctid: int) -> list[Place]:
         place: Place | None
         try:
             cfg = conf.read_ct_config(host, other)
+            ids = cfg.userns
             place = Place(
-                other, conf.private_path(host, other, cfg), conf.root_path(host, other, cfg)
+                other,
+                conf.private_path(host, other, cfg),
+                conf.root_path(host, other, cfg),
+                None if ids is None else ids[0],
             )
         except VzError:
             place = _place_of_broken(host, other)
@@ -198,7 +204,16 @@ def _place_of_broken(host: HostConfig, ctid: int) -> Place | None:
         text = conf.conf_path(host, ctid).read_bytes().decode(errors="replace")
     except OSError:
         return None
-    values, _ = parse_values(text, "")  # the lines that do parse
+    values, problems = parse_values(text, "")  # the lines that do parse
+    unknown = [p for p in problems if "VE_PRIVATE" in p or "VE_ROOT" in p or "expected KEY" in p]
+    if unknown:
+        conf_file = conf.conf_path(host, ctid)
+        raise VzError(
+            f"CT {ctid}'s config {conf_file} cannot be read, so where its private area and root "
+            "are is unknown; nothing that could overlap them is done",
+            ExitCode.CONFIG,
+            hint=f"correct {conf_file} first (vzctl status {ctid} says what is wrong)",
+        )
     found = []
     for key, default in (("VE_PRIVATE", host.ve_private), ("VE_ROOT", host.ve_root)):
         path = conf.expand(values.get(key) or default, ctid)
@@ -206,7 +221,8 @@ def _place_of_broken(host: HostConfig, ctid: int) -> Place | None:
             return None
         found.append(Path(os.path.normpath(path)))
     log.debug("CT %s: config unreadable; its places read leniently: %s", ctid, found)
-    return Place(ctid, found[0], found[1])
+    base = values.get("LOCAL_UID", "")
+    return Place(ctid, found[0], found[1], int(base) if base.isdigit() and base != "0" else None)
 
 
 # --- ownership --------------------------------------------------------------------------------
@@ -251,6 +267,24 @@ def not_owned(ctid: int, path: Path, what: str, code: ExitCode) -> VzError:
             " (setfattr is in Debian's attr package)"
         )
     return VzError(f"CT {ctid}: {path} is not provably its private area: {why}; {what}", code, hint)
+
+
+def check_traversable(ctid: int, root: Path, code: ExitCode) -> None:
+    """runc mounts a VPS's root from inside the VPS's user namespace: every directory above
+    ``root`` must let others through (x for others), or the start fails with a bare EACCES."""
+    for directory in Path(real(root)).parents:
+        try:
+            mode = directory.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o001:
+            raise VzError(
+                f"CT {ctid}: {directory} (above its root {root}) cannot be passed through by "
+                f"the VPS's own ids (mode {mode & 0o7777:04o}), which runc mounts its root as",
+                code,
+                hint=f"let others pass (not read): chmod o+x {directory}; or choose a VE_ROOT "
+                "whose directories allow it",
+            )
 
 
 def destroying_path(private: Path) -> Path:

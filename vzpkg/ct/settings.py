@@ -47,11 +47,13 @@ class SetRequest:
         """This request with every value checked and canonical (VzError, exit 21, naming the
         option, for the first bad one)."""
         for entry in self.userpasswd:
-            user, sep, _ = entry.partition(":")
+            user, sep, password = entry.partition(":")
             if "\n" in entry or "\0" in entry:
                 raise checks.bad("--userpasswd", user, "has a newline or NUL byte in it")
             if not sep or not user:
                 raise checks.bad("--userpasswd", entry, "is not USER:PASSWORD")
+            if not password:
+                raise checks.bad("--userpasswd", user, "has an empty password")
         return replace(
             self,
             hostname=None if self.hostname is None else checks.hostname(self.hostname),
@@ -69,6 +71,13 @@ class SetRequest:
 def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) -> list[str]:
     """Apply ``request`` to the running VPS and, with ``save``, to CTID.conf. Returns notes."""
     request = request.checked()
+    if not request.changes_config() and not request.userpasswd:
+        raise VzError(
+            "nothing to set",
+            ExitCode.INVALID_ARGUMENT,
+            hint="vzctl set CTID --hostname H | --ipadd A | --ipdel A | --nameserver N | "
+            "--searchdomain D | --userpasswd U:P | --onboot yes|no [--save]",
+        )
     notes = []
     with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
         ips = merged_addresses(cfg.ip_address, request.ipadd, request.ipdel)

@@ -1,0 +1,228 @@
+"""User namespaces: each VPS's block of host ids, and the kernel objects that map onto it.
+
+Every VPS made with a user namespace owns a block of ``BLOCK`` (65536) host uids and gids,
+starting at its ``LOCAL_UID``/``LOCAL_GID`` (OpenVZ's keys for the base of a container's
+mapping; ``0`` means no user namespace, a privileged VPS). Blocks come from a pool (host keys
+``USERNS_POOL_BASE`` and ``USERNS_POOL_SIZE``) that is reserved for root in /etc/subuid and
+/etc/subgid, so that useradd gives no user ids from it. A block is chosen under the lock
+``userns-pool``: the first block no other VPS has (in its CTID.conf, or reserved by a create in
+progress), that no other owner's subuid/subgid range overlaps and that holds no id of the
+host's passwd or group file.
+
+The kernel side: ``userns_fd`` makes a user namespace with a block's mapping (held by an fd);
+``idmapped_bind`` mounts a directory through it (the shared template tree, seen as owned by the
+VPS's root, one copy on disk); ``enter_userns`` runs a program as root of it (the unpacking of a
+plain private area, whose files the kernel then owns by the block).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg import fsutil, interrupts, lock, syscalls
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig
+
+BLOCK = 65536
+SUBUID, SUBGID = Path("/etc/subuid"), Path("/etc/subgid")
+POOL_OWNER = "root"  # whose subordinate ids the pool is (as LXC and Incus reserve theirs)
+_RESERVATIONS = "userns"  # LOCKDIR/userns/<CTID>: the block of a create in progress
+
+
+@dataclass(frozen=True)
+class Range:
+    owner: str
+    start: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+    def overlaps(self, start: int, count: int) -> bool:
+        return self.start < start + count and start < self.end
+
+
+def parse_subid(text: str) -> list[Range]:
+    """The ``owner:start:count`` lines of /etc/subuid or /etc/subgid (others are skipped)."""
+    ranges = []
+    for line in text.splitlines():
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            ranges.append(Range(parts[0], int(parts[1]), int(parts[2])))
+    return ranges
+
+
+def _read_subid(path: Path) -> list[Range]:
+    try:
+        return parse_subid(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        return []
+
+
+def _is_pool(r: Range, host: HostConfig) -> bool:
+    return (r.owner, r.start, r.count) == (
+        POOL_OWNER,
+        host.userns_pool_base,
+        host.userns_pool_size,
+    )
+
+
+def reserve_pool(host: HostConfig, files: Sequence[Path] = (SUBUID, SUBGID)) -> None:
+    """Make sure /etc/subuid and /etc/subgid reserve the pool for root; refuse a pool that
+    overlaps another entry of theirs. Called under the pool lock."""
+    for path in files:
+        ranges = _read_subid(path)
+        if any(_is_pool(r, host) for r in ranges):
+            continue
+        clash = [r for r in ranges if r.overlaps(host.userns_pool_base, host.userns_pool_size)]
+        if clash:
+            raise VzError(
+                f"the user namespace pool {host.userns_pool_base}-"
+                f"{host.userns_pool_base + host.userns_pool_size - 1} overlaps {path}'s entry "
+                f"{clash[0].owner}:{clash[0].start}:{clash[0].count}",
+                ExitCode.CONFIG,
+                hint="choose USERNS_POOL_BASE and USERNS_POOL_SIZE clear of it",
+            )
+        try:
+            old = path.read_text() if path.exists() else ""
+        except OSError as e:
+            raise VzError(f"cannot read {path}: {e.strerror}", ExitCode.SYSTEM) from None
+        line = f"{POOL_OWNER}:{host.userns_pool_base}:{host.userns_pool_size}\n"
+        text = old + ("" if not old or old.endswith("\n") else "\n") + line
+        try:
+            fsutil.atomic_write(path, text.encode(), 0o644)
+        except OSError as e:
+            raise VzError(f"cannot write {path}: {e.strerror}", ExitCode.SYSTEM) from None
+
+
+def _host_ids() -> set[int]:
+    """uids and gids of the host's passwd and group databases."""
+    ids = {p.pw_uid for p in pwd.getpwall()}
+    ids.update(g.gr_gid for g in grp.getgrall())
+    return ids
+
+
+def _reservation_dir(host: HostConfig) -> Path:
+    return host.lock_dir / _RESERVATIONS
+
+
+def _reserved_by_creates(host: HostConfig, ctid: int) -> set[int]:
+    """Blocks of creates in progress (their CT lock held); stale reservations are dropped."""
+    blocks = set()
+    directory = _reservation_dir(host)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            if not name.isdigit() or int(name) == ctid:
+                continue
+            if lock.is_locked(host.lock_dir, f"ct-{name}"):
+                text = fsutil.read_small(directory / name)
+                if text is not None and text.isdigit():
+                    blocks.add(int(text))
+            else:
+                with contextlib.suppress(OSError):
+                    (directory / name).unlink()
+    return blocks
+
+
+def allocate(host: HostConfig, ctid: int, taken: Sequence[int]) -> int:
+    """A free block for CT ``ctid`` (its base host id), reserved until ``release`` or until
+    the create (which holds the CT's lock) ends. ``taken``: the bases other VPSs' configs
+    name."""
+    with lock.locked(host.lock_dir, "userns-pool", timeout=30, what="the user namespace pool"):
+        reserve_pool(host)
+        busy = set(taken) | _reserved_by_creates(host, ctid)
+        foreign = [
+            r for path in (SUBUID, SUBGID) for r in _read_subid(path) if not _is_pool(r, host)
+        ]
+        host_ids = _host_ids()
+        base = host.userns_pool_base
+        while base + BLOCK <= host.userns_pool_base + host.userns_pool_size:
+            if (
+                base not in busy
+                and not any(r.overlaps(base, BLOCK) for r in foreign)
+                and not any(base <= i < base + BLOCK for i in host_ids)
+            ):
+                directory = _reservation_dir(host)
+                directory.mkdir(mode=0o700, exist_ok=True)
+                fsutil.write_durably(directory, str(ctid), f"{base}\n", 0o600)
+                return base
+            base += BLOCK
+    raise VzError(
+        f"the user namespace pool is full ({host.userns_pool_size // BLOCK} VPSs)",
+        ExitCode.CONFIG,
+        hint="raise USERNS_POOL_SIZE, or destroy VPSs you no longer need",
+    )
+
+
+def release(host: HostConfig, ctid: int) -> None:
+    """Drop CT ``ctid``'s reservation (its CTID.conf records the block from now on)."""
+    with contextlib.suppress(FileNotFoundError):
+        (_reservation_dir(host) / str(ctid)).unlink()
+
+
+# --- the kernel side ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def userns_fd(uid: int, gid: int, count: int = BLOCK) -> Iterator[int]:
+    """An fd of a new user namespace whose uids 0..count-1 are host uids uid..uid+count-1
+    (and gids likewise from ``gid``). The namespace lives as long as the fd."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    with interrupts.held_back():  # the child never acts on them: it only waits, then exits
+        pid = os.fork()
+    if pid == 0:  # the child only makes the namespace; we map it and keep an fd of it
+        code = 0
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            os.write(ready_w, b"x")
+            os.read(done_r, 1)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    fd = -1
+    try:
+        if os.read(ready_r, 1) != b"x":
+            raise VzError("could not make a user namespace", ExitCode.SYSTEM)
+        for name, base in (("uid_map", uid), ("gid_map", gid)):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"0 {base} {count}\n")
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)  # the child exits
+        os.waitpid(pid, 0)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def idmapped_bind(source: Path, target: Path, fd: int) -> None:
+    """Mount ``source`` read-only on ``target`` with its ids seen through user namespace
+    ``fd`` (host id base+n shows as n... and the other way round: a file of host uid 0 is
+    seen by the VPS as its own root's)."""
+    mount_fd = syscalls.open_tree(source, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC)
+    try:
+        attr = syscalls.MountAttr(
+            # Not nosuid: the tree's setuid binaries (su, passwd) must keep working inside.
+            attr_set=syscalls.MOUNT_ATTR_IDMAP
+            | syscalls.MOUNT_ATTR_RDONLY
+            | syscalls.MOUNT_ATTR_NODEV,
+            userns_fd=fd,
+        )
+        syscalls.mount_setattr(mount_fd, attr)
+        syscalls.move_mount(mount_fd, target)
+    finally:
+        os.close(mount_fd)
