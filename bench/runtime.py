@@ -881,6 +881,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="vzpkg-bench-rt-"))
     base.chmod(0o755)
     shm = Path(tempfile.mkdtemp(prefix="vzpkg-bench-rt-", dir="/dev/shm"))
+    shm.chmod(0o755)  # VPS roots below it are mounted as the VPSs' own ids
     vzpkg: Vzpkg | None = None
     raw: RawRunc | None = None
     lxc: Lxc | None = None

@@ -115,6 +115,7 @@ def whole_seconds(value: str, what: str) -> int:
 
 
 LAYOUTS = ("plain", "overlay")
+DEFAULT_LAYOUT = "overlay"  # of new VPSs, unless VE_LAYOUT or --layout says otherwise
 # OpenVZ's layouts: simfs is a plain directory tree; ploop images do not exist here.
 _LAYOUT_ALIASES = {"simfs": "plain"}
 

@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason="integration tests need root (CI runs them as root)")
         for item in items:
-            if "integration" in str(item.fspath):
+            if "integration" in str(item.fspath) or "security" in str(item.fspath):
                 item.add_marker(skip)
 
 

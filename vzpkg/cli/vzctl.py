@@ -9,7 +9,6 @@ import click
 from vzpkg import checks
 from vzpkg.cli import vzctl_actions as actions
 from vzpkg.cli.common import debug_option, edge, json_option, print_json, setup
-from vzpkg.ct.common import DEFAULT_LAYOUT
 from vzpkg.ct.ids import parse_ctid
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
@@ -48,7 +47,9 @@ def _quiet() -> bool:
 @main.command(context_settings=CONTEXT)
 @click.argument("ctid")
 @click.option("--ostemplate", help="Template name (vzosname forms accepted).")
-@click.option("--layout", help=f"Private area layout: plain or overlay (default {DEFAULT_LAYOUT}).")
+@click.option(
+    "--layout", help=f"Private area layout: plain or overlay (default {checks.DEFAULT_LAYOUT})."
+)
 @click.option("--hostname")
 @click.option("--ipadd", multiple=True, help="IP address (repeatable).")
 @click.option("--config", "sample", help="Sample config ve-NAME.conf-sample to start from.")

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from vzpkg import cgroups, hostvalues, lock
+from vzpkg import cgroups, checks, hostvalues, lock
 from vzpkg.ct import conf, layout, places
 from vzpkg.ct.engine import Runc
 from vzpkg.ct.guest import GuestSettings, host_nameservers, host_searchdomains, resolve_in_root
@@ -17,7 +17,7 @@ from vzpkg.ct.runcargv import state_root
 from vzpkg.errors import ExitCode
 from vzpkg.hostconf import HostConfig
 
-DEFAULT_LAYOUT = "overlay"
+DEFAULT_LAYOUT = checks.DEFAULT_LAYOUT
 DEFAULT_SAMPLE = "basic"
 HOST_TINI = Path("/usr/bin/tini-static")
 CGROUP_PARENT = "vzpkg"

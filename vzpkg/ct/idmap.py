@@ -74,10 +74,10 @@ def _is_pool(r: Range, host: HostConfig) -> bool:
     )
 
 
-def reserve_pool(host: HostConfig, files: Sequence[Path] = (SUBUID, SUBGID)) -> None:
+def reserve_pool(host: HostConfig, files: Sequence[Path] | None = None) -> None:
     """Make sure /etc/subuid and /etc/subgid reserve the pool for root; refuse a pool that
     overlaps another entry of theirs. Called under the pool lock."""
-    for path in files:
+    for path in (SUBUID, SUBGID) if files is None else files:
         ranges = _read_subid(path)
         if any(_is_pool(r, host) for r in ranges):
             continue

@@ -1,0 +1,189 @@
+"""Attacks tried for real from inside a VPS, as its root (issue 9): each must be refused, and
+where an escape would leave a trace, a marker on the host (or in another VPS) must not appear.
+
+The VPSs here are made the default way: with a user namespace of their own. The privileged
+mode (--userns no) is tried for what it still closes (docs/security.md says what it does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import VzHost
+
+pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
+
+MINIMAL = "debian-12-x86_64-minimal"
+_next = iter(range(int(time.time()) % 1000 * 7 + 20000, 10**6))
+
+
+@pytest.fixture(scope="module")
+def host(vzhost: VzHost) -> VzHost:
+    result = vzhost.build(MINIMAL)
+    assert result["returncode"] == 0, result["stderr"]
+    return vzhost
+
+
+@pytest.fixture(scope="module")
+def vps(host: VzHost) -> Iterator[str]:
+    """One running VPS with a user namespace, shared by the attacks of this module."""
+    ctid = str(next(_next))
+    assert host.run("vzctl", "create", ctid, "--ostemplate", MINIMAL).returncode == 0
+    assert host.run("vzctl", "start", ctid).returncode == 0
+    yield ctid
+    host.run("vzctl", "stop", "--fast", ctid)
+    host.run("vzctl", "destroy", ctid)
+
+
+def inside(host: VzHost, ctid: str, script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` as the VPS's root, through its own /bin/sh."""
+    return host.run("vzctl", "exec2", ctid, script, timeout=60)
+
+
+def refused(host: VzHost, ctid: str, script: str) -> str:
+    proc = inside(host, ctid, script)
+    assert proc.returncode != 0, f"{script!r} succeeded:\n{proc.stdout}{proc.stderr}"
+    return proc.stderr
+
+
+def host_disk() -> tuple[int, int]:
+    """major:minor of the block device the host's / is on."""
+    dev = os.stat("/").st_dev
+    return os.major(dev), os.minor(dev)
+
+
+def test_root_in_the_vps_is_not_root_on_the_host(host: VzHost, vps: str) -> None:
+    assert inside(host, vps, "id -u").stdout.strip() == "0"
+    uid_map = inside(host, vps, "cat /proc/self/uid_map").stdout.split()
+    assert uid_map[0] == "0" and int(uid_map[1]) >= 65536 and uid_map[2] == "65536"
+    conf = (host.base / "conf" / f"{vps}.conf").read_text()
+    assert f'LOCAL_UID="{uid_map[1]}"' in conf
+
+
+def test_block_devices(host: VzHost, vps: str) -> None:
+    major, minor = host_disk()
+    refused(host, vps, f"mknod /tmp/disk b {major} {minor}")
+    refused(host, vps, "mkdir -p /mnt/h && mount /dev/vda /mnt/h")
+    for node in ("/dev/mem", "/dev/kmsg"):
+        refused(host, vps, f"mknod /tmp/x c 1 {1 if node == '/dev/mem' else 11} && head -c1 /tmp/x")
+
+
+def test_cgroups_cannot_be_taken(host: VzHost, vps: str) -> None:
+    """The VPS may mount its own view of a cgroup hierarchy (its cgroup namespace), but not
+    write a file of it: no devices granted, no limit raised, no freezing."""
+    for controller, write in (
+        ("devices", "echo a > devices.allow"),
+        ("pids", "echo max > pids.max"),
+        ("freezer", "echo FROZEN > freezer.state"),
+        ("memory", "echo -1 > memory.limit_in_bytes"),
+    ):
+        refused(
+            host,
+            vps,
+            f"mkdir -p /tmp/cg-{controller} && mount -t cgroup -o {controller} cgroup "
+            f"/tmp/cg-{controller}; cd /tmp/cg-{controller} && {write}",
+        )
+    refused(host, vps, "mkdir -p /tmp/ra && mount -t cgroup -o pids,release_agent=/x c /tmp/ra")
+    refused(host, vps, "echo a > /sys/fs/cgroup/devices/devices.allow")
+    refused(host, vps, "mount -o remount,rw /sys/fs/cgroup")
+
+
+def test_host_settings_stay_the_hosts(host: VzHost, vps: str) -> None:
+    before = Path("/proc/sys/kernel/core_pattern").read_text()
+    evil = "'|/tmp/evil'"
+    for script in (
+        f"echo {evil} > /proc/sys/kernel/core_pattern",
+        f"mount -o remount,rw /proc/sys && echo {evil} > /proc/sys/kernel/core_pattern",
+        f"mkdir -p /tmp/p && mount -t proc proc /tmp/p && echo {evil} > "
+        "/tmp/p/sys/kernel/core_pattern",
+        "mount -o remount,rw /sys && echo 1 > /sys/kernel/mm/ksm/run",
+        "mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s && echo 1 > /tmp/s/kernel/mm/ksm/run",
+    ):
+        refused(host, vps, script)
+    assert Path("/proc/sys/kernel/core_pattern").read_text() == before
+
+
+def test_masked_paths_stay_masked(host: VzHost, vps: str) -> None:
+    inside(host, vps, "umount /proc/kcore; umount /proc/keys")
+    refused(host, vps, "head -c1 /proc/kcore")
+
+
+def test_no_binfmt_misc_handler_for_the_host_no_modules(
+    host: VzHost, vps: str, tmp_path: Path
+) -> None:
+    """A handler the VPS registers (in a binfmt_misc of its own, where the kernel has
+    sandboxed ones) never runs when the host runs a matching file."""
+    marker = Path(f"/tmp/vzpkg-attack-binfmt-{vps}")
+    inside(
+        host,
+        vps,
+        f"printf '#!/bin/sh\\ntouch {marker}\\n' > /tmp/evil.sh && chmod 755 /tmp/evil.sh && "
+        "mkdir -p /tmp/b && mount -t binfmt_misc binfmt_misc /tmp/b && "
+        "echo ':vzx:E::vzx::/tmp/evil.sh:F' > /tmp/b/register",
+    )
+    probe = tmp_path / "probe.vzx"
+    probe.write_text("")
+    probe.chmod(0o755)
+    with contextlib.suppress(OSError):  # ENOEXEC: the host knows no handler for it
+        subprocess.run([str(probe)], check=False, capture_output=True)
+    try:
+        assert not marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)
+    refused(host, vps, "echo > /tmp/m.ko && insmod /tmp/m.ko")
+
+
+def test_the_shared_tree_cannot_be_changed(host: VzHost, vps: str) -> None:
+    """A write to a template file lands in the VPS's own upper directory: the host's tree and
+    another VPS of the same cache still see the original."""
+    other = str(next(_next))
+    assert host.run("vzctl", "create", other, "--ostemplate", MINIMAL).returncode == 0
+    try:
+        assert host.run("vzctl", "start", other).returncode == 0
+        original = inside(host, other, "cat /etc/debian_version").stdout
+        assert inside(host, vps, "echo tampered > /etc/debian_version").returncode == 0
+        assert inside(host, other, "cat /etc/debian_version").stdout == original
+        trees = list((host.base / "trees").glob("*/root/etc/debian_version"))
+        assert trees and all(t.read_text() == original for t in trees)
+        refused(host, vps, "mount -o remount,rw / 2>&1 && touch /remount-worked")
+        # Files of one VPS are another's only through the host: their owners differ there.
+        inside(host, vps, "echo secret > /root/secret && chmod 600 /root/secret")
+        secret = host.base / "private" / vps / "upper" / "root" / "secret"
+        other_root = host.base / "private" / other / "upper"
+        assert secret.stat().st_uid != other_root.stat().st_uid
+        assert secret.stat().st_uid >= 65536
+    finally:
+        host.run("vzctl", "stop", "--fast", other)
+        host.run("vzctl", "destroy", other)
+
+
+def test_setuid_files_made_inside_are_owned_by_the_vps_range(host: VzHost, vps: str) -> None:
+    assert inside(host, vps, "cp /bin/true /root/suid && chmod 4755 /root/suid").returncode == 0
+    made = host.base / "private" / vps / "upper" / "root" / "suid"
+    st = made.stat()
+    assert st.st_mode & 0o4000 and st.st_uid >= 65536  # setuid, but to the VPS's root only
+
+
+def test_privileged_mode_closes_what_it_can(host: VzHost) -> None:
+    ctid = str(next(_next))
+    made = host.run(
+        "vzctl", "create", ctid, "--ostemplate", MINIMAL, "--layout", "plain", "--userns", "no"
+    )
+    assert made.returncode == 0 and "privileged" in made.stderr
+    try:
+        assert host.run("vzctl", "start", ctid).returncode == 0
+        major, minor = host_disk()
+        refused(host, ctid, f"mknod /tmp/disk b {major} {minor}")
+        refused(host, ctid, "mount -o remount,ro /")
+        assert inside(host, ctid, "touch /still-writable").returncode == 0
+        assert "no" in host.run("vzlist", "-o", "userns", "-H", ctid).stdout
+    finally:
+        host.run("vzctl", "stop", "--fast", ctid)
+        host.run("vzctl", "destroy", ctid)
