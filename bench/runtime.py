@@ -243,6 +243,9 @@ class Vzpkg:
             "CONF_DIR": base / "conf",
             "TREES_DIR": base / "trees",
             "RUN_DIR": self.run_dir,
+            # User namespace blocks of its own, apart from the host's VPSs' and the tests'.
+            "USERNS_POOL_BASE": (1 << 30) + (1 << 29) + (1 << 28) + (1 << 24),
+            "USERNS_POOL_SIZE": 1 << 22,
         }
         self.conf.write_text("".join(f'{key}="{value}"\n' for key, value in values.items()))
         self.env = {**python_env(base), "VZPKG_CONF": str(self.conf)}

@@ -88,11 +88,18 @@ class VzHost:
         return found
 
 
+TEST_POOL_BASE = (1 << 30) + (1 << 29) + (1 << 28)
+TEST_POOL_SIZE = 1 << 24  # 256 VPSs
+
+
 def runtime_conf(base: Path) -> str:
     """Runtime paths of a test host: everything below ``base``."""
     return (
         f'VE_ROOT="{base}/root/$VEID"\nVE_PRIVATE="{base}/private/$VEID"\n'
         f'CONF_DIR="{base}/conf"\nTREES_DIR="{base}/trees"\nRUN_DIR="{base}/run"\n'
+        # A pool of its own, inside the default one, far from the blocks the host's own VPSs
+        # take first: user namespace blocks are allocated per configuration.
+        f"USERNS_POOL_BASE={TEST_POOL_BASE}\nUSERNS_POOL_SIZE={TEST_POOL_SIZE}\n"
     )
 
 

@@ -68,3 +68,11 @@ def test_blocks_are_never_shared(host: HostConfig) -> None:
     with pytest.raises(VzError) as e:
         idmap.allocate(host, 104, [first, second, third])
     assert "full" in e.value.message
+
+
+def test_a_pool_inside_roots_larger_reserved_range_is_reserved_already(
+    host: HostConfig,
+) -> None:
+    idmap.SUBUID.write_text(f"root:{BASE - idmap.BLOCK}:{16 * idmap.BLOCK}\n")
+    idmap.reserve_pool(host, (idmap.SUBUID,))
+    assert idmap.SUBUID.read_text() == f"root:{BASE - idmap.BLOCK}:{16 * idmap.BLOCK}\n"

@@ -74,12 +74,21 @@ def _is_pool(r: Range, host: HostConfig) -> bool:
     )
 
 
+def _holds_pool(r: Range, host: HostConfig) -> bool:
+    """An entry of root's that already covers the whole pool (a larger pool of this host)."""
+    return (
+        r.owner == POOL_OWNER
+        and r.start <= host.userns_pool_base
+        and host.userns_pool_base + host.userns_pool_size <= r.end
+    )
+
+
 def reserve_pool(host: HostConfig, files: Sequence[Path] | None = None) -> None:
     """Make sure /etc/subuid and /etc/subgid reserve the pool for root; refuse a pool that
     overlaps another entry of theirs. Called under the pool lock."""
     for path in (SUBUID, SUBGID) if files is None else files:
         ranges = _read_subid(path)
-        if any(_is_pool(r, host) for r in ranges):
+        if any(_is_pool(r, host) or _holds_pool(r, host) for r in ranges):
             continue
         clash = [r for r in ranges if r.overlaps(host.userns_pool_base, host.userns_pool_size)]
         if clash:
@@ -139,7 +148,10 @@ def allocate(host: HostConfig, ctid: int, taken: Sequence[int]) -> int:
         reserve_pool(host)
         busy = set(taken) | _reserved_by_creates(host, ctid)
         foreign = [
-            r for path in (SUBUID, SUBGID) for r in _read_subid(path) if not _is_pool(r, host)
+            r
+            for path in (SUBUID, SUBGID)
+            for r in _read_subid(path)
+            if not _is_pool(r, host) and not _holds_pool(r, host)
         ]
         host_ids = _host_ids()
         base = host.userns_pool_base
