@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 ROOT = "/sys/fs/cgroup"
 PROCS = "cgroup.procs"
@@ -66,12 +67,21 @@ def procs_of_group(parent: str, name: str, root: str = ROOT) -> list[int]:
     return sorted(pids)
 
 
-def remove_group(parent: str, name: str, root: str = ROOT) -> None:
-    """rmdir cgroup ``/<parent>/<name>`` (and the ones below it) where it is empty."""
-    for path in group_dirs(parent, name, root):
-        for directory, _, _ in sorted(os.walk(path), key=lambda w: len(w[0]), reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
+def remove_group(parent: str, name: str, root: str = ROOT, patience: float = 2.0) -> bool:
+    """rmdir cgroup ``/<parent>/<name>`` and the ones below it (a VPS's systemd makes its
+    own). A cgroup whose last process has just died stays busy for a moment: retried for up to
+    ``patience`` seconds. Returns whether it is gone."""
+    deadline = time.monotonic() + patience
+    while True:
+        for path in group_dirs(parent, name, root):
+            for directory, _, _ in sorted(os.walk(path), key=lambda w: len(w[0]), reverse=True):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+        if not group_dirs(parent, name, root):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def remove_empty_parent(parent: str, root: str = ROOT) -> None:
@@ -80,3 +90,17 @@ def remove_empty_parent(parent: str, root: str = ROOT) -> None:
     for hierarchy in hierarchies(root):
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(hierarchy, parent))
+
+
+# What makes a cgroup its user's (the kernel's cgroup v2 delegation, LXC's for v1): the
+# directory (to make cgroups below it) and the files that move processes; never a limit file.
+DELEGATED_FILES = ("cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads")
+
+
+def delegate(path: str, uid: int, gid: int) -> None:
+    """Hand cgroup ``path`` to a VPS's root: it may make cgroups below it and move its own
+    processes between them (systemd as init does), bounded by every limit above it."""
+    os.chown(path, uid, gid)
+    for name in DELEGATED_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(os.path.join(path, name), uid, gid)

@@ -20,7 +20,7 @@ import signal as signals
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +160,17 @@ class Runc:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self, ctid: CtId, bundle: Path) -> ContainerState:
-        """``runc run --detach``: returns once init runs; nothing of ours stays behind.
+    def start(
+        self,
+        ctid: CtId,
+        bundle: Path,
+        before_init: Callable[[ContainerState], None] | None = None,
+    ) -> ContainerState:
+        """Start the container; returns once init runs; nothing of ours stays behind.
 
+        Without ``before_init``, one ``runc run --detach``. With it, ``runc create`` (the
+        container's namespaces and cgroups exist, init waits), ``before_init(state)`` (what
+        must be ready before init: delegated cgroups, later the network), ``runc start``.
         runc's own messages go to ``bundle/runc.log``: its stdio is handed on to init, so a
         pipe there would never reach EOF while the VPS runs. runc runs in a process group of
         its own: a ^C on our terminal must not cut it off half way (vzctl defers its own).
@@ -179,30 +187,21 @@ class Runc:
         log_path = bundle / _LOG_NAME
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
-        proc = run.run(
-            self._argv(
-                "--log",
-                log_path,
-                "--log-format",
-                "text",
-                "run",
-                "--detach",
-                "--bundle",
-                bundle,
-                container_id(ctid),
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-            own_process_group=True,
-        )
-        if proc.returncode != 0:
-            tail = log_path.read_bytes() if log_path.exists() else b""
+        try:
+            if before_init is None:
+                self._detached(ctid, log_path, "run", "--detach", "--bundle", bundle)
+            else:
+                self._detached(ctid, log_path, "create", "--bundle", bundle)
+                created = self.state(ctid)
+                if created is None:
+                    raise VzError(f"runc create made no container {container_id(ctid)}")
+                before_init(created)
+                self._detached(ctid, log_path, "start")
+        except BaseException:
             # A half-created container (cgroup made, init failed) must not block the next try.
             with contextlib.suppress(VzError):
                 self.delete(ctid, force=True)
-            raise self._error(ctid, "start", proc.returncode, tail, ExitCode.FAILURE)
+            raise
         # Best effort (an init that dies a moment later is seen by the next state()), but it
         # catches the usual case of an init that cannot run in this root at all.
         state = self.state(ctid)
@@ -214,6 +213,28 @@ class Runc:
                 ExitCode.FAILURE,
             )
         return state
+
+    def _detached(self, ctid: CtId, log_path: Path, *args: str | os.PathLike[str]) -> None:
+        """A runc command whose stdio belongs to the container: /dev/null, messages in the log."""
+        name = args[0]
+        argv = self._argv("--log", log_path, "--log-format", "text", *args, container_id(ctid))
+        proc = run.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            own_process_group=True,
+        )
+        if proc.returncode != 0:
+            tail = log_path.read_bytes() if log_path.exists() else b""
+            raise self._error(
+                ctid,
+                "start" if name == "run" else str(name),
+                proc.returncode,
+                tail,
+                ExitCode.FAILURE,
+            )
 
     def state(self, ctid: CtId) -> ContainerState | None:
         """runc's view of the container; None when runc does not know it.

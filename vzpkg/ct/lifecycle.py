@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, interrupts
-from vzpkg.ct import conf, idmap, layout, oci, places
+from vzpkg.ct import conf, idmap, layout, oci, places, runcstate
 from vzpkg.ct.common import (
     HOST_TINI,
     bundle_dir,
@@ -32,8 +32,9 @@ from vzpkg.ct.common import (
     runc_of,
     stray_pids,
 )
-from vzpkg.ct.engine import KILL_GRACE, write_bundle
+from vzpkg.ct.engine import KILL_GRACE, ContainerState, write_bundle
 from vzpkg.ct.guest import InitKind, RenderCache, apply_guest_setup, detect_init, resolve_in_root
+from vzpkg.ct.ids import container_id
 from vzpkg.ct.layout import staging_path
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
@@ -109,6 +110,13 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
     init = detect_init(root_dir)
     if init.kind == "tini" and resolve_in_root(root_dir, "/bin/sh") is None:
         raise VzError(f"CT {ctid} has neither /sbin/init nor /bin/sh", ExitCode.BAD_CT)
+    if init.kind == "systemd" and cfg.userns is None:
+        # systemd needs cgroups of its own, which only a VPS's own ids can be given safely.
+        raise VzError(
+            f"CT {ctid}'s init is systemd, which runs only in a VPS with a user namespace",
+            ExitCode.BAD_CT,
+            hint=f"recreate it without --userns no: vzctl destroy {ctid}; vzctl create {ctid} ...",
+        )
     bundle = bundle_dir(host, ctid)
     bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
     rendered = RenderCache(render_cache_path(host, ctid))
@@ -127,10 +135,31 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
         host=oci.probe_host(),
     )
     write_bundle(bundle, oci.build_config(spec))
+    before_init = None
+    if ids is not None and init.kind == "systemd":
+        state_root = runc_of(host).state_root
+
+        def before_init(state: ContainerState) -> None:
+            delegate_cgroups(state_root, ctid, ids)
+
     # From here on the start completes (or fails by itself): ^C and SIGTERM wait for it.
     with interrupts.deferred():
-        runc_of(host).start(ctid, bundle)
+        runc_of(host).start(ctid, bundle, before_init)
     return init
+
+
+# The hierarchies systemd as init manages for itself: the unified one (v2, "") and its named
+# v1 one. No controller's limits are among them.
+DELEGATED_HIERARCHIES = ("", "name=systemd")
+
+
+def delegate_cgroups(state_root: Path, ctid: int, ids: tuple[int, int]) -> None:
+    """Give the VPS's root its own cgroups where systemd needs them: without that it exits at
+    once (and says nothing: it has no console)."""
+    paths = runcstate.cgroup_paths(state_root, container_id(ctid))
+    for key in DELEGATED_HIERARCHIES:
+        if key in paths and os.path.isdir(paths[key]):
+            cgroups.delegate(paths[key], *ids)
 
 
 def write_guest_setup(
@@ -201,6 +230,8 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         with interrupts.deferred():
             layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
             shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
+            # runc delete leaves what a VPS's systemd made below its own cgroups.
+            cgroups.remove_group(cgroup_parent(host), str(ctid))
             if not runc.known_ids():
                 cgroups.remove_empty_parent(cgroup_parent(host))
         return how

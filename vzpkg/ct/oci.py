@@ -282,7 +282,10 @@ def _mounts(spec: BundleSpec) -> list[dict[str, Any]]:
             "destination": "/sys/fs/cgroup",
             "type": "cgroup",
             "source": "cgroup",
-            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+            # With a user namespace, files decide: the VPS writes only what is delegated to it
+            # (its own cgroup directories for systemd, never a limit); without, read-only.
+            "options": ["nosuid", "noexec", "nodev", "relatime"]
+            + ([] if spec.uses_user_namespace else ["ro"]),
         },
     ]
     for bind in spec.binds:

@@ -147,3 +147,17 @@ def query(state_root: str | os.PathLike[str], container: str, runc: str) -> RawS
         return RawState(str(data["status"]), int(data.get("pid") or 0), data.get("bundle"))
     except (ValueError, KeyError, TypeError) as e:
         raise VzError(f"runc state {container}: unreadable output: {e}") from None
+
+
+def cgroup_paths(state_root: str | os.PathLike[str], container: str) -> dict[str, str]:
+    """The container's cgroup directories by hierarchy, as runc recorded them (``""``: the
+    unified v2 hierarchy, ``name=systemd``: systemd's named v1 one); empty when unknown."""
+    path = os.path.join(os.fspath(state_root), container, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            paths = json.loads(f.read())["cgroup_paths"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(paths, dict):
+        return {}
+    return {str(k): v for k, v in paths.items() if isinstance(v, str)}
