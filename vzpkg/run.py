@@ -114,12 +114,7 @@ def run(
             process_group=0 if own_process_group else None,
         )
     except FileNotFoundError:
-        name = os.path.basename(args[0])
-        raise VzError(
-            f"{name}: command not found",
-            ExitCode.TOOL_MISSING,
-            hint=f"apt-get install {PACKAGE_OF.get(name, name)}",
-        ) from None
+        raise _not_found(args[0]) from None
     if check and proc.returncode != 0:
         raise VzError(
             failure_message(args, proc.returncode, proc.stderr), error_code, hint=error_hint
@@ -160,12 +155,16 @@ def spawn(
                 preexec_fn=prepare,  # runs before subprocess closes the other fds
             )
     except FileNotFoundError:
-        name = os.path.basename(args[0])
-        raise VzError(
-            f"{name}: command not found",
-            ExitCode.TOOL_MISSING,
-            hint=f"apt-get install {PACKAGE_OF.get(name, name)}",
-        ) from None
+        raise _not_found(args[0]) from None
+
+
+def _not_found(program: str) -> VzError:
+    name = os.path.basename(program)
+    return VzError(
+        f"{name}: command not found",
+        ExitCode.TOOL_MISSING,
+        hint=f"apt-get install {PACKAGE_OF.get(name, name)}",
+    )
 
 
 def failure_message(args: Sequence[str], returncode: int, stderr: bytes | None) -> str:
