@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,8 +268,8 @@ def test_an_interrupted_create_leaves_nothing(
     private = private_path(host, 101)
     unpacked: list[Path] = []
 
-    def interrupted_unpack(archive: Path, target: Path, *, expected_sha256: str | None) -> None:
-        unpack_archive(archive, target, expected_sha256=expected_sha256)
+    def interrupted_unpack(archive: Path, target: Path, **options: Any) -> None:
+        unpack_archive(archive, target, **options)
         unpacked.append(target)  # the files are there: midway through the create
         raise KeyboardInterrupt
 

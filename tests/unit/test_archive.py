@@ -382,3 +382,44 @@ def test_pack_removes_dest_when_tar_fails(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(VzError, match="tar failed"):
         pack_tree(tree, dest, source_date_epoch=0)
     assert not dest.exists()
+
+
+def test_an_archive_checked_once_is_not_checked_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vzpkg.cache import archive as archive_module
+
+    path = write_archive(tmp_path / "good.tar.zst", benign_members())
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    validated = tmp_path / "validated"
+    checks: list[Path] = []
+    real_check = archive_module._check_stream
+
+    def counting(archive: Path, reader: object) -> int:
+        checks.append(archive)
+        return real_check(archive, reader)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archive_module, "_check_stream", counting)
+    for n in range(3):
+        target = tmp_path / f"t{n}"
+        target.mkdir()
+        result = unpack_archive(path, target, expected_sha256=sha, validated=validated)
+        assert result.members == 10 and (target / "etc/motd").read_bytes() == b"hello\n"
+    assert len(checks) == 1  # the first time only
+    os.utime(path)  # any change of the file (its ctime moves): checked in full again
+    target = tmp_path / "t3"
+    target.mkdir()
+    unpack_archive(path, target, expected_sha256=sha, validated=validated)
+    assert len(checks) == 2
+    # A hostile archive is never remembered, and a record naming another sha256 is no pass.
+    bad = write_archive(tmp_path / "bad.tar.zst", [entry("../x", data=b"x")])
+    bad_sha = hashlib.sha256(bad.read_bytes()).hexdigest()
+    target = tmp_path / "t4"
+    target.mkdir()
+    with pytest.raises(VzError):
+        unpack_archive(bad, target, expected_sha256=bad_sha, validated=validated)
+    assert not (validated / bad_sha).exists()
+    (validated / bad_sha).write_bytes((validated / sha).read_bytes())  # forged: wrong file
+    with pytest.raises(VzError):
+        unpack_archive(bad, target, expected_sha256=bad_sha, validated=validated)
+    assert list(target.iterdir()) == []

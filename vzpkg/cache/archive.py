@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
+import logging
 import os
 import subprocess
 import tarfile
@@ -28,6 +30,9 @@ import zstandard
 
 from vzpkg import run
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.fsutil import atomic_write
+
+log = logging.getLogger("vzpkg")
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -362,6 +367,7 @@ def unpack_archive(
     *,
     expected_sha256: str | None = None,
     userns_fd: int | None = None,
+    validated: Path | None = None,
 ) -> UnpackResult:
     """Unpack a cache into ``target``, an existing empty directory.
 
@@ -370,6 +376,10 @@ def unpack_archive(
     With ``userns_fd`` tar runs as root of that user namespace: every file gets the VPS's
     shifted owner in the same pass (file capabilities and ACLs too, by the kernel), and tar
     itself has no power over anything the VPS's ids do not own.
+
+    ``validated`` (a root-only directory) remembers archives checked in full: the same file,
+    unchanged since (device, inode, size, mtime and ctime, which no write leaves as it was),
+    with the same sha256, is unpacked without being checked again, by zstd and tar alone.
     """
     tar = run.check_tool("tar", "to unpack template caches")
     if not target.is_dir():
@@ -377,6 +387,13 @@ def unpack_archive(
     if any(target.iterdir()):
         raise VzError(f"{target} is not empty", ExitCode.INVALID_ARGUMENT)
     with _open_archive(archive) as raw:
+        before = os.fstat(raw.fileno())
+        known = _validated(validated, expected_sha256, before)
+        if known is not None:
+            _extract_known(tar, raw, target, userns_fd)
+            if _identity(os.fstat(raw.fileno())) != _identity(before):
+                raise _corrupt(archive, "the archive changed while it was being unpacked")
+            return known
         if expected_sha256 is not None:
             actual = hashlib.file_digest(raw, "sha256").hexdigest()
             if actual != expected_sha256.lower():
@@ -389,7 +406,61 @@ def unpack_archive(
         _extract(tar, reader, target, userns_fd)
     if reader.digest.digest() != checked.digest.digest():
         raise _corrupt(archive, "the archive changed while it was being unpacked")
-    return UnpackResult(members=members, uncompressed_size=reader.total)
+    result = UnpackResult(members=members, uncompressed_size=reader.total)
+    if validated is not None and expected_sha256 is not None:
+        _remember(validated, expected_sha256, before, result)
+    return result
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _validated(
+    directory: Path | None, sha256: str | None, st: os.stat_result
+) -> UnpackResult | None:
+    """What the full check of this very file found, if it was checked and is unchanged."""
+    if directory is None or sha256 is None:
+        return None
+    try:
+        data = json.loads((directory / sha256.lower()).read_bytes())
+        if data["file"] != _identity(st):
+            return None
+        return UnpackResult(members=int(data["members"]), uncompressed_size=int(data["size"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember(directory: Path, sha256: str, st: os.stat_result, result: UnpackResult) -> None:
+    record = {"file": _identity(st), "members": result.members, "size": result.uncompressed_size}
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.stat().st_uid != os.geteuid() or directory.stat().st_mode & 0o022:
+            return  # a directory others could write in vouches for nothing
+        atomic_write(directory / sha256.lower(), json.dumps(record).encode(), 0o600)
+    except OSError as e:
+        log.debug("could not remember that %s was checked: %s", sha256, e)
+
+
+def _extract_known(tar: str, raw: IO[bytes], target: Path, userns_fd: int | None) -> None:
+    """zstd -d | tar -x of an archive checked before (see unpack_archive)."""
+    zstd = run.check_tool("zstd", "to unpack template caches")
+    argv = unpack_argv(tar, Path(".") if userns_fd is not None else target)
+    with tempfile.TemporaryFile(prefix="vzpkg-tar-stderr-") as errors:
+        with (
+            run.spawn([zstd, "-dcq"], stdin=raw, stdout=subprocess.PIPE, stderr=errors) as unzstd,
+            run.spawn(
+                argv,
+                stdin=unzstd.stdout,
+                stderr=errors,
+                cwd=target if userns_fd is not None else None,
+                userns_fd=userns_fd,
+            ) as proc,
+        ):
+            assert unzstd.stdout is not None
+            unzstd.stdout.close()  # tar holds it now
+        _raise_if_failed([zstd], unzstd.returncode, errors, target)
+        _raise_if_failed(argv, proc.returncode, errors, target)
 
 
 def _extract(tar: str, reader: _ZstdReader, target: Path, userns_fd: int | None) -> None:

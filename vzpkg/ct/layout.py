@@ -266,24 +266,36 @@ def create_private(
     except OSError as e:
         raise VzError(f"cannot prepare {tmp}: {e.strerror}", ExitCode.SYSTEM) from None
     if layout == "plain":
-        _create_plain(number, cache_archive, sha, private, tmp, userns)
+        _create_plain(number, cache_archive, sha, private, tmp, userns, validated_dir(host))
     else:
         _create_overlay(host, number, cache_archive, sha, private, tmp, userns)
 
 
+def validated_dir(host: HostConfig) -> Path:
+    """Where the caches checked in full are remembered (see cache.archive.unpack_archive):
+    root-only, and in RUN_DIR, so that a reboot forgets them."""
+    return host.run_dir / "validated"
+
+
 def _create_plain(
-    ctid: int, archive: Path, sha: str, private: Path, tmp: Path, userns: tuple[int, int] | None
+    ctid: int,
+    archive: Path,
+    sha: str,
+    private: Path,
+    tmp: Path,
+    userns: tuple[int, int] | None,
+    validated: Path,
 ) -> None:
     try:
         mkdir_mode(tmp, 0o700)  # unpacking gives it the mode of the archive's root
         from vzpkg.cache.archive import unpack_archive  # lazy: zstandard, tarfile
 
         if userns is None:
-            unpack_archive(archive, tmp, expected_sha256=sha)
+            unpack_archive(archive, tmp, expected_sha256=sha, validated=validated)
         else:
             os.chown(tmp, *userns)  # the root of the VPS's user namespace unpacks into it
             with idmap.userns_fd(*userns) as fd:
-                unpack_archive(archive, tmp, expected_sha256=sha, userns_fd=fd)
+                unpack_archive(archive, tmp, expected_sha256=sha, userns_fd=fd, validated=validated)
         places.stamp(tmp, ctid)  # after unpacking: the archive's own xattrs never count
         syncfs(tmp)
         os.rename(tmp, private)

@@ -145,7 +145,9 @@ def _make_tree(host: HostConfig, archive: Path, sha: str, tree: Path) -> None:
         mkdir_mode(tmp / "refs", 0o700)
         from vzpkg.cache.archive import unpack_archive
 
-        unpack_archive(archive, tmp / "root", expected_sha256=sha)
+        unpack_archive(
+            archive, tmp / "root", expected_sha256=sha, validated=host.run_dir / "validated"
+        )
         syncfs(tmp)
         os.chown(tmp, 0, 0)
         tmp.chmod(0o755)
