@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -24,6 +24,30 @@ class Terminated(BaseException):
 
 def raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
     raise Terminated()
+
+
+@contextlib.contextmanager
+def deferrable() -> Iterator[Callable[[], None]]:
+    """Like ``deferred``, but from a point inside the block on: yields ``begin``; signals are
+    acted on as usual until it is called, recorded from then on to the end of the block.
+
+    For a step whose point of no return lies inside nested blocks that must finish too (a
+    start's ``runc run`` inside the Guardian that commits after it)."""
+    saved: dict[int, Any] = {}
+    pending: list[int] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    def begin() -> None:
+        if not saved and threading.current_thread() is threading.main_thread():
+            saved.update({sig: signal.signal(sig, record) for sig in DEFERRED})
+
+    try:
+        yield begin
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

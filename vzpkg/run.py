@@ -90,29 +90,35 @@ def run(
     error_hint: str | None = None,
     input: bytes | None = None,
     own_process_group: bool = False,
+    die_with_us: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a program to completion. On failure raise VzError carrying its stderr's tail.
 
     Short commands only: long jobs go through spawn / run_streaming, whose children die with
     us (a preexec hook here would cost a real fork on every runc or mount call).
-    ``own_process_group``: the terminal's ^C does not reach the program."""
+    ``own_process_group``: the terminal's ^C does not reach the program. ``die_with_us``: it
+    is killed when we are (a removal that must not go on after vzctl was killed)."""
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     if input is not None:
         stdin = None
+    # A preexec function makes Python run at-fork hooks: hold interrupts back around it.
+    holding = interrupts.held_back() if die_with_us else contextlib.nullcontext()
     try:
-        proc = subprocess.run(
-            args,
-            env=base_env(env),
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            input=input,
-            check=False,
-            pass_fds=tuple(_INHERITED_FDS),
-            process_group=0 if own_process_group else None,
-        )
+        with holding:
+            proc = subprocess.run(
+                args,
+                env=base_env(env),
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                input=input,
+                check=False,
+                pass_fds=tuple(_INHERITED_FDS),
+                process_group=0 if own_process_group else None,
+                preexec_fn=_dying_child if die_with_us else None,
+            )
     except FileNotFoundError:
         raise _not_found(args[0]) from None
     if check and proc.returncode != 0:
@@ -156,6 +162,11 @@ def spawn(
             )
     except FileNotFoundError:
         raise _not_found(args[0]) from None
+
+
+def _dying_child() -> None:
+    interrupts.unblock()
+    set_parent_death_signal()
 
 
 def _not_found(program: str) -> VzError:

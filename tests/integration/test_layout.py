@@ -179,7 +179,7 @@ def test_overlay_vpss_share_one_read_only_tree(
     assert os.listdir(host.trees_dir) == [sha]  # one tree, no temps
     assert sorted(os.listdir(tree / "refs")) == ["101", "102"]
     top = tree.stat()
-    assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (0, 0, 0o755)
+    assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (0, 0, 0o700)
     assert_template_files(tree / "root")
     for private in (p101, p102):
         assert sorted(os.listdir(private)) == [TREE_MARKER, "upper", "work"]

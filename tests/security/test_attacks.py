@@ -187,3 +187,46 @@ def test_privileged_mode_closes_what_it_can(host: VzHost) -> None:
     finally:
         host.run("vzctl", "stop", "--fast", ctid)
         host.run("vzctl", "destroy", ctid)
+
+
+def test_parallel_creates_never_share_a_block(host: VzHost) -> None:
+    """Blocks are chosen under a lock, from the configs as they are then: VPSs made at the
+    same time get blocks of their own (shared ones shared key quotas and keyrings)."""
+    ctids = [str(next(_next)) for _ in range(8)]
+    procs = [host.popen("vzctl", "-q", "create", c, "--ostemplate", MINIMAL) for c in ctids]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0] * len(ctids)
+        for p in procs:
+            p.communicate()
+        bases = []
+        for ctid in ctids:
+            text = (host.base / "conf" / f"{ctid}.conf").read_text()
+            bases.append(next(line for line in text.splitlines() if line.startswith("LOCAL_UID")))
+        assert len(set(bases)) == len(ctids), bases
+    finally:
+        for ctid in ctids:
+            host.run("vzctl", "destroy", ctid)
+
+
+def test_the_template_trees_are_roots_only(host: VzHost, vps: str) -> None:
+    """A tree holds the template's setuid-root programs owned by host uid 0: no host user may
+    reach them by its path."""
+    trees = [p for p in (host.base / "trees").iterdir() if p.is_dir() and len(p.name) == 64]
+    assert trees
+    for tree in trees:
+        assert tree.stat().st_mode & 0o077 == 0, oct(tree.stat().st_mode)
+
+
+def test_a_vps_cannot_make_its_own_destroy_fail(host: VzHost) -> None:
+    """A tree thousands of levels deep (Python's rmtree would recurse itself to death) is
+    removed like any other."""
+    ctid = str(next(_next))
+    assert host.run("vzctl", "create", ctid, "--ostemplate", MINIMAL).returncode == 0
+    assert host.run("vzctl", "start", ctid).returncode == 0
+    deep = "cd /root; i=0; while [ $i -lt 3000 ]; do mkdir d && cd d || break; i=$((i+1)); done"
+    inside(host, ctid, deep)
+    assert host.run("vzctl", "stop", ctid).returncode == 0
+    destroy = host.run("vzctl", "destroy", ctid)
+    assert destroy.returncode == 0, destroy.stderr
+    assert not (host.base / "private" / ctid).exists()
+    assert not (host.base / "private" / f"{ctid}.destroying").exists()

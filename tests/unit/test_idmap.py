@@ -54,19 +54,19 @@ def test_a_pool_overlapping_another_owner_is_refused(host: HostConfig) -> None:
 
 
 def test_blocks_are_never_shared(host: HostConfig) -> None:
-    first = idmap.allocate(host, 101, [])
+    first = idmap.allocate(host, 101, lambda: [])
     assert first == BASE
     # 101's create is over (its reservation is stale: nobody holds its lock): its block now
     # counts through its CTID.conf, which the caller passes as taken.
-    second = idmap.allocate(host, 102, [first])
+    second = idmap.allocate(host, 102, lambda: [first])
     assert second == BASE + idmap.BLOCK
     idmap.SUBGID.write_text(
         idmap.SUBGID.read_text() + f"carol:{BASE + 2 * idmap.BLOCK}:10\n"
     )  # another owner's range inside the pool: skipped
-    third = idmap.allocate(host, 103, [first, second])
+    third = idmap.allocate(host, 103, lambda: [first, second])
     assert third == BASE + 3 * idmap.BLOCK
     with pytest.raises(VzError) as e:
-        idmap.allocate(host, 104, [first, second, third])
+        idmap.allocate(host, 104, lambda: [first, second, third])
     assert "full" in e.value.message
 
 
@@ -76,3 +76,8 @@ def test_a_pool_inside_roots_larger_reserved_range_is_reserved_already(
     idmap.SUBUID.write_text(f"root:{BASE - idmap.BLOCK}:{16 * idmap.BLOCK}\n")
     idmap.reserve_pool(host, (idmap.SUBUID,))
     assert idmap.SUBUID.read_text() == f"root:{BASE - idmap.BLOCK}:{16 * idmap.BLOCK}\n"
+
+
+def test_a_block_overlapping_a_config_that_is_not_aligned_is_busy(host: HostConfig) -> None:
+    # OpenVZ's LOCAL_UID=100000-style bases need not be aligned: overlap, not equality, counts.
+    assert idmap.allocate(host, 201, lambda: [BASE + 10]) == BASE + 2 * idmap.BLOCK

@@ -97,7 +97,7 @@ def create(
             searchdomain=base.searchdomain or host.searchdomains,
             origin_sample=sample_name,
         )
-        private_dir, root_dir, others = check_new_places(host, ctid, cfg)
+        private_dir, root_dir = check_new_places(host, ctid, cfg)
         # Two creates naming the same place (each holding only its own CT's lock) must not
         # both take it: the places themselves are locked (in a fixed order) until the end.
         with contextlib.ExitStack() as held:
@@ -115,7 +115,7 @@ def create(
                     )
                 )
             # Again, now that nobody else can take them.
-            _, _, others = check_new_places(host, ctid, cfg)
+            check_new_places(host, ctid, cfg)
             if userns is False or (userns is None and base.local_uid == 0):
                 cfg = replace(cfg, local_uid=0, local_gid=0)
                 log.warning(
@@ -124,7 +124,7 @@ def create(
                     ctid,
                 )
             else:
-                block = idmap.allocate(host, ctid, [o.userns_base for o in others if o.userns_base])
+                block = idmap.allocate(host, ctid, lambda: _blocks_of_others(host, ctid))
                 cfg = replace(cfg, local_uid=block, local_gid=block)
                 held.callback(idmap.release, host, ctid)
             # Even a kill -9 of this process leaves no half-made private area behind.
@@ -139,15 +139,21 @@ def create(
         return cfg
 
 
-def check_new_places(
-    host: HostConfig, ctid: int, cfg: conf.CtConfig
-) -> tuple[Path, Path, list[places.Place]]:
+def _blocks_of_others(host: HostConfig, ctid: int) -> list[int]:
+    """The first host uid and gid of every other VPS's user namespace block, read afresh."""
+    blocks = []
+    for other in places.places_of_others(host, ctid):
+        blocks += [b for b in (other.userns_base, other.userns_gid) if b]
+    return blocks
+
+
+def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[Path, Path]:
     """The new CT's private area and root, refused (exit 21, nothing made) when either is a
-    host system directory or vzpkg's, overlaps another VPS's, or is in use already; and the
-    other VPSs' places."""
+    host system directory or vzpkg's, overlaps another VPS's, or is in use already."""
     private, root = checked_paths(host, ctid, cfg, ExitCode.INVALID_VALUE)
-    others = places.places_of_others(host, ctid)
-    places.check_apart(ctid, private, root, others, ExitCode.INVALID_VALUE)
+    places.check_apart(
+        ctid, private, root, places.places_of_others(host, ctid), ExitCode.INVALID_VALUE
+    )
     if layout.is_mounted(root):
         raise VzError(
             f"CT {ctid}: the root {root} is in use: something is mounted there; nothing was done",
@@ -170,7 +176,7 @@ def check_new_places(
             ExitCode.INVALID_VALUE,
             hint="a VPS is mounted on an empty directory of its own (--root, VE_ROOT)",
         )
-    return private, root, others
+    return private, root
 
 
 def _undo_create(

@@ -21,7 +21,7 @@ import contextlib
 import grp
 import os
 import pwd
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,13 +140,14 @@ def _reserved_by_creates(host: HostConfig, ctid: int) -> set[int]:
     return blocks
 
 
-def allocate(host: HostConfig, ctid: int, taken: Sequence[int]) -> int:
+def allocate(host: HostConfig, ctid: int, taken: Callable[[], Iterable[int]]) -> int:
     """A free block for CT ``ctid`` (its base host id), reserved until ``release`` or until
-    the create (which holds the CT's lock) ends. ``taken``: the bases other VPSs' configs
-    name."""
+    the create (which holds the CT's lock) ends. ``taken`` gives the first host uids and gids
+    of every other VPS's block, from their configs: it is asked under the pool's lock, so that
+    a create that finished meanwhile is seen."""
     with lock.locked(host.lock_dir, "userns-pool", timeout=30, what="the user namespace pool"):
         reserve_pool(host)
-        busy = set(taken) | _reserved_by_creates(host, ctid)
+        busy = set(taken()) | _reserved_by_creates(host, ctid)
         foreign = [
             r
             for path in (SUBUID, SUBGID)
@@ -157,7 +158,7 @@ def allocate(host: HostConfig, ctid: int, taken: Sequence[int]) -> int:
         base = host.userns_pool_base
         while base + BLOCK <= host.userns_pool_base + host.userns_pool_size:
             if (
-                base not in busy
+                not any(base - BLOCK < other < base + BLOCK for other in busy)
                 and not any(r.overlaps(base, BLOCK) for r in foreign)
                 and not any(base <= i < base + BLOCK for i in host_ids)
             ):
@@ -185,40 +186,59 @@ def release(host: HostConfig, ctid: int) -> None:
 @contextlib.contextmanager
 def userns_fd(uid: int, gid: int, count: int = BLOCK) -> Iterator[int]:
     """An fd of a new user namespace whose uids 0..count-1 are host uids uid..uid+count-1
-    (and gids likewise from ``gid``). The namespace lives as long as the fd."""
+    (and gids likewise from ``gid``). The namespace lives as long as the fd.
+
+    A child makes the namespace (unshare) and waits; we write its maps, open it, and let the
+    child go. The child keeps nothing of ours open (a Guardian's pipe it held would make the
+    Guardian wait for it), and whatever interrupts us, it is let go and reaped.
+    """
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
-    with interrupts.held_back():  # the child never acts on them: it only waits, then exits
-        pid = os.fork()
-    if pid == 0:  # the child only makes the namespace; we map it and keep an fd of it
-        code = 0
-        try:
-            os.close(ready_r)
-            os.close(done_w)
-            syscalls.unshare(syscalls.CLONE_NEWUSER)
-            os.write(ready_w, b"x")
-            os.read(done_r, 1)
-        except BaseException:
-            code = 1
-        os._exit(code)
-    os.close(ready_w)
-    os.close(done_r)
-    fd = -1
+    pid, fd = -1, -1
     try:
+        with interrupts.held_back():  # the child never acts on signals: it waits, then exits
+            pid = os.fork()
+            if pid == 0:
+                _namespace_child(ready_w, done_r)
+        os.close(ready_w)
+        os.close(done_r)
+        ready_w = done_r = -1
         if os.read(ready_r, 1) != b"x":
             raise VzError("could not make a user namespace", ExitCode.SYSTEM)
         for name, base in (("uid_map", uid), ("gid_map", gid)):
             with open(f"/proc/{pid}/{name}", "w") as f:
                 f.write(f"0 {base} {count}\n")
         fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
     finally:
-        os.close(ready_r)
-        os.close(done_w)  # the child exits
-        os.waitpid(pid, 0)
+        for end in (ready_r, ready_w, done_r, done_w):
+            if end >= 0:
+                os.close(end)  # done_w: the child exits
+        if pid > 0:
+            os.waitpid(pid, 0)
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+def _namespace_child(ready_w: int, done_r: int) -> None:
+    """The child of ``userns_fd``: nothing but its two pipe ends open, signals blocked."""
+    code = 1
+    try:
+        low, high = sorted((ready_w, done_r))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, 1 << 16)
+        syscalls.unshare(syscalls.CLONE_NEWUSER)
+        os.write(ready_w, b"x")
+        os.read(done_r, 1)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def idmapped_bind(source: Path, target: Path, fd: int) -> None:

@@ -567,8 +567,13 @@ def mount_root(
         if not is_mounted(root):
             raise VzError(f"mount reported success but {root} is not mounted", ExitCode.SYSTEM)
     except BaseException:
-        if staging is not None:
-            release_staging(staging)
+        # The overlay may be mounted already (an interrupt right after mount): then the
+        # caller's undo unmounts it and its staging together; never mask what happened.
+        if staging is not None and not is_mounted(root):
+            try:
+                release_staging(staging)
+            except Exception as cleanup:
+                log.error("could not release %s: %s", staging, cleanup)
         raise
 
 

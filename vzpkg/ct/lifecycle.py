@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, interrupts
@@ -68,6 +68,13 @@ def umount(host: HostConfig, ctid: int) -> None:
 
 
 def start(host: HostConfig, ctid: int) -> InitKind:
+    # Once runc run begins, ^C and SIGTERM wait until everything (the Guardian's commit
+    # included) is done: the start then completes, never reported as interrupted.
+    with interrupts.deferrable() as point_of_no_return:
+        return _start(host, ctid, point_of_no_return)
+
+
+def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) -> InitKind:
     with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
         state = runc_of(host).state(ctid)
         if state is not None and state.is_active:
@@ -79,13 +86,13 @@ def start(host: HostConfig, ctid: int) -> InitKind:
         if cfg.userns is not None:
             places.check_traversable(ctid, root_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
-            return _start_mounted(host, ctid, cfg, root_dir)
+            return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return)
         # A start that does not get to run init unmounts again, even after kill -9.
         with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
             layout.mount_root(
                 host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns
             )
-            return _start_mounted(host, ctid, cfg, root_dir)
+            return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return)
 
 
 def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
@@ -98,7 +105,13 @@ def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
         layout.umount_root(ctid, root, private, staging=staging_path(host, ctid))
 
 
-def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Path) -> InitKind:
+def _start_mounted(
+    host: HostConfig,
+    ctid: int,
+    cfg: conf.CtConfig,
+    root_dir: Path,
+    point_of_no_return: Callable[[], None],
+) -> InitKind:
     if cfg.userns is None:
         made = "with --userns no" if cfg.local_uid == 0 else "before VPSs had user namespaces"
         log.warning(
@@ -143,8 +156,8 @@ def _start_mounted(host: HostConfig, ctid: int, cfg: conf.CtConfig, root_dir: Pa
             delegate_cgroups(state_root, ctid, ids)
 
     # From here on the start completes (or fails by itself): ^C and SIGTERM wait for it.
-    with interrupts.deferred():
-        runc_of(host).start(ctid, bundle, before_init)
+    point_of_no_return()
+    runc_of(host).start(ctid, bundle, before_init)
     return init
 
 

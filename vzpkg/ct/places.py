@@ -81,6 +81,7 @@ class Place:
     private: Path
     root: Path
     userns_base: int | None = None
+    userns_gid: int | None = None
 
 
 def real(path: Path) -> str:
@@ -188,6 +189,7 @@ def places_of_others(host: HostConfig, ctid: int) -> list[Place]:
                 conf.private_path(host, other, cfg),
                 conf.root_path(host, other, cfg),
                 None if ids is None else ids[0],
+                None if ids is None else ids[1],
             )
         except VzError:
             place = _place_of_broken(host, other)
@@ -221,8 +223,14 @@ def _place_of_broken(host: HostConfig, ctid: int) -> Place | None:
             return None
         found.append(Path(os.path.normpath(path)))
     log.debug("CT %s: config unreadable; its places read leniently: %s", ctid, found)
-    base = values.get("LOCAL_UID", "")
-    return Place(ctid, found[0], found[1], int(base) if base.isdigit() and base != "0" else None)
+    uid, gid = values.get("LOCAL_UID", ""), values.get("LOCAL_GID", "")
+    return Place(
+        ctid,
+        found[0],
+        found[1],
+        int(uid) if uid.isdigit() and uid != "0" else None,
+        int(gid) if gid.isdigit() and gid != "0" else None,
+    )
 
 
 # --- ownership --------------------------------------------------------------------------------

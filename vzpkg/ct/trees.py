@@ -87,6 +87,8 @@ def reference_tree(host: HostConfig, ctid: int, archive: Path, sha: str, private
                     ExitCode.SYSTEM,
                     hint=f"remove it once no VPS uses it: rm -rf {tree}",
                 )
+            else:
+                tree.chmod(0o700)  # trees made before they were root's only
             try:
                 write_durably(tree / "refs", str(ctid), str(private) + "\n", 0o600)
             except BaseException:
@@ -150,7 +152,9 @@ def _make_tree(host: HostConfig, archive: Path, sha: str, tree: Path) -> None:
         )
         syncfs(tmp)
         os.chown(tmp, 0, 0)
-        tmp.chmod(0o755)
+        # Root's only: the tree holds the template's setuid-root programs, with host uid 0.
+        # VPSs reach it through their overlay (mounted by root), never by this path.
+        tmp.chmod(0o700)
         os.rename(tmp, tree)
         fsync_dir(host.trees_dir)
     except BaseException:
