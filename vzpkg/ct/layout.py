@@ -266,15 +266,9 @@ def create_private(
     except OSError as e:
         raise VzError(f"cannot prepare {tmp}: {e.strerror}", ExitCode.SYSTEM) from None
     if layout == "plain":
-        _create_plain(number, cache_archive, sha, private, tmp, userns, validated_dir(host))
+        _create_plain(number, cache_archive, sha, private, tmp, userns, trees.validated_dir(host))
     else:
         _create_overlay(host, number, cache_archive, sha, private, tmp, userns)
-
-
-def validated_dir(host: HostConfig) -> Path:
-    """Where the caches checked in full are remembered (see cache.archive.unpack_archive):
-    root-only, and in RUN_DIR, so that a reboot forgets them."""
-    return host.run_dir / "validated"
 
 
 def _create_plain(
