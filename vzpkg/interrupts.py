@@ -87,3 +87,17 @@ def held_back() -> Iterator[None]:
 def unblock() -> None:
     """In a child forked under ``held_back``: let the signals through again."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, DEFERRED)
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` is a ^C or SIGTERM, or was caused by one: Python wraps a
+    KeyboardInterrupt raised in some places (a class body's ``__set_name__`` while a module is
+    imported) in a RuntimeError."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt | Terminated):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -15,7 +15,11 @@ from typing import Any, NoReturn
 def _run(module: str, prog: str) -> None:
     try:
         run_click(importlib.import_module(module).main, prog)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as e:
+        from vzpkg.interrupts import caused_by_interrupt
+
+        if not caused_by_interrupt(e):
+            raise
         sys.stderr.write(f"{prog}: interrupted\n")
         sys.exit(130)
 

@@ -37,7 +37,11 @@ def main() -> None:
         from vzpkg.cli.vzctl import main as full_cli
 
         run_click(full_cli, PROG)
-    except KeyboardInterrupt:  # ^C before a command's own edge was in place
+    except (KeyboardInterrupt, RuntimeError) as e:  # ^C before a command's own edge
+        from vzpkg.interrupts import caused_by_interrupt
+
+        if not caused_by_interrupt(e):
+            raise
         sys.stderr.write(f"{PROG}: interrupted\n")
         sys.exit(130)
 
