@@ -496,7 +496,7 @@ def test_interrupt_at_startup_is_a_message(host: VzHost) -> None:
     first few ms, while Python itself starts and before any code of ours runs, are not ours to
     catch: bin/vzctl starts catching at its first line.)"""
     for tool, args in (("vzctl", ["status", "101"]), ("vzlist", ["-a"]), ("vzpkgls", [])):
-        for delay in (0.02, 0.03, 0.04, 0.06, 0.08, 0.1):
+        for delay in (0.03, 0.04, 0.05, 0.06, 0.08, 0.1):
             proc = host.popen(tool, *args)
             time.sleep(delay)
             proc.send_signal(signal.SIGINT)
