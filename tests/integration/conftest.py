@@ -72,6 +72,12 @@ class VzHost:
         result["stderr"] = proc.stderr
         return result
 
+    def with_cache(self, name: str) -> VzHost:
+        """This host, once a cache of template ``name`` is built (or up to date)."""
+        result = self.build(name)
+        assert result["returncode"] == 0, result["stderr"]
+        return self
+
     def archive(self, name: str) -> Path:
         return self.cache_dir / f"{name}.tar.zst"
 

@@ -33,9 +33,7 @@ _next = iter(range(int(time.time()) % 1000 * 7 + 5000, 10**6))
 
 @pytest.fixture(scope="module")
 def host(vzhost: VzHost) -> VzHost:
-    result = vzhost.build(MINIMAL)
-    assert result["returncode"] == 0, result["stderr"]
-    return vzhost
+    return vzhost.with_cache(MINIMAL)
 
 
 @pytest.fixture

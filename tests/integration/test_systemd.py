@@ -20,9 +20,7 @@ CTID = str(30000 + int(time.time()) % 1000)
 
 @pytest.fixture(scope="module")
 def host(vzhost: VzHost) -> VzHost:
-    result = vzhost.build(SYSTEMD)
-    assert result["returncode"] == 0, result["stderr"]
-    return vzhost
+    return vzhost.with_cache(SYSTEMD)
 
 
 @pytest.fixture(scope="module")
