@@ -147,7 +147,10 @@ def allocate(host: HostConfig, ctid: int, taken: Callable[[], Iterable[int]]) ->
     a create that finished meanwhile is seen."""
     with lock.locked(host.lock_dir, "userns-pool", timeout=30, what="the user namespace pool"):
         reserve_pool(host)
-        busy = set(taken()) | _reserved_by_creates(host, ctid)
+        # Reservations first, configs second: a create drops its reservation only after its
+        # CTID.conf is written, so whichever of the two it has when we look, we see it.
+        busy = _reserved_by_creates(host, ctid)
+        busy |= set(taken())
         foreign = [
             r
             for path in (SUBUID, SUBGID)
