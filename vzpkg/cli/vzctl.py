@@ -256,6 +256,12 @@ def enter(ctid: str, command: str | None) -> None:
     help="Set a password inside the running VPS (never saved).",
 )
 @click.option("--onboot", type=click.Choice(["yes", "no"]))
+@click.option(
+    "--userns",
+    type=click.Choice(["yes", "no"]),
+    help="Stopped VPS: move its files to a user namespace of its own (yes) or make it "
+    "privileged (no). Needs --save.",
+)
 @click.option("--save", is_flag=True, help="Also write the changes to CTID.conf.")
 @edge("vzctl")
 def set_(
@@ -267,6 +273,7 @@ def set_(
     ipdel: tuple[str, ...],
     userpasswd: tuple[str, ...],
     onboot: str | None,
+    userns: str | None,
     save: bool,
 ) -> None:
     """Change VPS parameters: applied to a running VPS, written with --save."""
@@ -282,6 +289,7 @@ def set_(
         ipdel=ipdel,
         userpasswd=userpasswd,
         onboot=None if onboot is None else onboot == "yes",
+        userns=None if userns is None else userns == "yes",
     )
     for note in set_params(host, number, request, save=save):
         _say(note, _quiet())

@@ -124,7 +124,7 @@ def create(
                     ctid,
                 )
             else:
-                block = idmap.allocate(host, ctid, lambda: _blocks_of_others(host, ctid))
+                block = idmap.allocate(host, ctid, lambda: places.blocks_of_others(host, ctid))
                 cfg = replace(cfg, local_uid=block, local_gid=block)
                 held.callback(idmap.release, host, ctid)
             # Even a kill -9 of this process leaves no half-made private area behind.
@@ -137,14 +137,6 @@ def create(
                 guard.mark(PRIVATE_MADE)
                 conf.write_ct_config(host, ctid, cfg, base_text=text)
         return cfg
-
-
-def _blocks_of_others(host: HostConfig, ctid: int) -> list[int]:
-    """The first host uid and gid of every other VPS's user namespace block, read afresh."""
-    blocks = []
-    for other in places.places_of_others(host, ctid):
-        blocks += [b for b in (other.userns_base, other.userns_gid) if b]
-    return blocks
 
 
 def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[Path, Path]:

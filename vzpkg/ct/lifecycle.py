@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, interrupts
-from vzpkg.ct import conf, idmap, layout, oci, places, runcstate
+from vzpkg.ct import conf, idmap, layout, oci, places, runcstate, shift
 from vzpkg.ct.common import (
     HOST_TINI,
     bundle_dir,
@@ -47,11 +47,16 @@ def mount(host: HostConfig, ctid: int) -> None:
     with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
-        if layout.condition(private_dir) != "present":
-            raise layout.missing_private(ctid, private_dir)
+        _check_mountable(host, ctid, private_dir)
         layout.mount_root(
             host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns
         )
+
+
+def _check_mountable(host: HostConfig, ctid: int, private: Path) -> None:
+    if layout.condition(private) != "present":
+        raise layout.missing_private(ctid, private)
+    shift.refuse_if_in_progress(host, ctid)
 
 
 def umount(host: HostConfig, ctid: int) -> None:
@@ -81,8 +86,7 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
             raise VzError(f"CT {ctid} is already running", ExitCode.RUNNING)
         if state is None and stray_pids(host, ctid):
             raise runs_without_state(host, ctid)
-        if layout.condition(private_dir) != "present":
-            raise layout.missing_private(ctid, private_dir)
+        _check_mountable(host, ctid, private_dir)
         if cfg.userns is not None:
             places.check_traversable(ctid, root_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):

@@ -198,6 +198,14 @@ def places_of_others(host: HostConfig, ctid: int) -> list[Place]:
     return places
 
 
+def blocks_of_others(host: HostConfig, ctid: int) -> list[int]:
+    """The first host uid and gid of every other VPS's user namespace block, read afresh."""
+    blocks = []
+    for other in places_of_others(host, ctid):
+        blocks += [b for b in (other.userns_base, other.userns_gid) if b]
+    return blocks
+
+
 def _place_of_broken(host: HostConfig, ctid: int) -> Place | None:
     from vzpkg.ct import conf
     from vzpkg.hostvalues import parse_values

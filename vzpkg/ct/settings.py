@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vzpkg import checks, run
-from vzpkg.ct import conf, layout
+from vzpkg.ct import conf, layout, shift
 from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
 from vzpkg.ct.lifecycle import write_guest_setup
@@ -30,6 +30,7 @@ class SetRequest:
     ipdel: Sequence[str] = ()
     userpasswd: Sequence[str] = ()  # "user:password"; applied inside the VPS, never saved
     onboot: bool | None = None
+    userns: bool | None = None  # move a stopped VPS's files to a block of its own, or back
 
     def changes_config(self) -> bool:
         return any(
@@ -71,14 +72,24 @@ class SetRequest:
 def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) -> list[str]:
     """Apply ``request`` to the running VPS and, with ``save``, to CTID.conf. Returns notes."""
     request = request.checked()
-    if not request.changes_config() and not request.userpasswd:
+    if not request.changes_config() and not request.userpasswd and request.userns is None:
         raise VzError(
             "nothing to set",
             ExitCode.INVALID_ARGUMENT,
             hint="vzctl set CTID --hostname H | --ipadd A | --ipdel A | --nameserver N | "
-            "--searchdomain D | --userpasswd U:P | --onboot yes|no [--save]",
+            "--searchdomain D | --userpasswd U:P | --onboot yes|no | --userns yes|no [--save]",
         )
     notes = []
+    if request.userns is not None:
+        if not save:
+            raise VzError(
+                "--userns changes the owners of the VPS's files: it needs --save",
+                ExitCode.INVALID_ARGUMENT,
+                hint=f"vzctl set {ctid} --userns {'yes' if request.userns else 'no'} --save",
+            )
+        notes.append(shift.set_userns(host, ctid, request.userns))
+        if not request.changes_config() and not request.userpasswd:
+            return notes
     with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
         ips = merged_addresses(cfg.ip_address, request.ipadd, request.ipdel)
         nameservers = tuple(request.nameservers) or cfg.nameserver
