@@ -78,6 +78,18 @@ def _is_at_or_below(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
+def mount_of(path: Path, entries: list[MountEntry] | None = None) -> MountEntry | None:
+    """The mount ``path`` is on (of mounts stacked on one point, the top one)."""
+    target = _real(path)
+    found = None
+    for entry in read_mountinfo() if entries is None else entries:
+        if _is_at_or_below(target, entry.mount_point) and (
+            found is None or len(entry.mount_point) >= len(found.mount_point)
+        ):
+            found = entry
+    return found
+
+
 def mounts_using(path: Path) -> list[str]:
     """Mount points that show ``path`` or something below it: bind mounts of it (wherever
     they are), overlays with their upper layer in it or a lower layer from it, and mounts on
@@ -85,11 +97,7 @@ def mounts_using(path: Path) -> list[str]:
     target = _real(path)
     entries = read_mountinfo()
     # Where ``path`` lies inside its filesystem: the bind mounts of it have that as fs_root.
-    holder = max(
-        (e for e in entries if _is_at_or_below(target, e.mount_point)),
-        key=lambda e: len(e.mount_point),
-        default=None,
-    )
+    holder = mount_of(path, entries)
     inside = None
     if holder is not None:
         relative = os.path.relpath(target, holder.mount_point)

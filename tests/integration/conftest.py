@@ -43,10 +43,12 @@ class VzHost:
         env["VZPKG_CONF"] = str(self.conf)
         return env
 
-    def run(self, tool: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, tool: str, *args: str, timeout: float = 900, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / tool), *args],
-            env=self.env,
+            env=self.env if env is None else env,
             capture_output=True,
             text=True,
             timeout=timeout,

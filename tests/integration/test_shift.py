@@ -62,6 +62,7 @@ def privileged(host: VzHost, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     host.run("vzctl", "stop", "--fast", ctid)
     host.run("vzctl", "destroy", ctid)
     assert outside.stat().st_uid == 0 and outside.stat().st_gid == 0
+    assert not (host.base / "conf" / f"{ctid}.shifting").exists()
 
 
 def base_of(host: VzHost, ctid: str) -> int:

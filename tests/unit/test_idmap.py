@@ -81,3 +81,11 @@ def test_a_pool_inside_roots_larger_reserved_range_is_reserved_already(
 def test_a_block_overlapping_a_config_that_is_not_aligned_is_busy(host: HostConfig) -> None:
     # OpenVZ's LOCAL_UID=100000-style bases need not be aligned: overlap, not equality, counts.
     assert idmap.allocate(host, 201, lambda: [BASE + 10]) == BASE + 2 * idmap.BLOCK
+
+
+def test_kernel_release_is_read_as_major_minor() -> None:
+    from vzpkg.ct.idmap import kernel_release
+
+    assert kernel_release("6.18.44-fc-v1098") == (6, 18)
+    assert kernel_release("5.19rc4") == (5, 19)
+    assert kernel_release("garbage") == (0, 0)

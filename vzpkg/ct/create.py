@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vzpkg import lock
-from vzpkg.ct import conf, idmap, layout, places, trees
+from vzpkg.ct import conf, idmap, layout, places, shift, trees
 from vzpkg.ct.common import (
     DEFAULT_LAYOUT,
     DEFAULT_SAMPLE,
@@ -127,6 +127,9 @@ def create(
                 block = idmap.allocate(host, ctid, lambda: places.blocks_of_others(host, ctid))
                 cfg = replace(cfg, local_uid=block, local_gid=block)
                 held.callback(idmap.release, host, ctid)
+                if chosen == "overlay":
+                    chosen = _overlay_or_private_copy(host, ctid)
+                    cfg = replace(cfg, ve_layout=chosen)
             # Even a kill -9 of this process leaves no half-made private area behind.
             me = os.getpid()  # the watcher's parent, which is gone by the time it undoes
             undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, me, seen)  # noqa: E731
@@ -137,6 +140,26 @@ def create(
                 guard.mark(PRIVATE_MADE)
                 conf.write_ct_config(host, ctid, cfg, base_text=text)
         return cfg
+
+
+def _overlay_or_private_copy(host: HostConfig, ctid: int) -> str:
+    """``overlay`` when the VPS can see the shared tree through an idmapped mount; else
+    ``plain`` (a private copy, unpacked with the VPS's own ids), and the user is told."""
+    ok, fstype = idmap.can_idmap(host.run_dir, host.trees_dir)
+    if ok:
+        return "overlay"
+    why = (
+        f"kernel {os.uname().release} cannot use an idmapped mount as an overlay's lower layer"
+        if idmap.kernel_release() < idmap.IDMAPPED_OVERLAY_LOWER
+        else f"the filesystem of TREES_DIR {host.trees_dir} ({fstype}) cannot be idmapped"
+    )
+    log.warning(
+        "CT %s gets a private copy of its template with its own ids (plain layout), not the "
+        "shared tree: %s",
+        ctid,
+        why,
+    )
+    return "plain"
 
 
 def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[Path, Path]:
@@ -214,8 +237,9 @@ def destroy(host: HostConfig, ctid: int) -> None:
         layout.destroy_private(host, ctid, private_dir, root=root_dir)
         _remove_mount_point(root_dir)
         shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            render_cache_path(host, ctid).unlink()
+        for leftover in (render_cache_path(host, ctid), shift.journal_path(host, ctid)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         path = conf.conf_path(host, ctid)
         os.replace(path, path.with_name(path.name + ".destroyed"))
 

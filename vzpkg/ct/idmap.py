@@ -32,6 +32,7 @@ from vzpkg.hostconf import HostConfig
 BLOCK = 65536
 SUBUID, SUBGID = Path("/etc/subuid"), Path("/etc/subgid")
 POOL_OWNER = "root"  # whose subordinate ids the pool is (as LXC and Incus reserve theirs)
+POOL_PROBE_BASE = 1 << 31  # any mapping will do for a probe: nothing is ever attached with it
 _RESERVATIONS = "userns"  # LOCKDIR/userns/<CTID>: the block of a create in progress
 
 
@@ -259,5 +260,62 @@ def idmapped_bind(source: Path, target: Path, fd: int) -> None:
         )
         syscalls.mount_setattr(mount_fd, attr)
         syscalls.move_mount(mount_fd, target)
+    finally:
+        os.close(mount_fd)
+
+
+# --- can this host idmap? ----------------------------------------------------------------------
+
+IDMAPPED_OVERLAY_LOWER = (5, 19)  # the first kernel with an idmapped mount as overlay lowerdir
+_PROBES = "idmap-probes"  # RUN_DIR/idmap-probes/<fstype>:<device>: "yes" or "no"
+
+
+def kernel_release(release: str | None = None) -> tuple[int, int]:
+    import re
+
+    found = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def can_idmap(run_dir: Path, directory: Path) -> tuple[bool, str]:
+    """Whether a VPS can see a tree in ``directory`` (or, while it does not exist yet, in its
+    nearest existing parent) through an idmapped overlay lower layer, and the filesystem's
+    type. Probed once per filesystem (as Incus does at start) and remembered in RUN_DIR, which
+    is emptied at boot."""
+    from vzpkg.mounts import mount_of
+
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
+    entry = mount_of(directory)
+    fstype = entry.fstype if entry is not None else "unknown"
+    if kernel_release() < IDMAPPED_OVERLAY_LOWER:
+        return False, fstype
+    record = run_dir / _PROBES / f"{fstype}:{os.stat(directory).st_dev}"
+    known = fsutil.read_small(record)
+    if known in ("yes", "no"):
+        return known == "yes", fstype
+    ok = _probe(directory)
+    with contextlib.suppress(OSError):
+        fsutil.makedirs_mode(record.parent, 0o700)
+        fsutil.atomic_write(record, b"yes\n" if ok else b"no\n", 0o600)
+    return ok, fstype
+
+
+def _probe(directory: Path) -> bool:
+    """Try it: a detached copy of ``directory``'s mount, idmapped (nothing is attached)."""
+    try:
+        mount_fd = syscalls.open_tree(
+            directory, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC
+        )
+    except OSError:
+        return False
+    try:
+        with userns_fd(POOL_PROBE_BASE, POOL_PROBE_BASE) as fd:
+            syscalls.mount_setattr(
+                mount_fd, syscalls.MountAttr(attr_set=syscalls.MOUNT_ATTR_IDMAP, userns_fd=fd)
+            )
+        return True
+    except OSError:
+        return False
     finally:
         os.close(mount_fd)
