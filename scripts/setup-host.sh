@@ -19,6 +19,8 @@ packages=(
   runc tini busybox-static uidmap iproute2
   # python
   python3 python3-venv python3-pip
+  # the security tests build their attack tool (tests/security/attack.c) statically
+  gcc libc6-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,7 @@ mode (--userns no) is tried for what it still closes (docs/security.md says what
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import VzHost
+from tests.integration.conftest import BIN, VzHost
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
 
@@ -49,6 +50,46 @@ def refused(host: VzHost, ctid: str, script: str) -> str:
     proc = inside(host, ctid, script)
     assert proc.returncode != 0, f"{script!r} succeeded:\n{proc.stdout}{proc.stderr}"
     return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def attack_tool(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """attack.c, built statically: the system calls no tool of a minimal VPS makes."""
+    out = tmp_path_factory.mktemp("attack") / "attack"
+    source = Path(__file__).with_name("attack.c")
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(source)], check=True)
+    return out.read_bytes()
+
+
+def put_tool(host: VzHost, ctid: str, tool: bytes) -> None:
+    """Copy the attack tool into the VPS through its own shell (as its root would)."""
+    proc = subprocess.run(
+        [str(BIN / "vzctl"), "exec2", ctid, "cat > /attack && chmod 755 /attack"],
+        input=tool,
+        env=host.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+_SYS_ADD_KEY, _SYS_KEYCTL = 248, 250  # x86_64
+_KEY_SPEC_USER_KEYRING, _KEYCTL_INVALIDATE = -4, 21
+
+
+@pytest.fixture
+def host_key() -> Iterator[int]:
+    """A secret in host root's user keyring, for the length of a test: its serial."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    secret = b"host-root-secret"
+    serial = libc.syscall(
+        _SYS_ADD_KEY, b"user", b"vzpkg-attack-host", secret, len(secret), _KEY_SPEC_USER_KEYRING
+    )
+    assert serial > 0, os.strerror(ctypes.get_errno())
+    yield int(serial)
+    libc.syscall(_SYS_KEYCTL, _KEYCTL_INVALIDATE, ctypes.c_long(serial))
 
 
 def host_disk() -> tuple[int, int]:
@@ -138,6 +179,68 @@ def test_no_binfmt_misc_handler_for_the_host_no_modules(
     refused(host, vps, "echo > /tmp/m.ko && insmod /tmp/m.ko")
 
 
+def test_keyrings_of_the_host_and_of_other_vpss_stay_theirs(
+    host: VzHost, vps: str, attack_tool: bytes, host_key: int
+) -> None:
+    put_tool(host, vps, attack_tool)
+    for attack in (f"keyread {host_key}", f"keylink {host_key}", "keysearch vzpkg-attack-host"):
+        assert "host-root-secret" not in refused(host, vps, f"/attack {attack}")
+    other = str(next(_next))
+    assert host.run("vzctl", "create", other, "--ostemplate", MINIMAL).returncode == 0
+    try:
+        assert host.run("vzctl", "start", other).returncode == 0
+        put_tool(host, other, attack_tool)
+        added = inside(host, other, "/attack keyadd vzpkg-attack-other other-secret")
+        assert added.returncode == 0, added.stdout + added.stderr
+        serial = added.stdout.strip()
+        # Its own user keyring it searches (the way the attacks below would find a key).
+        assert inside(host, other, "/attack keysearch vzpkg-attack-other").stdout.split() == [
+            "found:",
+            serial,
+        ]
+        for attack in (f"keyread {serial}", f"keylink {serial}", "keysearch vzpkg-attack-other"):
+            refused(host, vps, f"/attack {attack}")
+    finally:
+        host.run("vzctl", "stop", "--fast", other)
+        host.run("vzctl", "destroy", other)
+
+
+def test_no_kexec_no_open_by_handle(host: VzHost, vps: str, attack_tool: bytes) -> None:
+    put_tool(host, vps, attack_tool)
+    refused(host, vps, "/attack kexec")
+    refused(host, vps, "/attack handle /etc/passwd")
+
+
+def test_host_side_writes_never_follow_what_the_vps_planted(host: VzHost, vps: str) -> None:
+    """vzctl set rewrites guest files from the host: a symlink out of the VPS, a FIFO and a
+    hard link to another file of the VPS in their places are replaced, never written through."""
+    marker = Path(f"/tmp/vzpkg-attack-resolv-{vps}")
+    planted = inside(
+        host,
+        vps,
+        f"ln -sf {marker} /etc/resolv.conf && rm -f /etc/hosts && mkfifo /etc/hosts && "
+        "ln -f /etc/shadow /etc/hostname && md5sum /etc/shadow",
+    )
+    assert planted.returncode == 0, planted.stderr
+    try:
+        done = host.run(
+            "vzctl",
+            "set",
+            vps,
+            "--hostname",
+            "planted",
+            "--nameserver",
+            "198.51.100.53",
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert not marker.exists()
+        after = inside(host, vps, "md5sum /etc/shadow; test -f /etc/hosts && cat /etc/hostname")
+        assert after.stdout.splitlines() == [planted.stdout.strip(), "planted"], after.stdout
+    finally:
+        marker.unlink(missing_ok=True)
+
+
 def test_the_shared_tree_cannot_be_changed(host: VzHost, vps: str) -> None:
     """A write to a template file lands in the VPS's own upper directory: the host's tree and
     another VPS of the same cache still see the original."""
@@ -169,7 +272,9 @@ def test_setuid_files_made_inside_are_owned_by_the_vps_range(host: VzHost, vps: 
     assert st.st_mode & 0o4000 and st.st_uid >= 65536  # setuid, but to the VPS's root only
 
 
-def test_privileged_mode_closes_what_it_can(host: VzHost) -> None:
+def test_privileged_mode_closes_what_it_can(
+    host: VzHost, attack_tool: bytes, host_key: int
+) -> None:
     ctid = str(next(_next))
     made = host.run(
         "vzctl", "create", ctid, "--ostemplate", MINIMAL, "--layout", "plain", "--userns", "no"
@@ -181,6 +286,9 @@ def test_privileged_mode_closes_what_it_can(host: VzHost) -> None:
         refused(host, ctid, f"mknod /tmp/disk b {major} {minor}")
         refused(host, ctid, "mount -o remount,ro /")
         assert inside(host, ctid, "touch /still-writable").returncode == 0
+        put_tool(host, ctid, attack_tool)
+        for attack in (f"keyread {host_key}", "keysearch vzpkg-attack-host", "kexec", "handle /"):
+            refused(host, ctid, f"/attack {attack}")
         assert "no" in host.run("vzlist", "-o", "userns", "-H", ctid).stdout
     finally:
         host.run("vzctl", "stop", "--fast", ctid)

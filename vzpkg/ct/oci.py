@@ -323,7 +323,8 @@ def _privileged_rules() -> list[dict[str, Any]]:
     """What a VPS without a user namespace is denied besides (it holds CAP_SYS_ADMIN and
     CAP_MKNOD over the host's objects): remounting a superblock (a plain VPS's ``mount -o
     remount,ro /`` would make the host's filesystem read-only, and sysvinit's halt does it),
-    reconfiguring one through the new mount API, and making block device nodes."""
+    reconfiguring one through the new mount API, making block device nodes, and the kernel
+    keyrings."""
     eperm = {"action": "SCMP_ACT_ERRNO", "errnoRet": 1}
     return [
         # mount(source, target, type, flags, data): MS_REMOUNT without MS_BIND changes the
@@ -332,6 +333,9 @@ def _privileged_rules() -> list[dict[str, Any]]:
         {"names": ["fspick"], **eperm},
         {"names": ["mknod"], **eperm, "args": [_masked_eq(1, _S_IFMT, _S_IFBLK)]},
         {"names": ["mknodat"], **eperm, "args": [_masked_eq(2, _S_IFMT, _S_IFBLK)]},
+        # Its root is host uid 0: root's user keyring and every key of uid 0 would be its
+        # own. No keyrings at all, as LXC's default policy (ENOSYS: "no keyring support").
+        {"names": ["keyctl", "add_key", "request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
     ]
 
 
