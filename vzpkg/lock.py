@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import stat
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vzpkg.errors import ExitCode, VzError
+
+log = logging.getLogger("vzpkg")
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -96,7 +99,7 @@ def locked(
                         hint=hint,
                     ) from None
                 if not announced and on_wait:
-                    print(f"{on_wait} (held by {holder_of(path)})", file=sys.stderr)
+                    log.warning("%s (held by %s)", on_wait, holder_of(path))
                     announced = True
                 time.sleep(0.1)
         os.ftruncate(fd, 0)

@@ -772,3 +772,19 @@ def test_kill_9_while_removing_the_last_tree_is_finished_by_the_next_destroy(
     finally:
         run("destroy", ctid)
         shutil.rmtree(trees, ignore_errors=True)
+
+
+def test_quiet_says_nothing_but_errors(host: VzHost, cts: list[str]) -> None:
+    """-q silences warnings too (a privileged VPS's, a lock waited for), on the short paths
+    (start, stop) and in the full CLI; an error still speaks."""
+    ctid = new_ct(cts)
+    for args in (
+        ("create", ctid, "--ostemplate", MINIMAL, "--userns", "no"),
+        ("start", ctid),
+        ("stop", ctid),
+        ("mount", ctid),
+        ("umount", ctid),
+    ):
+        assert vzctl(host, "-q", *args).stderr == "", args
+    assert "privileged" in vzctl(host, "start", ctid).stderr
+    assert "is already running" in vzctl(host, "-q", "start", ctid, code=32).stderr

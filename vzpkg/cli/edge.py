@@ -19,10 +19,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def setup(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr
-    )
+def setup(debug: bool, quiet: bool = False) -> None:
+    """Log to stderr: everything with ``debug``, only errors when ``quiet`` (vzctl -q)."""
+    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, raise_terminated)
 
 

@@ -36,7 +36,7 @@ def _say(text: str, quiet: bool = False) -> None:
 @click.pass_context
 def main(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
     """Control VPSs: vzctl COMMAND CTID [OPTIONS]. Exit codes: docs/exit-codes.md."""
-    setup(debug)
+    setup(debug, quiet)
     ctx.obj = {"quiet": quiet}
 
 

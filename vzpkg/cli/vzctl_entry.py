@@ -101,7 +101,7 @@ def fast_lifecycle(args: list[str]) -> int | None:
         return None
     from vzpkg.cli import edge, vzctl_actions
 
-    edge.setup(debug=False)
+    edge.setup(debug=False, quiet=quiet)
     action = vzctl_actions.start if args[0] == "start" else vzctl_actions.stop
     edge.edge(PROG)(action)(args[1], quiet)  # exits with the error's code on failure
     return 0
