@@ -129,9 +129,14 @@ def test_a_shift_cut_short_is_refused_at_start_and_finished_by_running_it_again(
     for i in range(30000):  # enough files that the kill lands while they are moved
         (many / str(i)).touch()
     journal = host.base / "conf" / f"{ctid}.shifting"
+    conf = host.base / "conf" / f"{ctid}.conf"
+
+    def moving() -> bool:  # the plan is written, and CTID.conf names the new block
+        return journal.exists() and 'LOCAL_UID="0"' not in conf.read_text()
+
     proc = host.popen("vzctl", "set", ctid, "--userns", "yes", "--save")
     deadline = time.monotonic() + 60
-    while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not moving() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -199,3 +204,18 @@ def test_a_running_vps_is_refused(host: VzHost, privileged: tuple[str, Path]) ->
     assert host.run("vzctl", "start", ctid).returncode == 0
     proc = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
     assert proc.returncode == 32 and "stopped" in proc.stderr
+
+
+def test_a_plan_whose_config_was_never_written_is_dropped(
+    host: VzHost, privileged: tuple[str, Path]
+) -> None:
+    """Killed between writing the plan and CTID.conf: nothing was moved; start refuses until
+    the command runs again, which starts over."""
+    ctid, private = privileged
+    journal = host.base / "conf" / f"{ctid}.shifting"
+    journal.write_text('{"from": [0, 0], "to": [65536, 65536], "modes": {}, "caps": {}}')
+    assert host.run("vzctl", "start", ctid).returncode == 47
+    done = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
+    assert done.returncode == 0, done.stderr
+    assert not journal.exists()
+    assert (private / "etc/passwd").stat().st_uid == base_of(host, ctid) != 65536
