@@ -247,11 +247,17 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         with interrupts.deferred():
             layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
             shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
-            # runc delete leaves what a VPS's systemd made below its own cgroups.
-            cgroups.remove_group(cgroup_parent(host), str(ctid))
-            if not runc.known_ids():
-                cgroups.remove_empty_parent(cgroup_parent(host))
+            remove_cgroups(host, ctid)
         return how
+
+
+def remove_cgroups(host: HostConfig, ctid: int) -> None:
+    """What is left of a stopped VPS's cgroups: runc delete leaves what a VPS's systemd made
+    below its own, and a VPS that runc lost has had no runc delete at all. Their common parent
+    goes too once no VPS of this host is left in runc's state."""
+    cgroups.remove_group(cgroup_parent(host), str(ctid))
+    if not runc_of(host).known_ids():
+        cgroups.remove_empty_parent(cgroup_parent(host))
 
 
 def runs_without_state(host: HostConfig, ctid: int) -> VzError:
@@ -282,7 +288,7 @@ def kill_strays(host: HostConfig, ctid: int) -> bool:
         pids = inits = stray_pids(host, ctid)
     if pids:
         raise VzError(f"CT {ctid}: {len(pids)} processes survived SIGKILL", ExitCode.STOP_FAILED)
-    cgroups.remove_group(cgroup_parent(host), str(ctid))
+    remove_cgroups(host, ctid)
     return True
 
 
