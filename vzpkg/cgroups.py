@@ -4,6 +4,17 @@ runc makes a VPS's cgroups (``/<parent>/<CTID>`` below each hierarchy) and remov
 ``runc delete``; vzpkg reads them to count a VPS's processes, to find a VPS that runs although
 runc's state for it is gone, and removes the parent once it is empty. Light to import (os only):
 ``vzlist`` reads process counts through here.
+
+The two layouts, as runc tells them apart (is ``/sys/fs/cgroup`` itself cgroup2?):
+
+- hybrid (cgroup v1 with systemd's v2 beside it): a tmpfs at ``/sys/fs/cgroup`` holds one
+  directory per v1 hierarchy (``memory``, ``pids``, ..., systemd's named ``systemd``) and the
+  cgroup2 one at ``unified``. A VPS has a cgroup in each; runc's state names them by controller,
+  ``name=systemd`` and ``""`` (the unified one).
+- pure v2 (systemd 252's default): ``/sys/fs/cgroup`` is the one cgroup2 hierarchy; a VPS has
+  one cgroup, ``/sys/fs/cgroup/<parent>/<CTID>``, named ``""`` in runc's state.
+
+Every function below works on both: a hierarchy is a directory with a ``cgroup.procs`` file.
 """
 
 from __future__ import annotations
@@ -92,14 +103,29 @@ def remove_empty_parent(parent: str, root: str = ROOT) -> None:
             os.rmdir(os.path.join(hierarchy, parent))
 
 
-# What makes a cgroup its user's (the kernel's cgroup v2 delegation, LXC's for v1): the
-# directory (to make cgroups below it) and the files that move processes; never a limit file.
+# The hierarchies systemd as init manages for itself (runc's names for them): the cgroup2 one
+# ("", the only one of a pure v2 host) and v1's named "name=systemd" (hybrid). No controller's
+# hierarchy is among them: in v1 a controller's cgroup directory is its limits.
+DELEGATED_HIERARCHIES = ("", "name=systemd")
+
+# What makes a cgroup its user's (the kernel's cgroup v2 delegation, as systemd and LXC hand it
+# out; "tasks" is v1's cgroup.threads): the directory (to make cgroups below it) and the files
+# that move processes and turn controllers on below it; never a limit file, and none of the
+# other files of the cgroup itself (cgroup.max.*, cgroup.freeze, cgroup.kill, memory.oom.group).
 DELEGATED_FILES = ("cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads")
 
 
+def delegated_dirs(paths: dict[str, str]) -> list[str]:
+    """Of a container's cgroup directories by hierarchy (as runc's state names them), the ones
+    its own root is given: the cgroup2 one and systemd's named v1 one, whichever exist."""
+    return [paths[key] for key in DELEGATED_HIERARCHIES if key in paths]
+
+
 def delegate(path: str, uid: int, gid: int) -> None:
-    """Hand cgroup ``path`` to a VPS's root: it may make cgroups below it and move its own
-    processes between them (systemd as init does), bounded by every limit above it."""
+    """Hand cgroup ``path`` to a VPS's root: it may make cgroups below it, move its own
+    processes between them and turn controllers on for them (systemd as init does), bounded by
+    every limit above it. Files the kernel adds later (a controller turned on above) are made
+    by root, and stay root's."""
     os.chown(path, uid, gid)
     for name in DELEGATED_FILES:
         with contextlib.suppress(FileNotFoundError):

@@ -165,18 +165,14 @@ def _start_mounted(
     return init
 
 
-# The hierarchies systemd as init manages for itself: the unified one (v2, "") and its named
-# v1 one. No controller's limits are among them.
-DELEGATED_HIERARCHIES = ("", "name=systemd")
-
-
 def delegate_cgroups(state_root: Path, ctid: int, ids: tuple[int, int]) -> None:
-    """Give the VPS's root its own cgroups where systemd needs them: without that it exits at
-    once (and says nothing: it has no console)."""
+    """Give the VPS's root its own cgroups where systemd needs them (the cgroup2 one, and on a
+    hybrid host the named v1 ``name=systemd`` one): without that it exits at once (and says
+    nothing: it has no console)."""
     paths = runcstate.cgroup_paths(state_root, container_id(ctid))
-    for key in DELEGATED_HIERARCHIES:
-        if key in paths and os.path.isdir(paths[key]):
-            cgroups.delegate(paths[key], *ids)
+    for path in cgroups.delegated_dirs(paths):
+        if os.path.isdir(path):
+            cgroups.delegate(path, *ids)
 
 
 def write_guest_setup(
