@@ -96,8 +96,16 @@ class VzHost:
         return found
 
 
-TEST_POOL_BASE = (1 << 30) + (1 << 29) + (1 << 28)
-TEST_POOL_SIZE = 1 << 24  # 256 VPSs
+# Engineers who share a machine run the suite side by side: each may move the test pool of
+# user namespace ids (VZTEST_POOL_BASE, VZTEST_POOL_SIZE) and the CTIDs of the modules that ask
+# ctid_base (VZTEST_CTID_BASE), so that no two runs share either.
+TEST_POOL_BASE = int(os.environ.get("VZTEST_POOL_BASE", (1 << 30) + (1 << 29) + (1 << 28)))
+TEST_POOL_SIZE = int(os.environ.get("VZTEST_POOL_SIZE", 1 << 24))  # 256 VPSs
+
+
+def ctid_base(default: int) -> int:
+    """Where a test module's CTIDs begin: ``default``, or VZTEST_CTID_BASE when set."""
+    return int(os.environ.get("VZTEST_CTID_BASE", default))
 
 
 def runtime_conf(base: Path) -> str:
