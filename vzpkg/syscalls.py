@@ -64,6 +64,7 @@ MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
 MOUNT_ATTR_IDMAP = 0x00100000
+UMOUNT_NOFOLLOW = 0x00000008
 # x86_64 (and every architecture that uses the generic table for them: these came late enough
 # to have the same numbers everywhere but alpha).
 SYS_OPEN_TREE = 428
@@ -137,6 +138,11 @@ def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
         ),
         target,
     )
+
+
+def umount(target: str | os.PathLike[str], flags: int = UMOUNT_NOFOLLOW) -> None:
+    """umount2(2) of the mount on ``target`` (never through a symlink)."""
+    _check(_libc().umount2(os.fsencode(target), ctypes.c_int(flags)), target)
 
 
 def enter_userns(fd: int) -> None:

@@ -336,3 +336,14 @@ def test_a_vps_cannot_make_its_own_destroy_fail(host: VzHost) -> None:
     assert destroy.returncode == 0, destroy.stderr
     assert not (host.base / "private" / ctid).exists()
     assert not (host.base / "private" / f"{ctid}.destroying").exists()
+
+
+def test_host_users_reach_no_vps_files(host: VzHost, vps: str) -> None:
+    """A host user (nobody) gets into neither a running VPS's root nor the gate runc uses,
+    even where every directory above them lets others pass (the test host's do)."""
+    inside(host, vps, "cp /bin/true /root/suid && chmod 4755 /root/suid")
+    gate = host.base / "run" / "ct" / f"{vps}.rootfs" / "root"
+    for path in (host.base / "root" / vps / "root/suid", gate / "root/suid"):
+        with pytest.raises(PermissionError):
+            subprocess.run([str(path)], user=65534, group=65534, extra_groups=[], check=False)
+    assert os.stat(gate / "root/suid").st_mode & 0o4000  # root sees it: the path is right

@@ -233,7 +233,7 @@ def destroy(host: HostConfig, ctid: int) -> None:
             raise runs_without_state(host, ctid)
         if state is not None:
             runc.delete(ctid, force=True)
-        layout.umount_root(ctid, root_dir, private_dir, staging=layout.staging_path(host, ctid))
+        layout.umount_ct(host, ctid, root_dir, private_dir)
         layout.destroy_private(host, ctid, private_dir, root=root_dir)
         _remove_mount_point(root_dir)
         shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)

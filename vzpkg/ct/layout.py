@@ -30,7 +30,7 @@ import re
 import stat
 from pathlib import Path
 
-from vzpkg import run
+from vzpkg import run, syscalls
 from vzpkg.ct import idmap, places, trees
 from vzpkg.ct.conf import LAYOUTS, ctid_valid, root_path
 from vzpkg.errors import ExitCode, VzError
@@ -432,7 +432,9 @@ def _remove_doomed(host: HostConfig, ctid: int, private: Path, doomed: Path) -> 
 
 def _mount_point_ready(root: Path) -> None:
     try:
-        makedirs_mode(root.parent, 0o755)
+        # Root's only: runc reaches a VPS's root through its gate (gate_path), and no host
+        # user has anything to do in VPSs' roots (an existing directory keeps its mode).
+        makedirs_mode(root.parent, 0o700)
         with contextlib.suppress(FileExistsError):
             mkdir_mode(root, 0o755)
         st = root.lstat()
@@ -501,6 +503,50 @@ def release_staging(staging: Path) -> None:
         run.run(["umount", str(staging)], error_code=ExitCode.UMOUNT_FAILED)
     with contextlib.suppress(FileNotFoundError, OSError):
         staging.rmdir()
+
+
+def gate_path(host: HostConfig, ctid: int) -> Path:
+    """Where runc finds a running VPS's root: ``RUN_DIR/ct/CTID.rootfs/root``, a bind of
+    VE_ROOT. The directory ``CTID.rootfs`` belongs to the VPS's root and lets only it pass
+    (mode 0100): runc mounts the root as the VPS's own ids, which must get through every
+    directory above it, and no other host user can. So the directories above VE_ROOT need not
+    let others pass (the default /vz/root is 0700): no host user reaches a VPS's files."""
+    return host.run_dir / "ct" / f"{ctid}.rootfs"
+
+
+def open_gate(gate: Path, root: Path, owner: tuple[int, int]) -> Path:
+    """Bind the mounted VPS root ``root`` at ``gate``/root (again if a crash left one), for
+    ``owner``'s eyes only; the path to give runc."""
+    release_gate(gate)
+    makedirs_mode(gate.parent, 0o711)
+    for directory in (gate.parent.parent, gate.parent):  # RUN_DIR and RUN_DIR/ct, vzpkg's own
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if not mode & 0o001:
+            os.chmod(directory, mode | 0o001)  # pass, not read: everything in them is 0700
+    mkdir_mode(gate, 0o700)
+    target = gate / "root"
+    mkdir_mode(target, 0o700)
+    os.chown(gate, *owner)
+    os.chmod(gate, 0o100)
+    mount_fd = syscalls.open_tree(root, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC)
+    try:
+        syscalls.move_mount(mount_fd, target)
+    finally:
+        os.close(mount_fd)
+    return target
+
+
+def release_gate(gate: Path) -> None:
+    """Unmount and remove a VPS's gate (nothing to do if there is none)."""
+    target = gate / "root"
+    for _ in range(16):
+        if not is_mounted(target):
+            break
+        syscalls.umount(target)
+    with contextlib.suppress(FileNotFoundError):
+        target.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        gate.rmdir()
 
 
 def mount_root(
@@ -589,11 +635,26 @@ def _idmapped_lower(tree: Path, staging: Path, userns: tuple[int, int]) -> Path:
     return staging
 
 
-def umount_root(ctid: int, root: Path, private: Path, *, staging: Path | None = None) -> None:
-    """Unmount the CT's root (and its idmapped view of its tree, ``staging``); nothing to do if
-    nothing is mounted there. Refuses (and unmounts nothing) when what is mounted on ``root``
-    is not from this CT's ``private`` area."""
+def umount_ct(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
+    """Unmount everything of a CT's root: its gate, the root, its idmapped tree."""
+    umount_root(ctid, root, private, staging=staging_path(host, ctid), gate=gate_path(host, ctid))
+
+
+def umount_root(
+    ctid: int,
+    root: Path,
+    private: Path,
+    *,
+    staging: Path | None = None,
+    gate: Path | None = None,
+) -> None:
+    """Unmount the CT's root (its gate first, and its idmapped view of its tree, ``staging``,
+    last); nothing to do if nothing is mounted there. Refuses (and unmounts nothing but the
+    gate, vzpkg's own place) when what is mounted on ``root`` is not from this CT's
+    ``private`` area."""
     root = _absolute(root, "VE_ROOT")
+    if gate is not None:
+        release_gate(gate)
     for _ in range(16):  # mounts stacked on the root, innermost last
         if not check_own_mount(ctid, root, private, ExitCode.UMOUNT_FAILED):
             if staging is not None:

@@ -35,7 +35,6 @@ from vzpkg.ct.common import (
 from vzpkg.ct.engine import KILL_GRACE, ContainerState, write_bundle
 from vzpkg.ct.guest import InitKind, RenderCache, apply_guest_setup, detect_init, resolve_in_root
 from vzpkg.ct.ids import container_id
-from vzpkg.ct.layout import staging_path
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
 from vzpkg.hostconf import HostConfig
@@ -69,7 +68,7 @@ def umount(host: HostConfig, ctid: int) -> None:
             runc.delete(ctid, force=True)  # an init that died by itself left this
         if not layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.UMOUNT_FAILED):
             raise VzError(f"CT {ctid} is not mounted", ExitCode.NOT_MOUNTED)
-        layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
+        layout.umount_ct(host, ctid, root_dir, private_dir)
 
 
 def start(host: HostConfig, ctid: int) -> InitKind:
@@ -88,7 +87,7 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
             raise runs_without_state(host, ctid)
         _check_mountable(host, ctid, private_dir)
         if cfg.userns is not None:
-            places.check_traversable(ctid, root_dir, ExitCode.MOUNT_FAILED)
+            places.check_traversable(ctid, host.run_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return)
         # A start that does not get to run init unmounts again, even after kill -9.
@@ -106,7 +105,7 @@ def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
         runc.delete(ctid, force=True)  # created but init never ran, or died
         state = None
     if state is None:
-        layout.umount_root(ctid, root, private, staging=staging_path(host, ctid))
+        layout.umount_ct(host, ctid, root, private)
 
 
 def _start_mounted(
@@ -140,9 +139,11 @@ def _start_mounted(
     write_guest_setup(ctid, root_dir, cfg, init, rendered)
     rendered.save()
     ids = cfg.userns
+    # runc gets the root through the VPS's gate, which only the VPS's own ids pass.
+    runc_root = layout.open_gate(layout.gate_path(host, ctid), root_dir, ids or (0, 0))
     spec = oci.BundleSpec(
         ctid=str(ctid),
-        root=root_dir,
+        root=runc_root,
         hostname=cfg.hostname or f"ct{ctid}",
         init_argv=first_start_wrapper(root_dir, init.argv),
         binds=(oci.tini_bind(HOST_TINI),) if init.kind == "tini" else (),
@@ -225,7 +226,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
             # Not running: tidy up a mount of its own; whatever else is mounted there is left.
             entry = places.top_mount(root_dir)
             if entry is not None and places.is_own_mount(root_dir, private_dir, entry):
-                layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
+                layout.umount_ct(host, ctid, root_dir, private_dir)
             if killed:
                 return "killed"
             raise VzError(f"CT {ctid} is not running", ExitCode.NOT_RUNNING)
@@ -241,7 +242,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         how = runc.stop(ctid, stop_signal, wait)
         # The VPS is gone: what is left is ours to tidy, whatever arrives meanwhile.
         with interrupts.deferred():
-            layout.umount_root(ctid, root_dir, private_dir, staging=staging_path(host, ctid))
+            layout.umount_ct(host, ctid, root_dir, private_dir)
             shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
             remove_cgroups(host, ctid)
         return how

@@ -285,20 +285,22 @@ def not_owned(ctid: int, path: Path, what: str, code: ExitCode) -> VzError:
     return VzError(f"CT {ctid}: {path} is not provably its private area: {why}; {what}", code, hint)
 
 
-def check_traversable(ctid: int, root: Path, code: ExitCode) -> None:
-    """runc mounts a VPS's root from inside the VPS's user namespace: every directory above
-    ``root`` must let others through (x for others), or the start fails with a bare EACCES."""
-    for directory in Path(real(root)).parents:
+def check_traversable(ctid: int, run_dir: Path, code: ExitCode) -> None:
+    """runc mounts a VPS's root from inside the VPS's user namespace, through its gate below
+    ``run_dir`` (layout.gate_path): every directory above RUN_DIR must let others through (x
+    for others), or the start fails with a bare EACCES. (RUN_DIR itself is vzpkg's own: the
+    start makes it passable.)"""
+    for directory in Path(real(run_dir)).parents:
         try:
             mode = directory.stat().st_mode
         except OSError:
             continue
         if not mode & 0o001:
             raise VzError(
-                f"CT {ctid}: {directory} (above its root {root}) cannot be passed through by "
-                f"the VPS's own ids (mode {mode & 0o7777:04o}), which runc mounts its root as",
+                f"CT {ctid}: {directory} (above RUN_DIR {run_dir}, where runc finds the VPS's "
+                f"root) cannot be passed through by the VPS's own ids (mode {mode & 0o7777:04o})",
                 code,
-                hint=f"let others pass (not read): chmod o+x {directory}; or choose a VE_ROOT "
+                hint=f"let others pass (not read): chmod o+x {directory}; or choose a RUN_DIR "
                 "whose directories allow it",
             )
 
