@@ -2,30 +2,38 @@
 """Benchmark: the vzctl runtime against raw runc and LXC, in the same run, on the same tree.
 
     sudo .venv/bin/python bench/runtime.py [--rounds 5] [--vps 5] [--build-cache]
+        [--ctid-base 73100] [--userns-pool BASE:SIZE]
 
 Everything runs from one cache of debian-12-x86_64-minimal (a verified copy of the checkout's
 caches/ one, or one built with vzpkgcache) under a temp dir (plus one in /dev/shm): a host
 config of its own (VZPKG_CONF), runc's own --root, LXC's own lxcpath (-P). Every VPS/container
 runs the same init: vzpkg's tini (the host's tini-static, bound read-only) keeping a shell loop
 alive. LXC is installed when missing (--no-install-recommends, its bridge disabled) and never
-gets a network (lxc.net.0.type = empty).
+gets a network (lxc.net.0.type = empty). VPSs get CTIDs from --ctid-base on and user namespace
+blocks from --userns-pool, whose last block is LXC's unprivileged containers'.
 
 Measures, as medians over the rounds after a warm-up round (the real CLIs, fresh processes):
   startup  python -c pass, import vzpkg.cli.vzctl, vzctl --help: what every vzctl command pays
            before doing anything ("work" = command time minus vzctl --help). Python commands
            get a bytecode cache in the temp dir, as an installed vzpkg has.
   vzpkg    vzctl create (overlay: the template tree exists; plain: the cache is unpacked, on
-           disk and on tmpfs), start, exec CTID true, stop, destroy; overlay create in-process
-  runc     runc run -d, exec true, state, delete --force of an unpacked copy of the root
+           disk and on tmpfs), start, exec CTID true, stop, destroy, each of a VPS with a user
+           namespace (the default, --userns yes) and of a privileged one (--userns no);
+           overlay create in-process
+  runc     runc run -d, exec true, state, delete --force of an unpacked copy of the root (runc
+           spec's config); runc run -d, exec true of vzctl's own bundle (its config.json, the
+           root mounted by vzctl mount): what runc itself spends of a vzctl start / exec
   lxc      lxc-copy -s -B overlay (snapshot clone), lxc-start -d, lxc-attach -- true,
-           lxc-stop, lxc-destroy
+           lxc-stop, lxc-destroy; privileged (root's ids) and unprivileged (lxc.idmap u/g 0 BASE
+           65536, run by root; its base rootfs chowned onto that block)
   unpack   zstd -d | tar -x (vzpkg's tar flags) into a fresh dir: on disk, + syncfs, on tmpfs
 and then the host memory of --vps idle VPSs of each kind: PSS of the containers' processes plus
 any monitor process on the host (LXC keeps one per container, vzpkg none), and the change of
 the memory the host holds (anon, shmem, kernel objects: see held_memory_kb).
 
-Goals (issue): overlay create < 20 ms of work (ct_create.create in-process, imports done),
-vzctl start / lxc-start -d <= 1.5, vzctl exec - runc exec <= 30 ms.
+Goals (issue 9), of a VPS with a user namespace (the default): vzctl start <= 2 x runc run -d of
+the same root, vzctl exec <= 2 x runc exec, memory per idle VPS <= 0.7 MiB, plain create <= 1.5 x
+zstd -d | tar -x of the same cache on tmpfs.
 
 Everything is stopped, destroyed, unmounted and removed at the end, also on failure or Ctrl-C.
 """
@@ -42,6 +50,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -59,22 +68,36 @@ sys.path.insert(0, str(REPO))
 
 from vzpkg.cache.archive import unpack_archive, unpack_argv  # noqa: E402
 from vzpkg.ct import create as ct_create  # noqa: E402
+from vzpkg.ct.common import bundle_dir, cgroup_parent  # noqa: E402
 from vzpkg.ct.guest import TINI_IN_CT, detect_init  # noqa: E402
-from vzpkg.hostconf import load_host_config  # noqa: E402
+from vzpkg.hostconf import HostConfig, load_host_config  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TEMPLATE = "debian-12-x86_64-minimal"
 HOST_TINI = Path("/usr/bin/tini-static")
-CTID_BASE = 73100  # far from the CTIDs the tests use: runc's cgroups are named /vzpkg/CTID
+CTID_BASE = 73100  # far from the CTIDs the tests use (--ctid-base to choose others)
+CTIDS = 10  # CTIDs used from the base on besides the --vps ones of the memory step (base + 10 on)
+# User namespace blocks of its own, apart from the host's VPSs' and the tests'.
+POOL_BASE = (1 << 30) + (1 << 29) + (1 << 28) + (1 << 24)
+POOL_SIZE = 1 << 22
+BLOCK = 65536  # ids per user namespace, vzpkg's and LXC's alike
 LXC_BASE = "vzbench-base"
+LXC_UNPRIV_BASE = "vzbench-ubase"
 RAW_ID = "vzbench-raw"
+RAW_BUNDLE_ID = "vzbench-rawvz"  # runc on vzctl's own bundle
 LXC_NET_DEFAULTS = Path("/etc/default/lxc-net")
 LXC_LOCKS = Path("/run/lxc/lock")  # LXC's lock files, one directory per lxcpath
+LXC_PIVOT = "lxc.pivot"  # the cgroup LXC's monitors move to before they exit (one per hierarchy)
 MIB = 1024.0  # kB per MiB (smaps and meminfo count kB)
 
-GOAL_CREATE_WORK = 0.020
-GOAL_START_RATIO = 1.5
-GOAL_EXEC_EXTRA = 0.030
+GOAL_START_RATIO = 2.0  # vzctl start / runc run -d
+GOAL_EXEC_RATIO = 2.0  # vzctl exec / runc exec
+GOAL_MEMORY_MIB = 0.7  # PSS per idle VPS, its processes and any monitor
+GOAL_PLAIN_CREATE_RATIO = 1.5  # plain create / zstd -d | tar -x, both on tmpfs
+RUNC_BUNDLE_START_USERNS = "runc run -d, vzctl's bundle, userns"
+RUNC_BUNDLE_START_PRIV = "runc run -d, vzctl's bundle, privileged"
+RUNC_BUNDLE_EXEC_USERNS = "runc exec true, vzctl's bundle, userns"
+RUNC_BUNDLE_EXEC_PRIV = "runc exec true, vzctl's bundle, privileged"
 
 
 class BenchError(Exception):
@@ -230,7 +253,7 @@ def python_env(base: Path) -> dict[str, str]:
 class Vzpkg:
     """The real vzctl CLI against a host config of its own."""
 
-    def __init__(self, base: Path, cache_dir: Path) -> None:
+    def __init__(self, base: Path, cache_dir: Path, pool: tuple[int, int]) -> None:
         self.base = base
         self.conf = base / "vzpkg.conf"
         self.run_dir = base / "run"
@@ -243,9 +266,8 @@ class Vzpkg:
             "CONF_DIR": base / "conf",
             "TREES_DIR": base / "trees",
             "RUN_DIR": self.run_dir,
-            # User namespace blocks of its own, apart from the host's VPSs' and the tests'.
-            "USERNS_POOL_BASE": (1 << 30) + (1 << 29) + (1 << 28) + (1 << 24),
-            "USERNS_POOL_SIZE": 1 << 22,
+            "USERNS_POOL_BASE": pool[0],
+            "USERNS_POOL_SIZE": pool[1],
         }
         self.conf.write_text("".join(f'{key}="{value}"\n' for key, value in values.items()))
         self.env = {**python_env(base), "VZPKG_CONF": str(self.conf)}
@@ -255,10 +277,25 @@ class Vzpkg:
     def ctl(self, *args: str) -> float:
         return timed([self.vzctl, "-q", *args], self.env)
 
-    def create(self, ctid: int, layout: str, private: Path | None = None) -> float:
+    def host(self) -> HostConfig:
+        return load_host_config({"VZPKG_CONF": str(self.conf)})
+
+    def create(
+        self, ctid: int, layout: str, private: Path | None = None, userns: bool = True
+    ) -> float:
         self.made.add(ctid)
         where = ["--private", str(private)] if private else []
-        return self.ctl("create", str(ctid), "--ostemplate", TEMPLATE, "--layout", layout, *where)
+        return self.ctl(
+            "create", str(ctid), "--ostemplate", TEMPLATE, "--layout", layout, *where,
+            "--userns", "yes" if userns else "no",
+        )  # fmt: skip
+
+    def bundle_config(self, ctid: int) -> dict[str, Any]:
+        """The config.json vzctl start wrote for a running VPS."""
+        config: dict[str, Any] = json.loads(
+            (bundle_dir(self.host(), ctid) / "config.json").read_text()
+        )
+        return config
 
     def destroy(self, ctid: int) -> float:
         elapsed = self.ctl("destroy", str(ctid))
@@ -267,7 +304,7 @@ class Vzpkg:
 
     def create_in_process(self, ctid: int) -> float:
         """create() itself, imports already done: the work of the command, nothing else."""
-        host = load_host_config({"VZPKG_CONF": str(self.conf)})
+        host = self.host()
         self.made.add(ctid)
         return timed_call(lambda: ct_create.create(host, ctid, TEMPLATE, layout_name="overlay"))
 
@@ -291,30 +328,40 @@ class Vzpkg:
                 run(self.runc_argv("delete", "--force", name), check=False)
 
 
-class RawRunc:
-    """runc by hand: runc spec, adjusted just enough to run the same init in the same root."""
+def spec_config(rootfs: Path, init_argv: Sequence[str]) -> dict[str, Any]:
+    """runc spec's config.json, adjusted just enough to run the same init in the same root."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run(["runc", "spec", "--bundle", scratch])
+        config: dict[str, Any] = json.loads((Path(scratch) / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = list(init_argv)
+    config["root"] = {"path": str(rootfs), "readonly": False}
+    config["hostname"] = "raw"
+    config["mounts"].append(
+        {
+            "destination": TINI_IN_CT,
+            "type": "bind",
+            "source": str(HOST_TINI),
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }
+    )
+    return config
 
-    def __init__(self, base: Path, rootfs: Path, init_argv: Sequence[str]) -> None:
-        self.bundle = rootfs.parent
+
+class RawRunc:
+    """runc by hand: one container ``ident`` of a bundle of our own with the config given
+    (its cgroup renamed to /ident), in a runc --root of our own."""
+
+    def __init__(self, base: Path, bundle: Path, ident: str) -> None:
+        self.bundle = bundle
+        self.ident = ident
         self.state_root = base / "runc-raw"
         self.running = False
-        run(["runc", "spec", "--bundle", str(self.bundle)])
-        config_path = self.bundle / "config.json"
-        config: dict[str, Any] = json.loads(config_path.read_text())
-        config["process"]["terminal"] = False
-        config["process"]["args"] = list(init_argv)
-        config["root"] = {"path": str(rootfs), "readonly": False}
-        config["hostname"] = "raw"
-        config["mounts"].append(
-            {
-                "destination": TINI_IN_CT,
-                "type": "bind",
-                "source": str(HOST_TINI),
-                "options": ["bind", "ro", "nosuid", "nodev"],
-            }
-        )
-        config["linux"]["cgroupsPath"] = f"/{RAW_ID}"
-        config_path.write_text(json.dumps(config, indent=2))
+
+    def configure(self, config: dict[str, Any]) -> None:
+        self.bundle.mkdir(parents=True, exist_ok=True)
+        config["linux"]["cgroupsPath"] = f"/{self.ident}"
+        (self.bundle / "config.json").write_text(json.dumps(config, indent=2))
 
     def argv(self, *args: str) -> list[str]:
         return ["runc", "--root", str(self.state_root), *args]
@@ -327,7 +374,7 @@ class RawRunc:
         self.running = True
         start = time.perf_counter()
         code = subprocess.call(
-            [*argv, RAW_ID],
+            [*argv, self.ident],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -338,41 +385,78 @@ class RawRunc:
         return elapsed
 
     def exec_true(self) -> float:
-        return timed(self.argv("exec", RAW_ID, "true"))
+        return timed(self.argv("exec", self.ident, "true"))
 
     def state(self) -> float:
-        return timed(self.argv("state", RAW_ID))
+        return timed(self.argv("state", self.ident))
 
     def delete(self) -> float:
-        elapsed = timed(self.argv("delete", "--force", RAW_ID))
+        elapsed = timed(self.argv("delete", "--force", self.ident))
         self.running = False
         return elapsed
 
     def cleanup(self) -> None:
-        if self.running or self.state_root.is_dir():
-            run(self.argv("delete", "--force", RAW_ID), check=False)
+        if self.running or (self.state_root / self.ident).is_dir():
+            run(self.argv("delete", "--force", self.ident), check=False)
             self.running = False
 
 
-class Lxc:
-    """LXC with its own lxcpath; a base container with a plain rootfs, snapshot clones of it."""
+def shift_ids(top: Path, offset: int) -> None:
+    """Add ``offset`` to the owner and group of everything below ``top`` (as LXC's uidmapshift
+    does for an unprivileged container's rootfs); each inode once, however many hard links it
+    has; the set-id bits chown clears are set again. (File capabilities are lost: the minimal
+    template's files have none.)"""
+    seen: set[int] = set()
 
-    def __init__(self, lxcpath: Path, init_argv: Sequence[str]) -> None:
+    def shift(path: str) -> None:
+        st = os.lstat(path)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if st.st_ino in seen:
+                return
+            seen.add(st.st_ino)
+        os.lchown(path, st.st_uid + offset, st.st_gid + offset)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o6000:
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    for directory, dirs, files in os.walk(top):
+        for name in dirs + files:
+            shift(os.path.join(directory, name))
+    shift(str(top))
+
+
+class Lxc:
+    """LXC with its own lxcpath; a base container with a plain rootfs, snapshot clones of it.
+    With ``idmap_base``: unprivileged, root-run (lxc.idmap u/g 0 idmap_base 65536, LXC's
+    userns.conf), the base rootfs shifted onto that block."""
+
+    def __init__(self, lxcpath: Path, init_argv: Sequence[str], idmap_base: int | None) -> None:
         self.lxcpath = lxcpath
         self.init_argv = list(init_argv)
+        self.idmap_base = idmap_base
+        self.base = LXC_BASE if idmap_base is None else LXC_UNPRIV_BASE
+        self.kind = "privileged" if idmap_base is None else "unprivileged"
         self.made: list[str] = []
 
     def argv(self, tool: str, name: str, *args: str) -> list[str]:
         return [tool, "-P", str(self.lxcpath), "-n", name, *args]
 
     def make_base(self, archive: Path) -> None:
-        rootfs = self.lxcpath / LXC_BASE / "rootfs"
+        rootfs = self.lxcpath / self.base / "rootfs"
         rootfs.mkdir(parents=True)
-        self.made.append(LXC_BASE)
+        self.made.append(self.base)
         unpack_archive(archive, rootfs)
-        (self.lxcpath / LXC_BASE / "config").write_text(
+        unprivileged = ""
+        if self.idmap_base is not None:
+            shift_ids(rootfs, self.idmap_base)
+            unprivileged = (
+                "lxc.include = /usr/share/lxc/config/userns.conf\n"
+                f"lxc.idmap = u 0 {self.idmap_base} {BLOCK}\n"
+                f"lxc.idmap = g 0 {self.idmap_base} {BLOCK}\n"
+            )
+        (self.lxcpath / self.base / "config").write_text(
             "lxc.include = /usr/share/lxc/config/common.conf\n"
-            f"lxc.uts.name = {LXC_BASE}\n"
+            + unprivileged
+            + f"lxc.uts.name = {self.base}\n"
             f"lxc.rootfs.path = dir:{rootfs}\n"
             "lxc.net.0.type = empty\n"
             "lxc.tty.max = 0\n"
@@ -383,7 +467,7 @@ class Lxc:
 
     def copy(self, name: str) -> float:
         self.made.append(name)
-        return timed(self.argv("lxc-copy", LXC_BASE, "-N", name, "-s", "-B", "overlay"))
+        return timed(self.argv("lxc-copy", self.base, "-N", name, "-s", "-B", "overlay"))
 
     def start(self, name: str) -> float:
         # lxc.init.cmd splits at spaces without quoting: the init argv goes on the command line.
@@ -405,7 +489,7 @@ class Lxc:
 
     def cleanup(self) -> None:
         # Clones first: the base cannot go while snapshots of it exist.
-        for name in sorted(self.made, key=lambda n: n == LXC_BASE):
+        for name in sorted(self.made, key=lambda n: n == self.base):
             run(self.argv("lxc-stop", name, "-k"), check=False)
             proc = run(self.argv("lxc-destroy", name), check=False)
             if proc.returncode != 0:
@@ -461,11 +545,11 @@ def ensure_lxc() -> list[str]:
 # --- the benchmark ----------------------------------------------------------------------------
 
 
-def obtain_cache(base: Path, vzpkg: Vzpkg, build: bool) -> tuple[Path, str, str]:
-    """The cache in vzpkg's CACHE_DIR: the checkout's copied in (verified), or a fresh build."""
+def obtain_cache(base: Path, vzpkg: Vzpkg, build: bool, source: Path) -> tuple[Path, str, str]:
+    """The cache in vzpkg's CACHE_DIR: the one in ``source`` copied in (verified), or a fresh
+    build."""
     cache_dir = base / "cache"
     archive, manifest = cache_dir / f"{TEMPLATE}.tar.zst", cache_dir / f"{TEMPLATE}.json"
-    source = REPO / "caches"
     if not build and (source / archive.name).is_file() and (source / manifest.name).is_file():
         shutil.copy2(source / manifest.name, manifest)
         shutil.copy2(source / archive.name, archive)
@@ -521,8 +605,19 @@ class Results:
         return statistics.median(self.times[key])
 
 
+KINDS = (("userns", True), ("privileged", False))  # vzctl create --userns yes / no
+
+
 def bench_rounds(
-    rounds: int, vzpkg: Vzpkg, raw: RawRunc, lxc: Lxc, archive: Path, disk: Path, shm: Path
+    rounds: int,
+    vzpkg: Vzpkg,
+    raw: RawRunc,
+    raw_vz: RawRunc,
+    lxcs: Sequence[Lxc],
+    archive: Path,
+    disk: Path,
+    shm: Path,
+    ctid_base: int,
 ) -> dict[str, list[float]]:
     """Round 0 is a warm-up (bytecode cache, page cache, first-use costs of each tool) and is
     not counted. The disk-heavy steps run in reverse order every other round: on a VM disk with
@@ -531,7 +626,8 @@ def bench_rounds(
     python, env = sys.executable, vzpkg.env
     no_bytecode = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     no_bytecode.pop("PYTHONPYCACHEPREFIX", None)
-    overlay, plain, plain_tmpfs, in_process = (CTID_BASE + i for i in range(1, 5))
+    plain, plain_tmpfs, in_process, plain_tmpfs_priv = (ctid_base + i for i in range(2, 6))
+    overlay = {"userns": ctid_base + 1, "privileged": ctid_base + 6}
 
     def settle() -> None:
         """Write back what earlier steps left dirty, so that no step pays for another's."""
@@ -550,19 +646,21 @@ def bench_rounds(
         settle()
         return {"vzctl create plain": created, "vzctl destroy plain": vzpkg.destroy(plain)}
 
-    def plain_on_tmpfs() -> dict[str, float]:
-        private = shm / "private" / str(plain_tmpfs)
+    def plain_on_tmpfs(ctid: int, userns: bool) -> dict[str, float]:
+        private = shm / "private" / str(ctid)
+        suffix = "" if userns else ", privileged"
         return {
-            "vzctl create plain, tmpfs": vzpkg.create(plain_tmpfs, "plain", private),
-            "vzctl destroy plain, tmpfs": vzpkg.destroy(plain_tmpfs),
+            f"vzctl create plain, tmpfs{suffix}": vzpkg.create(ctid, "plain", private, userns),
+            f"vzctl destroy plain, tmpfs{suffix}": vzpkg.destroy(ctid),
         }
 
     heavy: list[Callable[[], dict[str, float]]] = [
         plain_on_disk,
         lambda: {"zstd -d | tar -x": unpack(disk, False)},
         lambda: {"zstd -d | tar -x + syncfs": unpack(disk, True)},
-        plain_on_tmpfs,
+        lambda: plain_on_tmpfs(plain_tmpfs, True),
         lambda: {"zstd -d | tar -x, tmpfs": unpack(shm, False)},
+        lambda: plain_on_tmpfs(plain_tmpfs_priv, False),
     ]
 
     for round_ in range(rounds + 1):
@@ -572,11 +670,22 @@ def bench_rounds(
         t["vzctl --help"].append(timed([vzpkg.vzctl, "--help"], env))
         t["vzctl --help, no bytecode"].append(timed([vzpkg.vzctl, "--help"], no_bytecode))
 
-        t["vzctl create overlay"].append(vzpkg.create(overlay, "overlay"))
-        t["vzctl start"].append(vzpkg.ctl("start", str(overlay)))
-        t["vzctl exec true"].append(vzpkg.ctl("exec", str(overlay), "true"))
-        t["vzctl stop"].append(vzpkg.ctl("stop", str(overlay)))
-        t["vzctl destroy overlay"].append(vzpkg.destroy(overlay))
+        # Every other round the privileged VPS goes first: neither kind always pays for the other.
+        for kind, userns in KINDS if round_ % 2 else reversed(KINDS):
+            ctid = overlay[kind]
+            t[f"vzctl create overlay, {kind}"].append(vzpkg.create(ctid, "overlay", None, userns))
+            t[f"vzctl start, {kind}"].append(vzpkg.ctl("start", str(ctid)))
+            t[f"vzctl exec true, {kind}"].append(vzpkg.ctl("exec", str(ctid), "true"))
+            config = vzpkg.bundle_config(ctid)
+            t[f"vzctl stop, {kind}"].append(vzpkg.ctl("stop", str(ctid)))
+            # runc itself on what vzctl start gave it: its config.json, the root mounted again.
+            vzpkg.ctl("mount", str(ctid))
+            raw_vz.configure(config)
+            t[f"runc run -d, vzctl's bundle, {kind}"].append(raw_vz.start())
+            t[f"runc exec true, vzctl's bundle, {kind}"].append(raw_vz.exec_true())
+            raw_vz.delete()
+            vzpkg.ctl("umount", str(ctid))
+            t[f"vzctl destroy overlay, {kind}"].append(vzpkg.destroy(ctid))
         t["create work in-process"].append(vzpkg.create_in_process(in_process))
         vzpkg.destroy(in_process)
 
@@ -585,12 +694,13 @@ def bench_rounds(
         t["runc state"].append(raw.state())
         t["runc delete --force"].append(raw.delete())
 
-        name = f"vzbench-r{round_}"
-        t["lxc-copy -s -B overlay"].append(lxc.copy(name))
-        t["lxc-start -d"].append(lxc.start(name))
-        t["lxc-attach -- true"].append(lxc.attach_true(name))
-        t["lxc-stop"].append(lxc.stop(name))
-        t["lxc-destroy"].append(lxc.destroy(name))
+        for lxc in lxcs:
+            name, kind = f"vzbench-{lxc.kind[0]}{round_}", lxc.kind
+            t[f"lxc-copy -s -B overlay, {kind}"].append(lxc.copy(name))
+            t[f"lxc-start -d, {kind}"].append(lxc.start(name))
+            t[f"lxc-attach -- true, {kind}"].append(lxc.attach_true(name))
+            t[f"lxc-stop, {kind}"].append(lxc.stop(name))
+            t[f"lxc-destroy, {kind}"].append(lxc.destroy(name))
 
         for step in heavy if round_ % 2 else reversed(heavy):
             settle()
@@ -618,33 +728,57 @@ def idle_drift() -> tuple[int, int]:
     return now - first, now
 
 
-def bench_memory(count: int, vzpkg: Vzpkg, lxc: Lxc) -> dict[str, MemoryUse]:
+def host_uid(pid: int) -> int:
+    """The real uid of process ``pid`` as the host sees it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no Uid line")
+
+
+def bench_memory(
+    count: int, vzpkg: Vzpkg, lxcs: Sequence[Lxc], ctid_base: int, pool: tuple[int, int]
+) -> dict[str, MemoryUse]:
+    """Idle VPSs of vzpkg (with a user namespace, the default) and of each LXC; every init is
+    checked to run as the ids it should (a block of the pool, LXC's block, host root)."""
     result = {}
     drift, before = idle_drift()
-    ctids = [CTID_BASE + 10 + i for i in range(count)]
+    ctids = [ctid_base + CTIDS + i for i in range(count)]
     for ctid in ctids:
         vzpkg.create(ctid, "overlay")
         vzpkg.ctl("start", str(ctid))
     time.sleep(1)
-    result["vzpkg"] = memory_of([vzpkg.init_pid(ctid) for ctid in ctids], before, drift)
+    inits = [vzpkg.init_pid(ctid) for ctid in ctids]
+    for pid in inits:
+        if not pool[0] <= host_uid(pid) < pool[0] + pool[1]:
+            raise BenchError(f"a VPS's init runs as host uid {host_uid(pid)}: not from the pool")
+    result["vzpkg"] = memory_of(inits, before, drift)
     for ctid in ctids:
         vzpkg.ctl("stop", str(ctid))
         vzpkg.destroy(ctid)
 
-    drift, before = idle_drift()
-    names = [f"vzbench-m{i}" for i in range(count)]
-    for name in names:
-        lxc.copy(name)
-        lxc.start(name)
-    time.sleep(1)
-    result["lxc"] = memory_of([lxc.init_pid(name) for name in names], before, drift)
-    for name in names:
-        lxc.stop(name)
-        lxc.destroy(name)
+    for lxc in lxcs:
+        drift, before = idle_drift()
+        names = [f"vzbench-m{lxc.kind[0]}{i}" for i in range(count)]
+        for name in names:
+            lxc.copy(name)
+            lxc.start(name)
+        time.sleep(1)
+        inits = [lxc.init_pid(name) for name in names]
+        for pid in inits:
+            if host_uid(pid) != (lxc.idmap_base or 0):
+                raise BenchError(f"LXC {lxc.kind}: init runs as host uid {host_uid(pid)}")
+        result[f"lxc {lxc.kind}"] = memory_of(inits, before, drift)
+        for name in names:
+            lxc.stop(name)
+            lxc.destroy(name)
     return result
 
 
-def check_clean(tops: Sequence[Path], links_before: set[str], ctids: Sequence[int]) -> list[str]:
+def check_clean(tops: Sequence[Path], links_before: set[str], cgroups: Sequence[str]) -> list[str]:
+    """What is left of the run: mounts, files, links, processes, ``cgroups`` (names below every
+    hierarchy's root: vzpkg's parent of this host configuration, the raw runc containers'), LXC's
+    cgroups and locks."""
     problems = []
     for top in tops:
         if mounts_below(top):
@@ -660,9 +794,8 @@ def check_clean(tops: Sequence[Path], links_before: set[str], ctids: Sequence[in
         ours = any(str(top) in cmdline for top in tops) or "vzbench-" in cmdline
         if pid != os.getpid() and ours:
             problems.append(f"process left: {pid} {cmdline}")
-    names = {f"vzpkg/{ctid}" for ctid in ctids} | {RAW_ID}
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        for name in names:
+        for name in cgroups:
             if (hierarchy / name).exists():
                 problems.append(f"cgroup left: {hierarchy / name}")
         for path in hierarchy.glob("lxc.*.vzbench-*"):
@@ -674,7 +807,11 @@ def check_clean(tops: Sequence[Path], links_before: set[str], ctids: Sequence[in
 
 
 def cleanup(
-    tops: Sequence[Path], links_before: set[str], parts: Sequence[Vzpkg | RawRunc | Lxc | None]
+    tops: Sequence[Path],
+    links_before: set[str],
+    parts: Sequence[Vzpkg | RawRunc | Lxc | None],
+    cgroups: Sequence[str],
+    pivots_before: set[Path],
 ) -> list[str]:
     """Stop and remove every container, unmount and remove the temp dirs (``tops``, LXC's
     lxcpath in the first), then report whatever is still there."""
@@ -693,7 +830,23 @@ def cleanup(
             log(f"cleanup: mounts remain below {top}; not removing it")
         else:
             shutil.rmtree(top, ignore_errors=True)
-    return check_clean(tops, links_before, [CTID_BASE + i for i in range(20)])
+    return check_clean(tops, links_before, cgroups) + remove_lxc_pivots(pivots_before)
+
+
+def lxc_pivots() -> set[Path]:
+    return {h / LXC_PIVOT for h in Path("/sys/fs/cgroup").iterdir() if (h / LXC_PIVOT).is_dir()}
+
+
+def remove_lxc_pivots(before: set[Path]) -> list[str]:
+    """LXC leaves its monitors' pivot cgroups behind: remove those the run made (when empty,
+    as rmdir requires)."""
+    problems = []
+    for path in sorted(lxc_pivots() - before):
+        try:
+            path.rmdir()
+        except OSError as e:
+            problems.append(f"cgroup left: {path} ({e.strerror})")
+    return problems
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -730,28 +883,46 @@ def report(r: Results, rounds: int, count: int, versions_line: str) -> None:
         ("python -c 'import vzpkg.cli.vzctl'", "import vzpkg.cli.vzctl", False),
         ("vzctl --help", "vzctl --help", False),
         ("vzctl --help, PYTHONDONTWRITEBYTECODE=1", "vzctl --help, no bytecode", False),
-        ("vzpkg", None, False),
-        ("vzctl create --layout overlay", "vzctl create overlay", True),
-        ("vzctl create work (in-process)", "create work in-process", False),
+    ]
+    for kind, title in (
+        ("userns", "vzpkg, user namespace (--userns yes, the default)"),
+        ("privileged", "vzpkg, privileged (--userns no)"),
+    ):
+        rows += [
+            (title, None, False),
+            ("vzctl create --layout overlay", f"vzctl create overlay, {kind}", True),
+            ("vzctl start", f"vzctl start, {kind}", True),
+            ("vzctl exec CTID true", f"vzctl exec true, {kind}", True),
+            ("vzctl stop", f"vzctl stop, {kind}", True),
+            ("vzctl destroy (overlay)", f"vzctl destroy overlay, {kind}", True),
+            ("runc run -d of vzctl's bundle", f"runc run -d, vzctl's bundle, {kind}", False),
+            ("runc exec of vzctl's bundle", f"runc exec true, vzctl's bundle, {kind}", False),
+        ]
+    rows += [
+        ("vzpkg, plain layout and create's own work", None, False),
+        ("vzctl create work (in-process, overlay)", "create work in-process", False),
         ("vzctl create --layout plain", "vzctl create plain", True),
-        ("vzctl start (overlay)", "vzctl start", True),
-        ("vzctl exec CTID true", "vzctl exec true", True),
-        ("vzctl stop", "vzctl stop", True),
-        ("vzctl destroy (overlay)", "vzctl destroy overlay", True),
         ("vzctl destroy (plain)", "vzctl destroy plain", True),
         ("vzctl create --layout plain, on tmpfs", "vzctl create plain, tmpfs", True),
         ("vzctl destroy (plain), on tmpfs", "vzctl destroy plain, tmpfs", True),
-        ("runc (by hand, same root, same init)", None, False),
+        ("  the same, --userns no", "vzctl create plain, tmpfs, privileged", True),
+        ("  its destroy", "vzctl destroy plain, tmpfs, privileged", True),
+        ("runc (by hand: runc spec, same root, same init)", None, False),
         ("runc run -d", "runc run -d", False),
         ("runc exec ID true", "runc exec true", False),
         ("runc state ID", "runc state", False),
         ("runc delete --force (kill+delete)", "runc delete --force", False),
-        ("lxc (same tree, same init, no network)", None, False),
-        ("lxc-copy -s -B overlay", "lxc-copy -s -B overlay", False),
-        ("lxc-start -d", "lxc-start -d", False),
-        ("lxc-attach -n X -- true", "lxc-attach -- true", False),
-        ("lxc-stop", "lxc-stop", False),
-        ("lxc-destroy (clone)", "lxc-destroy", False),
+    ]
+    for kind in ("privileged", "unprivileged"):
+        rows += [
+            (f"lxc, {kind} (same tree, same init, no network)", None, False),
+            ("lxc-copy -s -B overlay", f"lxc-copy -s -B overlay, {kind}", False),
+            ("lxc-start -d", f"lxc-start -d, {kind}", False),
+            ("lxc-attach -n X -- true", f"lxc-attach -- true, {kind}", False),
+            ("lxc-stop", f"lxc-stop, {kind}", False),
+            ("lxc-destroy (clone)", f"lxc-destroy, {kind}", False),
+        ]
+    rows += [
         ("unpack by hand", None, False),
         ("zstd -d | tar -x", "zstd -d | tar -x", False),
         ("zstd -d | tar -x + syncfs", "zstd -d | tar -x + syncfs", False),
@@ -781,79 +952,132 @@ def report(r: Results, rounds: int, count: int, versions_line: str) -> None:
     print(f"import vzpkg.cli.vzctl, self time by package (-X importtime, ms): {top}")
 
     def verdict(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
+        return "met" if ok else "MISSED"
 
     def ratio(label: str, value: str, note: str = "") -> None:
         print(f"  {label:<46} {value:>9}  {note}".rstrip())
 
-    # The command's work: ct_create.create measured in-process (imports done). Command time minus
-    # `vzctl --help` is no measure of it since create imports what only create needs lazily.
-    create_work = r.med("create work in-process")
-    start_ratio = r.med("vzctl start") / r.med("lxc-start -d")
-    start_work = r.med("vzctl start") - startup
-    exec_extra = r.med("vzctl exec true") - r.med("runc exec true")
-    exec_work = r.med("vzctl exec true") - startup
-    print("\nratios")
+    python = r.med("python -c pass")
+    print("\ngoals (issue 9), of a VPS with a user namespace (the default)")
+    for what, runc_key, goal in (
+        ("start", "runc run -d", GOAL_START_RATIO),
+        ("exec", "runc exec true", GOAL_EXEC_RATIO),
+    ):
+        ours = r.med(f"vzctl {what}" + (" true" if what == "exec" else "") + ", userns")
+        theirs = r.med(runc_key)
+        ratio(
+            f"vzctl {what} / {runc_key.removesuffix(' true')}",
+            f"{ours / theirs:.2f}",
+            f"goal <= {goal:.1f}: {verdict(ours / theirs <= goal)} "
+            f"({ours * ms:.1f} vs {theirs * ms:.1f} ms)",
+        )
+    memory = r.memory["vzpkg"].per_vps_kb / MIB
     ratio(
-        "overlay create work",
-        f"{create_work * ms:.1f} ms",
-        f"goal < 20 ms: {verdict(create_work < GOAL_CREATE_WORK)} "
-        f"(the whole vzctl create: {r.med('vzctl create overlay') * ms:.1f} ms)",
+        "memory per idle VPS (PSS, processes + monitors)",
+        f"{memory:.2f} MiB",
+        f"goal <= {GOAL_MEMORY_MIB} MiB: {verdict(memory <= GOAL_MEMORY_MIB)}",
+    )
+    plain = r.med("vzctl create plain, tmpfs") / r.med("zstd -d | tar -x, tmpfs")
+    ratio(
+        "plain create / zstd -d | tar -x, on tmpfs",
+        f"{plain:.2f}",
+        f"goal <= {GOAL_PLAIN_CREATE_RATIO}: {verdict(plain <= GOAL_PLAIN_CREATE_RATIO)} "
+        f"({r.med('vzctl create plain, tmpfs') * ms:.1f} vs "
+        f"{r.med('zstd -d | tar -x, tmpfs') * ms:.1f} ms)",
+    )
+
+    print("\nwhere the time of vzctl start / exec goes (medians, ms)")
+    for kind in ("userns", "privileged"):
+        for what, runc_key in (("start", "runc run -d"), ("exec true", "runc exec true")):
+            ours = r.med(f"vzctl {what}, {kind}")
+            own = r.med(f"{runc_key}, vzctl's bundle, {kind}")
+            ratio(
+                f"vzctl {what.removesuffix(' true')}, {kind}",
+                f"{ours * ms:.1f}",
+                f"= runc on its bundle {own * ms:.1f} + vzpkg {(ours - own) * ms:.1f} (of which "
+                f"python -c pass {python * ms:.1f}); runc spec's config: "
+                f"{r.med(runc_key) * ms:.1f}",
+            )
+    ratio(
+        "vzctl start / runc on vzctl's own bundle",
+        f"{r.med('vzctl start, userns') / r.med(RUNC_BUNDLE_START_USERNS):.2f}",
+        f"privileged: {r.med('vzctl start, privileged') / r.med(RUNC_BUNDLE_START_PRIV):.2f}",
     )
     ratio(
-        "vzctl start / lxc-start -d",
-        f"{start_ratio:.2f}",
-        f"goal <= 1.50: {verdict(start_ratio <= GOAL_START_RATIO)} "
-        f"(work only: {start_work / r.med('lxc-start -d'):.2f}; runc run -d / lxc-start -d: "
-        f"{r.med('runc run -d') / r.med('lxc-start -d'):.2f})",
+        "vzctl exec / runc exec of vzctl's own bundle",
+        f"{r.med('vzctl exec true, userns') / r.med(RUNC_BUNDLE_EXEC_USERNS):.2f}",
+        f"privileged: {r.med('vzctl exec true, privileged') / r.med(RUNC_BUNDLE_EXEC_PRIV):.2f}",
+    )
+
+    print("\nother ratios")
+    ratio(
+        "vzctl start / runc run -d, privileged",
+        f"{r.med('vzctl start, privileged') / r.med('runc run -d'):.2f}",
     )
     ratio(
-        "vzctl exec - runc exec",
-        f"{exec_extra * ms:.1f} ms",
-        f"goal <= 30 ms: {verdict(exec_extra <= GOAL_EXEC_EXTRA)} "
-        f"(work only: {(exec_work - r.med('runc exec true')) * ms:.1f} ms)",
+        "vzctl exec / runc exec, privileged",
+        f"{r.med('vzctl exec true, privileged') / r.med('runc exec true'):.2f}",
     )
-    attach = r.med("vzctl exec true") / r.med("lxc-attach -- true")
-    ratio("vzctl exec / lxc-attach", f"{attach:.2f}")
-    ratio(
-        "overlay create / lxc-copy -s -B overlay",
-        f"{r.med('vzctl create overlay') / r.med('lxc-copy -s -B overlay'):.2f}",
-    )
+    for ct_kind, lxc_kind in (("userns", "unprivileged"), ("privileged", "privileged")):
+        for what, lxc_what in (
+            ("create overlay", "lxc-copy -s -B overlay"),
+            ("start", "lxc-start -d"),
+            ("exec true", "lxc-attach -- true"),
+            ("stop", "lxc-stop"),
+        ):
+            tool = lxc_what.split(" ")[0]
+            ratio(
+                f"vzctl {what.removesuffix(' true')} {ct_kind} / {tool} {lxc_kind}",
+                f"{r.med(f'vzctl {what}, {ct_kind}') / r.med(f'{lxc_what}, {lxc_kind}'):.2f}",
+            )
+    for what in ("create overlay", "start", "exec true", "stop"):
+        ratio(
+            f"vzctl {what.removesuffix(' true')}: userns / privileged",
+            f"{r.med(f'vzctl {what}, userns') / r.med(f'vzctl {what}, privileged'):.2f}",
+        )
+    plain_userns = r.med("vzctl create plain, tmpfs")
+    plain_privileged = r.med("vzctl create plain, tmpfs, privileged")
+    ratio("plain create on tmpfs: userns / privileged", f"{plain_userns / plain_privileged:.2f}")
     for create, unpack in (
         ("vzctl create plain", "zstd -d | tar -x"),
         ("vzctl create plain", "zstd -d | tar -x + syncfs"),
-        ("vzctl create plain, tmpfs", "zstd -d | tar -x, tmpfs"),
+        ("vzctl create plain, tmpfs, privileged", "zstd -d | tar -x, tmpfs"),
     ):
         label = f"{create.removeprefix('vzctl create ')} create / {unpack}"
         ratio(label, f"{r.med(create) / r.med(unpack):.2f}")
 
     print(f"\nmemory of {count} idle VPSs of each kind (kB = KiB; PSS from smaps_rollup)")
     print(
-        f"  {'':<8} {'procs':>6} {'PSS':>8} {'RSS':>8} {'monitors':>9} {'mon. PSS':>9} "
+        f"  {'':<18} {'procs':>6} {'PSS':>8} {'RSS':>8} {'monitors':>9} {'mon. PSS':>9} "
         f"{'PSS/VPS MiB':>12} {'held/VPS MiB':>13}"
     )
     for kind, m in r.memory.items():
         print(
-            f"  {kind:<8} {m.processes:>6} {m.pss_kb:>8} {m.rss_kb:>8} {m.monitors:>9} "
+            f"  {kind:<18} {m.processes:>6} {m.pss_kb:>8} {m.rss_kb:>8} {m.monitors:>9} "
             f"{m.monitor_pss_kb:>9} {m.per_vps_kb / MIB:>12.2f} "
             f"{m.held_delta_kb / m.vps / MIB:>13.2f}"
         )
         if m.monitor_names:
-            print(f"  {'':<8} monitor processes: {', '.join(m.monitor_names)}")
+            print(f"  {'':<18} monitor processes: {', '.join(m.monitor_names)}")
     drifts = ", ".join(f"{kind} {m.held_drift_kb / MIB:+.2f}" for kind, m in r.memory.items())
     print(
         f"  held = host-wide change of {' + '.join(HELD)} (/proc/meminfo);\n"
         f"  it moved by itself by {drifts} MiB in the second before each start: compare with "
         f"{count} x held/VPS"
     )
-    ours, theirs = r.memory["vzpkg"], r.memory["lxc"]
-    ratio(
-        "per-VPS PSS (processes + monitors) vzpkg / lxc",
-        f"{ours.per_vps_kb / theirs.per_vps_kb:.2f}",
-        f"({ours.per_vps_kb / MIB:.2f} vs {theirs.per_vps_kb / MIB:.2f} MiB)",
-    )
-    held = ours.held_delta_kb / theirs.held_delta_kb if theirs.held_delta_kb > 0 else float("nan")
-    ratio("per-VPS held memory vzpkg / lxc", f"{held:.2f}")
+    ours_m = r.memory["vzpkg"]
+    for kind in ("lxc unprivileged", "lxc privileged"):
+        theirs_m = r.memory[kind]
+        ratio(
+            f"per-VPS PSS vzpkg / {kind}",
+            f"{ours_m.per_vps_kb / theirs_m.per_vps_kb:.2f}",
+            f"({ours_m.per_vps_kb / MIB:.2f} vs {theirs_m.per_vps_kb / MIB:.2f} MiB)",
+        )
+        held = theirs_m.held_delta_kb
+        ratio(
+            f"per-VPS held memory vzpkg / {kind}",
+            f"{ours_m.held_delta_kb / held:.2f}" if held > 0 else "nan",
+        )
     if r.lxc_notes:
         print("lxc: " + "; ".join(r.lxc_notes))
 
@@ -867,9 +1091,39 @@ def main() -> None:
     parser.add_argument(
         "--build-cache", action="store_true", help="build the cache even if caches/ has one"
     )
+    parser.add_argument(
+        "--cache-from",
+        type=Path,
+        default=REPO / "caches",
+        metavar="DIR",
+        help="where to copy the cache from, read only (default: the checkout's caches/)",
+    )
+    parser.add_argument(
+        "--ctid-base",
+        type=int,
+        default=CTID_BASE,
+        help=f"the CTIDs used: this one on, {CTIDS} + --vps of them (default {CTID_BASE})",
+    )
+    parser.add_argument(
+        "--userns-pool",
+        default=f"{POOL_BASE}:{POOL_SIZE}",
+        metavar="BASE:SIZE",
+        help="host ids for the run's user namespaces (multiples of 65536): vzpkg's pool, "
+        "but for its last block, which is LXC's (default %(default)s)",
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.vps < 1:
         parser.error("--rounds and --vps must be at least 1")
+    pool_base, _, pool_size = args.userns_pool.partition(":")
+    try:
+        pool = int(pool_base), int(pool_size)
+    except ValueError:
+        parser.error("--userns-pool: expected BASE:SIZE")
+    if pool[0] <= 0 or pool[0] % BLOCK or pool[1] % BLOCK or pool[1] < 2 * BLOCK:
+        parser.error("--userns-pool: BASE and SIZE must be multiples of 65536, SIZE two or more")
+    if not 0 < args.ctid_base <= 2**31 - 1 - CTIDS - args.vps:
+        parser.error("--ctid-base: out of range")
+    vzpkg_pool, lxc_block = (pool[0], pool[1] - BLOCK), pool[0] + pool[1] - BLOCK
     if os.geteuid() != 0:
         sys.exit("bench: run as root (vzctl, runc and LXC need it)")
     for tool in ("runc", "zstd", "tar", "umount"):
@@ -881,18 +1135,23 @@ def main() -> None:
     lxc_notes = ensure_lxc()
 
     links_before = set(os.listdir("/sys/class/net"))
+    pivots_before = lxc_pivots()
     base = Path(tempfile.mkdtemp(prefix="vzpkg-bench-rt-"))
     base.chmod(0o755)
     shm = Path(tempfile.mkdtemp(prefix="vzpkg-bench-rt-", dir="/dev/shm"))
     shm.chmod(0o755)  # VPS roots below it are mounted as the VPSs' own ids
     vzpkg: Vzpkg | None = None
     raw: RawRunc | None = None
+    raw_vz: RawRunc | None = None
     lxc: Lxc | None = None
+    lxc_unpriv: Lxc | None = None
+    cgroups = [RAW_ID, RAW_BUNDLE_ID]
     failed = True
     try:
-        vzpkg = Vzpkg(base, base / "cache")
+        vzpkg = Vzpkg(base, base / "cache", vzpkg_pool)
+        cgroups.append(cgroup_parent(vzpkg.host()))
         (base / "cache").mkdir()
-        archive, sha, cache_note = obtain_cache(base, vzpkg, args.build_cache)
+        archive, sha, cache_note = obtain_cache(base, vzpkg, args.build_cache, args.cache_from)
         rootfs = base / "runc-bundle" / "rootfs"
         rootfs.mkdir(parents=True)
         unpacked = unpack_archive(archive, rootfs)
@@ -903,13 +1162,20 @@ def main() -> None:
         init = detect_init(rootfs)
         if init.kind != "tini":
             raise BenchError(f"{TEMPLATE} has an init of its own ({init.kind}): expected none")
-        raw = RawRunc(base, rootfs, init.argv)
-        lxc = Lxc(base / "lxc", init.argv)
+        raw = RawRunc(base, rootfs.parent, RAW_ID)
+        raw.configure(spec_config(rootfs, init.argv))
+        raw_vz = RawRunc(base, base / "runc-vzbundle", RAW_BUNDLE_ID)
+        lxc = Lxc(base / "lxc", init.argv, None)
         lxc.make_base(archive)
+        lxc_unpriv = Lxc(base / "lxc-u", init.argv, lxc_block)
+        lxc_unpriv.make_base(archive)
+        lxcs = [lxc, lxc_unpriv]
         # The anchor keeps the overlay tree for the whole run: every timed create finds it.
-        first = vzpkg.create(CTID_BASE, "overlay")
-        times = bench_rounds(args.rounds, vzpkg, raw, lxc, archive, base, shm)
-        memory = bench_memory(args.vps, vzpkg, lxc)
+        first = vzpkg.create(args.ctid_base, "overlay")
+        times = bench_rounds(
+            args.rounds, vzpkg, raw, raw_vz, lxcs, archive, base, shm, args.ctid_base
+        )
+        memory = bench_memory(args.vps, vzpkg, lxcs, args.ctid_base, vzpkg_pool)
         results = Results(
             times=times,
             first_overlay_create=first,
@@ -928,7 +1194,9 @@ def main() -> None:
     finally:
         with signals_ignored():
             log("cleaning up")
-            problems = cleanup([base, shm], links_before, [vzpkg, raw, lxc])
+            # runc on vzctl's bundle first: it runs in a root vzctl mounted.
+            parts = [raw_vz, vzpkg, raw, lxc, lxc_unpriv]
+            problems = cleanup([base, shm], links_before, parts, cgroups, pivots_before)
         for problem in problems:
             log(f"NOT CLEAN: {problem}")
     if failed:
