@@ -67,7 +67,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vzpkg.cache.archive import unpack_archive, unpack_argv  # noqa: E402
+from vzpkg.ct import conf as ct_conf  # noqa: E402
 from vzpkg.ct import create as ct_create  # noqa: E402
+from vzpkg.ct import layout as ct_layout  # noqa: E402
 from vzpkg.ct.common import bundle_dir, cgroup_parent  # noqa: E402
 from vzpkg.ct.guest import TINI_IN_CT, detect_init  # noqa: E402
 from vzpkg.hostconf import HostConfig, load_host_config  # noqa: E402
@@ -683,11 +685,18 @@ def bench_rounds(
             t[f"vzctl start again, {kind}"].append(vzpkg.ctl("start", str(ctid)))
             vzpkg.ctl("stop", str(ctid))
             # runc itself on what vzctl start gave it: its config.json, the root mounted again.
+            # (and its gate, as vzctl start opens it: the path runc is given).
             vzpkg.ctl("mount", str(ctid))
+            host = vzpkg.host()
+            gate = ct_layout.gate_path(host, ctid)
+            maps = config["linux"].get("uidMappings") or [{"hostID": 0}]
+            owner = (maps[0]["hostID"], maps[0]["hostID"])
+            ct_layout.open_gate(gate, ct_conf.root_path(host, ctid), owner)
             raw_vz.configure(config)
             t[f"runc run -d, vzctl's bundle, {kind}"].append(raw_vz.start())
             t[f"runc exec true, vzctl's bundle, {kind}"].append(raw_vz.exec_true())
             raw_vz.delete()
+            ct_layout.release_gate(gate)
             vzpkg.ctl("umount", str(ctid))
             t[f"vzctl destroy overlay, {kind}"].append(vzpkg.destroy(ctid))
         t["create work in-process"].append(vzpkg.create_in_process(in_process))
