@@ -82,6 +82,9 @@ def test_start_leaves_no_supervisor(engine: Engine) -> None:
         by_pid = {pid: (ppid, argv) for pid, ppid, argv in host_processes()}
     assert by_pid[init][1][0] == "/.vzpkg/tini"
     pids = engine.runc.pids("101")
+    while len(pids) < 2 and time.monotonic() < deadline:  # tini forks its child a moment later
+        time.sleep(0.01)
+        pids = engine.runc.pids("101")
     assert init in pids
     assert len(pids) == 2  # tini and sleep
     assert [state.id for state in engine.runc.list_containers()] == ["vz101"]
