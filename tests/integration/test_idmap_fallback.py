@@ -42,7 +42,18 @@ def test_a_trees_dir_that_cannot_idmap_gives_a_private_copy(vzhost: VzHost, tmp_
             "vzctl", "exec2", CTID, "stat -c %u /etc/passwd; cat /proc/1/uid_map", env=env
         )
         assert seen.stdout.split()[:3] == ["0", "0", str(base)], seen.stdout + seen.stderr
+        # An overlay VPS made privileged cannot be given a user namespace here: refused.
+        overlay = str(int(CTID) + 1)
+        made = host.run(
+            "vzctl", "create", overlay, "--ostemplate", MINIMAL, "--userns", "no", env=env
+        )
+        assert made.returncode == 0, made.stderr
+        refused = host.run("vzctl", "set", overlay, "--userns", "yes", "--save", env=env)
+        assert refused.returncode == 21 and "cannot be seen with its own ids" in refused.stderr
+        assert "USERNS" not in refused.stderr
+        assert 'LOCAL_UID="0"' in (host.base / "conf" / f"{overlay}.conf").read_text()
     finally:
+        host.run("vzctl", "destroy", str(int(CTID) + 1), env=env)
         host.run("vzctl", "stop", "--fast", CTID, env=env)
         host.run("vzctl", "destroy", CTID, env=env)
         subprocess.run(["umount", str(trees)], check=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,43 @@ def test_a_plan_whose_config_was_never_written_is_dropped(
     assert done.returncode == 0, done.stderr
     assert not journal.exists()
     assert (private / "etc/passwd").stat().st_uid == base_of(host, ctid) != 65536
+
+
+def test_what_is_not_the_vpss_own_is_never_moved(
+    host: VzHost, privileged: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A bind mount of a host directory (same filesystem: the device number does not tell),
+    a hard link to a host file, a tree deeper than the walk goes: refused, nothing changed."""
+    ctid, private = privileged
+    outside = tmp_path / "host-dir"
+    outside.mkdir()
+    (outside / "file").write_text("the host's\n")
+    (private / "mnt/bound").mkdir()
+    subprocess.run(["mount", "--bind", str(outside), str(private / "mnt/bound")], check=True)
+    try:
+        proc = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
+        assert proc.returncode == 47, proc.stderr
+        assert "mount point" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(private / "mnt/bound")], check=True)
+    assert (outside / "file").stat().st_uid == 0
+
+    os.link(outside / "file", private / "srv/linked")
+    proc = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
+    assert proc.returncode == 47 and "hard links outside" in proc.stderr, proc.stderr
+    assert (outside / "file").stat().st_uid == 0
+    (private / "srv/linked").unlink()
+
+    fd = os.open(private / "root", os.O_RDONLY)
+    try:
+        for _ in range(600):
+            os.mkdir("d", dir_fd=fd)
+            fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+    finally:
+        os.close(fd)
+    proc = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
+    assert proc.returncode == 47 and "directories deep" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (private / "etc/passwd").stat().st_uid == 0
+    assert not (host.base / "conf" / f"{ctid}.shifting").exists()

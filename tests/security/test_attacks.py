@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, VzHost
+from tests.integration.conftest import BIN, VzHost, passable
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
 
@@ -347,3 +347,24 @@ def test_host_users_reach_no_vps_files(host: VzHost, vps: str) -> None:
         with pytest.raises(PermissionError):
             subprocess.run([str(path)], user=65534, group=65534, extra_groups=[], check=False)
     assert os.stat(gate / "root/suid").st_mode & 0o4000  # root sees it: the path is right
+
+
+def test_a_run_dir_a_host_user_can_write_is_refused(host: VzHost, tmp_path: Path) -> None:
+    """The gate and the bundle go to RUN_DIR/ct: a host user who owns it could move them (or
+    plant a symlink there). vzctl start refuses it before writing anything there."""
+    passable(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "ct").mkdir(parents=True)
+    os.chown(run_dir / "ct", 65534, 65534)
+    env = dict(host.env, VZPKG_RUN_DIR=str(run_dir))
+    ctid = str(next(_next))
+    assert host.run("vzctl", "create", ctid, "--ostemplate", MINIMAL, env=env).returncode == 0
+    try:
+        proc = host.run("vzctl", "start", ctid, env=env)
+        assert proc.returncode == 10, proc.stderr
+        assert "only root can write" in proc.stderr and "Traceback" not in proc.stderr
+        assert os.listdir(run_dir / "ct") == []
+        assert not (host.base / "root" / ctid / "etc").exists()  # unmounted again
+    finally:
+        host.run("vzctl", "stop", "--fast", ctid, env=env)
+        host.run("vzctl", "destroy", ctid, env=env)

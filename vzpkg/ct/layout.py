@@ -517,12 +517,20 @@ def gate_path(host: HostConfig, ctid: int) -> Path:
 def open_gate(gate: Path, root: Path, owner: tuple[int, int]) -> Path:
     """Bind the mounted VPS root ``root`` at ``gate``/root (again if a crash left one), for
     ``owner``'s eyes only; the path to give runc."""
-    release_gate(gate)
     makedirs_mode(gate.parent, 0o711)
     for directory in (gate.parent.parent, gate.parent):  # RUN_DIR and RUN_DIR/ct, vzpkg's own
-        mode = stat.S_IMODE(directory.stat().st_mode)
-        if not mode & 0o001:
-            os.chmod(directory, mode | 0o001)  # pass, not read: everything in them is 0700
+        st = directory.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise VzError(
+                f"{directory} is not a directory of root's that only root can write "
+                f"(owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): another user "
+                "could move what vzctl puts there",
+                ExitCode.CONFIG,
+                hint=f"chown root: {directory}; chmod go-w {directory} (or choose another RUN_DIR)",
+            )
+        if not st.st_mode & 0o001:
+            os.chmod(directory, stat.S_IMODE(st.st_mode) | 0o001)  # pass, not read
+    release_gate(gate)
     mkdir_mode(gate, 0o700)
     target = gate / "root"
     mkdir_mode(target, 0o700)

@@ -116,12 +116,11 @@ def _start_mounted(
     point_of_no_return: Callable[[], None],
 ) -> InitKind:
     if cfg.userns is None:
-        made = "with --userns no" if cfg.local_uid == 0 else "before VPSs had user namespaces"
         log.warning(
-            "CT %s is privileged (made %s): root in it is root on the host's kernel; "
+            "CT %s is privileged (%s): root in it is root on the host's kernel; "
             "docs/security.md says what that allows",
             ctid,
-            made,
+            'LOCAL_UID="0"' if cfg.local_uid == 0 else "made before VPSs had user namespaces",
         )
     init = detect_init(root_dir)
     if init.kind == "tini" and resolve_in_root(root_dir, "/bin/sh") is None:
@@ -131,16 +130,18 @@ def _start_mounted(
         raise VzError(
             f"CT {ctid}'s init is systemd, which runs only in a VPS with a user namespace",
             ExitCode.BAD_CT,
-            hint=f"recreate it without --userns no: vzctl destroy {ctid}; vzctl create {ctid} ...",
+            hint=f"give it one (its files keep their contents): vzctl set {ctid} --userns yes "
+            "--save",
         )
+    # runc gets the root through the VPS's gate, which only the VPS's own ids pass (first:
+    # opening it checks that RUN_DIR/ct, where the bundle goes too, is root's alone).
+    runc_root = layout.open_gate(layout.gate_path(host, ctid), root_dir, cfg.userns or (0, 0))
     bundle = bundle_dir(host, ctid)
     bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
     rendered = RenderCache(render_cache_path(host, ctid))
     write_guest_setup(ctid, root_dir, cfg, init, rendered)
     rendered.save()
     ids = cfg.userns
-    # runc gets the root through the VPS's gate, which only the VPS's own ids pass.
-    runc_root = layout.open_gate(layout.gate_path(host, ctid), root_dir, ids or (0, 0))
     spec = oci.BundleSpec(
         ctid=str(ctid),
         root=runc_root,

@@ -12,12 +12,13 @@ What a chown does not carry is carried explicitly:
   root; v2 for a privileged VPS).
 - setuid/setgid bits, which a chown clears, are set again.
 
-The tree is hostile input: it is walked by fd (os.fwalk), a symlink is never followed, and
-nothing is done across a mount point. A shift can be cut short (^C, kill -9, power loss) at any
-file: the plan (the two blocks, and the capabilities and setuid modes that a chown would lose)
-is written to ``CONF_DIR/CTID.shifting`` before the first file changes, CTID.conf names the new
-block from then on, and every step is idempotent (an id in the new block is done), so running
-the same command again finishes it. ``vzctl start`` refuses a VPS with a shift in progress.
+The tree is hostile input: it is walked by fd, a symlink is never followed, and nothing is done
+across a mount point (a bind mount included) nor to a file with hard links outside the tree.
+A shift can be cut short (^C, kill -9, power loss) at any file: the plan (the two blocks, and
+the capabilities and setuid modes that a chown would lose) is written to
+``CONF_DIR/CTID.shifting`` before the first file changes, CTID.conf names the new block from
+then on, and every step is idempotent (an id in the new block is done), so running the same
+command again finishes it. ``vzctl start`` refuses a VPS with a shift in progress.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import stat
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,7 +130,19 @@ def set_userns(host: HostConfig, ctid: int, want: bool) -> str:
             )
         if layout.condition(private) != "present":
             raise layout.missing_private(ctid, private)
-        tree = private / "upper" if layout.layout_of(host, ctid, private) == "overlay" else private
+        overlay = layout.layout_of(host, ctid, private) == "overlay"
+        tree = private / "upper" if overlay else private
+        if want and overlay:
+            ok, fstype = idmap.can_idmap(host.run_dir, host.trees_dir)
+            if not ok:
+                raise VzError(
+                    f"CT {ctid} is an overlay VPS, and its template tree cannot be seen with its "
+                    f"own ids here (TREES_DIR {host.trees_dir}: {fstype}, kernel "
+                    f"{os.uname().release}): it would not start; nothing was changed",
+                    ExitCode.INVALID_VALUE,
+                    hint="move TREES_DIR to a filesystem that can idmap (ext4, xfs, btrfs, "
+                    "tmpfs), or make a new VPS (a plain copy with its own ids) and move the data",
+                )
         plan = _resumable(host, ctid, cfg)
         with contextlib.ExitStack() as held:
             if plan is None:
@@ -206,33 +220,70 @@ def _moved(value: int, src: int, dst: int) -> int | None:
     return None
 
 
+MAX_DEPTH = 512  # directories deep; Debian's deepest is about 15
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _entries(top: Path) -> Iterator[tuple[str, str, int, os.stat_result]]:
-    """(relative path, name, dir fd, lstat) of ``top`` and everything below it; refuses a
-    mount point below ``top``."""
+    """(relative path, name, dir fd, lstat) of ``top`` and everything below it, parents first.
+    Iterative (a VPS's root can make a tree deeper than Python's recursion limit), one fd per
+    level; refuses a mount point below ``top`` (a bind mount of a host directory, which the
+    device number alone does not tell) and a tree deeper than MAX_DEPTH."""
+    from vzpkg.mounts import mounts_under
+
+    inside = [m for m in mounts_under(top) if m != os.path.realpath(top)]
+    if inside:
+        raise _refusal(f"{inside[-1]} is a mount point inside the VPS's files", "unmount it first")
     device = os.lstat(top).st_dev
-    parent = os.open(top.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parent = os.open(top.parent, _DIR_OPEN)
     try:
         yield ".", top.name, parent, os.lstat(top.name, dir_fd=parent)
     finally:
         os.close(parent)
-    for dirpath, dirnames, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
-        rel = os.path.relpath(dirpath, top)
-        for name in dirnames + filenames:
-            st = os.lstat(name, dir_fd=dirfd)
+    stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
+    try:
+        fd = os.open(top, _DIR_OPEN)
+        stack.append((fd, "", os.scandir(fd)))
+        while stack:
+            fd, rel, names = stack[-1]
+            entry = next(names, None)
+            if entry is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            name = entry.name
+            st = os.lstat(name, dir_fd=fd)
+            path = rel + name
             if st.st_dev != device:
-                raise VzError(
-                    f"{os.path.join(dirpath, name)} is on another filesystem (a mount point); "
-                    "nothing of the VPS was changed",
-                    ExitCode.SYSTEM,
-                    hint="unmount it first",
-                )
-            yield os.path.normpath(os.path.join(rel, name)), name, dirfd, st
+                raise _refusal(f"{top / path} is on another filesystem", "unmount it first")
+            yield path, name, fd, st
+            if stat.S_ISDIR(st.st_mode):
+                if len(stack) >= MAX_DEPTH:
+                    raise _refusal(
+                        f"{top / path} is more than {MAX_DEPTH} directories deep",
+                        "move what is below it up, or remove it, then run this again",
+                    )
+                sub = os.open(name, _DIR_OPEN, dir_fd=fd)
+                stack.append((sub, path + "/", os.scandir(sub)))
+    finally:
+        for fd, _, names in stack:
+            names.close()  # type: ignore[attr-defined]
+            os.close(fd)
+
+
+def _refusal(what: str, hint: str) -> VzError:
+    return VzError(f"{what}; nothing of the VPS was changed", ExitCode.BAD_CT, hint=hint)
 
 
 def survey(top: Path, plan: Plan) -> Plan:
     """``plan`` with the fixups of ``top``'s files, after checking that every owner is in one
     of the two blocks (nothing has changed yet)."""
+    linked: dict[tuple[int, int], tuple[str, int]] = {}  # inode: (a name of it, its nlink)
+    names_seen: Counter[tuple[int, int]] = Counter()
     for rel, name, dirfd, st in _entries(top):
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            linked.setdefault((st.st_dev, st.st_ino), (rel, st.st_nlink))
+            names_seen[st.st_dev, st.st_ino] += 1
         if _moved(st.st_uid, plan.src[0], plan.dst[0]) is None or (
             _moved(st.st_gid, plan.src[1], plan.dst[1]) is None
         ):
@@ -250,6 +301,14 @@ def survey(top: Path, plan: Plan) -> Plan:
         caps = _get_xattr(_proc_path(dirfd, name), CAPS_XATTR)
         if caps is not None:
             plan.caps[rel] = caps.hex()
+    for inode, (path, nlink) in linked.items():
+        if names_seen[inode] != nlink:
+            raise _refusal(
+                f"{top / path} has hard links outside the VPS's files ({nlink} links, "
+                f"{names_seen[inode]} inside): moving its owner would move theirs",
+                f"give the VPS a file of its own: cp -a {top / path} {top / path}.copy && "
+                f"mv {top / path}.copy {top / path}; then run this again",
+            )
     return plan
 
 
@@ -294,6 +353,8 @@ def _restore(top: Path, rel: str, plan: Plan) -> None:
                 caps = shifted_caps(bytes.fromhex(plan.caps[rel]), plan)
                 if caps is not None:
                     os.setxattr(fd, CAPS_XATTR, caps)
+                else:  # made for a root outside both blocks (or not by the kernel)
+                    log.warning("%s: its file capabilities were not the VPS's: dropped", top / rel)
             if rel in plan.modes:
                 os.fchmod(fd, plan.modes[rel])
         finally:
