@@ -146,7 +146,7 @@ def status(ctid: str, as_json: bool) -> None:
                 "running": st.running,
                 "nproc": st.nproc,
                 "destroying": st.destroying,
-                "userns": st.config is not None and st.config.userns is not None,
+                "userns": st.config is not None and not st.privileged,
             }
         )
     else:

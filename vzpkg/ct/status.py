@@ -28,13 +28,21 @@ class Status:
     config: conf.CtConfig | None
     destroying: bool = False  # a destroy was interrupted: vzctl destroy finishes it
 
+    @property
+    def privileged(self) -> bool:
+        """A VPS without a user namespace of its own (made with --userns no, or before)."""
+        return self.config is not None and self.config.userns is None
+
     def openvz_line(self) -> str:
-        """As vzctl status prints it: ``CTID 101 exist mounted running``; a fifth word,
-        ``destroying``, when a destroy was cut short (as vzctl adds ``suspended``)."""
+        """As vzctl status prints it: ``CTID 101 exist mounted running``; more words after
+        these (as vzctl adds ``suspended``): ``destroying`` when a destroy was cut short,
+        ``privileged`` for a VPS without a user namespace."""
         return (
             f"CTID {self.ctid} {'exist' if self.exists else 'deleted'} "
             f"{'mounted' if self.mounted else 'unmounted'} "
-            f"{'running' if self.running else 'down'}" + (" destroying" if self.destroying else "")
+            f"{'running' if self.running else 'down'}"
+            + (" destroying" if self.destroying else "")
+            + (" privileged" if self.privileged else "")
         )
 
 
