@@ -4,6 +4,7 @@ build directories are swept per template, and removal takes both generations."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -206,3 +207,22 @@ def test_mount_points_are_unescaped_like_the_kernel_escapes_them() -> None:
     field = "/srv/caché\\040dir/.tmp-x-1-ab/root/proc".encode()
     assert _unescape(field) == "/srv/caché dir/.tmp-x-1-ab/root/proc"
     assert _unescape(b"/a\\011b\\134c\\012") == "/a\tb\\c\n"
+
+
+def test_sweep_keeps_a_build_in_progress_of_another_configuration(
+    store: CacheStore, tmp_path: Path
+) -> None:
+    """/dev/shm is shared by every host configuration, whose locks are their own: a workdir
+    whose process lives is another's build in progress, not a leftover."""
+    import subprocess
+
+    elsewhere = tmp_path / "shm"
+    elsewhere.mkdir()
+    live = elsewhere / f".tmp-{NAME}-1-abcdefgh"  # pid 1 always lives
+    live.mkdir()
+    dead_pid = subprocess.Popen(["true"]).pid
+    os.waitpid(dead_pid, 0)
+    dead = elsewhere / f".tmp-{NAME}-{dead_pid}-abcdefgh"
+    dead.mkdir()
+    assert store.sweep(NAME, elsewhere) == [dead]
+    assert live.is_dir() and not dead.exists()

@@ -113,17 +113,23 @@ class CacheStore:
         return path
 
     def sweep(self, name: str, *elsewhere: Path) -> list[Path]:
-        """Remove what interrupted builds of ``name`` left. The caller holds its lock."""
+        """Remove what interrupted builds of ``name`` left. The caller holds its lock, which
+        is its host configuration's: a directory shared by several configurations (/dev/shm)
+        may hold another one's build in progress, whose process (the pid in the name) lives."""
         # Exactly what new_workdir makes: a plain prefix match could take another name's dirs.
-        pattern = re.compile(rf"{re.escape(TMP_PREFIX + name)}-[0-9]+-[a-z0-9_]+")
+        pattern = re.compile(rf"{re.escape(TMP_PREFIX + name)}-([0-9]+)-[a-z0-9_]+")
         swept = []
         for where in (self.dir, *elsewhere):
             if not where.is_dir():
                 continue
             for path in sorted(where.iterdir()):
-                if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
-                    remove_tree_safely(path)
-                    swept.append(path)
+                found = pattern.fullmatch(path.name)
+                if found is None or not path.is_dir() or path.is_symlink():
+                    continue
+                if int(found[1]) != os.getpid() and _alive(int(found[1])):
+                    continue
+                remove_tree_safely(path)
+                swept.append(path)
         return swept
 
     def publish(self, name: str, new_archive: Path, manifest: Manifest) -> None:
@@ -164,3 +170,13 @@ class CacheStore:
         if removed:
             fsync_dir(self.dir)
         return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
