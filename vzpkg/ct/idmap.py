@@ -267,7 +267,7 @@ def idmapped_bind(source: Path, target: Path, fd: int) -> None:
 # --- can this host idmap? ----------------------------------------------------------------------
 
 IDMAPPED_OVERLAY_LOWER = (5, 19)  # the first kernel with an idmapped mount as overlay lowerdir
-_PROBES = "idmap-probes"  # RUN_DIR/idmap-probes/<fstype>:<device>: "yes" or "no"
+_PROBES = "idmap-probes"  # RUN_DIR/idmap-probes/<fstype>:<device>:<kernel>: "yes" or "no"
 
 
 def kernel_release(release: str | None = None) -> tuple[int, int]:
@@ -290,7 +290,8 @@ def can_idmap(run_dir: Path, directory: Path) -> tuple[bool, str]:
     fstype = entry.fstype if entry is not None else "unknown"
     if kernel_release() < IDMAPPED_OVERLAY_LOWER:
         return False, fstype
-    record = run_dir / _PROBES / f"{fstype}:{os.stat(directory).st_dev}"
+    # The kernel's release too: RUN_DIR is on tmpfs as a rule, but need not be.
+    record = run_dir / _PROBES / f"{fstype}:{os.stat(directory).st_dev}:{os.uname().release}"
     known = fsutil.read_small(record)
     if known in ("yes", "no"):
         return known == "yes", fstype

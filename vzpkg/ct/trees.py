@@ -82,7 +82,7 @@ def reference_tree(host: HostConfig, ctid: int, archive: Path, sha: str, private
     """The tree of ``sha``, made from ``archive`` if it does not exist, referenced by ``ctid``."""
     tree = host.trees_dir / sha
     try:
-        makedirs_mode(host.trees_dir, 0o755)
+        makedirs_mode(host.trees_dir, 0o700)  # nothing in it is a host user's business
         with _tree_lock(host, sha):
             made = not os.path.lexists(tree)
             if made:
