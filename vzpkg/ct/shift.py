@@ -37,7 +37,7 @@ from pathlib import Path
 
 from vzpkg import fsutil
 from vzpkg.ct import conf, idmap, layout, places
-from vzpkg.ct.common import opened_ct, runc_of
+from vzpkg.ct.common import opened_ct, runc_of, stray_pids
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.syscalls import syncfs
@@ -121,11 +121,12 @@ def set_userns(host: HostConfig, ctid: int, want: bool) -> str:
     files' ids; saved in CTID.conf. Returns what was done, for the user."""
     with opened_ct(host, ctid) as (cfg, private, root):
         state = runc_of(host).state(ctid)
-        if state is not None or layout.is_mounted(root):
+        running = (state is not None and state.is_active) or bool(stray_pids(host, ctid))
+        if running or layout.is_mounted(root):
             raise VzError(
-                f"CT {ctid} is {'running' if state is not None else 'mounted'}: its files can "
-                "change owners only while it is stopped; nothing was done",
-                ExitCode.RUNNING if state is not None else ExitCode.MOUNTED,
+                f"CT {ctid} is {'running' if running else 'mounted'}: its files can change "
+                "owners only while it is stopped; nothing was done",
+                ExitCode.RUNNING if running else ExitCode.MOUNTED,
                 hint=f"vzctl stop {ctid}, then run this again",
             )
         if layout.condition(private) != "present":
