@@ -795,5 +795,5 @@ def test_quiet_says_nothing_but_errors(host: VzHost, cts: list[str]) -> None:
     ):
         assert vzctl(host, "-q", *args).stderr == "", args
     assert "privileged" in vzctl(host, "start", ctid).stderr
-    assert vzctl(host, "status", ctid).stdout.split()[3:] == ["running", "privileged"]
+    assert vzctl(host, "status", ctid).stdout.split()[4:] == ["running", "privileged"]
     assert "is already running" in vzctl(host, "-q", "start", ctid, code=32).stderr
