@@ -187,6 +187,16 @@ def test_an_overlay_vps_moves_only_its_own_files(host: VzHost) -> None:
         (private / "upper/etc/motd").write_text("mine\n")
         trees = [p for p in (host.base / "trees").iterdir() if p.is_dir()]
         tree_owner = {(t / "root/etc/passwd").stat().st_uid for t in trees}
+        # A host directory mounted on upper/ itself is not the VPS's: refused.
+        outside = host.base / f"outside-{ctid}"
+        (outside / "x").mkdir(parents=True)
+        subprocess.run(["mount", "--bind", str(outside), str(private / "upper")], check=True)
+        try:
+            refused = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
+            assert refused.returncode == 47 and "mount point" in refused.stderr, refused.stderr
+        finally:
+            subprocess.run(["umount", str(private / "upper")], check=True)
+        assert (outside / "x").stat().st_uid == 0
         done = host.run("vzctl", "set", ctid, "--userns", "yes", "--save")
         assert done.returncode == 0, done.stderr
         base = base_of(host, ctid)

@@ -521,10 +521,14 @@ def open_gate(gate: Path, root: Path, owner: tuple[int, int]) -> Path:
     for directory in (gate.parent.parent, gate.parent):  # RUN_DIR and RUN_DIR/ct, vzpkg's own
         st = directory.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            what = (
+                "a symlink"
+                if stat.S_ISLNK(st.st_mode)
+                else f"owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+            )
             raise VzError(
-                f"{directory} is not a directory of root's that only root can write "
-                f"(owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): another user "
-                "could move what vzctl puts there",
+                f"{directory} is not a directory of root's that only root can write ({what}): "
+                "another user could move what vzctl puts there",
                 ExitCode.CONFIG,
                 hint=f"chown root: {directory}; chmod go-w {directory} (or choose another RUN_DIR)",
             )

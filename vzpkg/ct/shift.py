@@ -133,6 +133,8 @@ def set_userns(host: HostConfig, ctid: int, want: bool) -> str:
             raise layout.missing_private(ctid, private)
         overlay = layout.layout_of(host, ctid, private) == "overlay"
         tree = private / "upper" if overlay else private
+        if overlay and layout.is_mounted(tree):  # (a mount on a plain area hides its mark)
+            raise _refusal(f"{tree} is a mount point, not the VPS's own files", "unmount it first")
         if want and overlay:
             ok, fstype = idmap.can_idmap(host.run_dir, host.trees_dir)
             if not ok:
@@ -259,7 +261,7 @@ def _entries(top: Path) -> Iterator[tuple[str, str, int, os.stat_result]]:
                 raise _refusal(f"{top / path} is on another filesystem", "unmount it first")
             yield path, name, fd, st
             if stat.S_ISDIR(st.st_mode):
-                if len(stack) >= MAX_DEPTH:
+                if len(stack) > MAX_DEPTH:
                     raise _refusal(
                         f"{top / path} is more than {MAX_DEPTH} directories deep",
                         "move what is below it up, or remove it, then run this again",
