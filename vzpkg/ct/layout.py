@@ -530,7 +530,12 @@ def open_gate(gate: Path, root: Path, owner: tuple[int, int]) -> Path:
                 f"{directory} is not a directory of root's that only root can write ({what}): "
                 "another user could move what vzctl puts there",
                 ExitCode.CONFIG,
-                hint=f"chown root: {directory}; chmod go-w {directory} (or choose another RUN_DIR)",
+                hint=(
+                    f"replace the symlink by a directory of root's: mkdir -m 711 {directory}"
+                    if stat.S_ISLNK(st.st_mode)
+                    else f"chown root: {directory}; chmod go-w {directory}"
+                )
+                + " (or choose another RUN_DIR)",
             )
         if not st.st_mode & 0o001:
             os.chmod(directory, stat.S_IMODE(st.st_mode) | 0o001)  # pass, not read
