@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     NOT_RUNNING = 31
     RUNNING = 32
     STOP_FAILED = 33
+    NET_SETUP = 34  # the VPS's network could not be set up (vzctl: "Unable to add IP address")
     NOT_MOUNTED = 40
     MOUNTED = 41
     PRIVATE_MISSING = 43
@@ -34,6 +35,7 @@ class ExitCode(enum.IntEnum):
     MOUNT_FAILED = 50
     UMOUNT_FAILED = 51
     DESTROY_FAILED = 52
+    IP_IN_USE = 78  # an address another running VPS holds
     TEMPLATE_NOT_FOUND = 91  # unknown template name, or no cache for it
     # vzpkg's own
     METADATA_INVALID = 201  # template metadata failed validation

@@ -51,6 +51,7 @@ class HostConfig:
     configfile: str | None = None  # vzctl create without --config (CONFIGFILE)
     nameservers: tuple[str, ...] = ()  # NAMESERVER of new VPSs ("inherit": the host's)
     searchdomains: tuple[str, ...] = ()  # SEARCHDOMAIN of new VPSs
+    neighbour_devs: str = "all"  # NEIGHBOUR_DEVS: where routed addresses are announced
     unused_keys: tuple[str, ...] = ()  # OpenVZ keys vzpkg accepts but does not act on
     userns_pool_base: int = 1 << 30  # first host id of the VPSs' user namespace blocks
     userns_pool_size: int = 1 << 30  # how many ids the pool has (65536 per VPS)

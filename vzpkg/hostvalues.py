@@ -50,6 +50,7 @@ USED_OPENVZ_KEYS = frozenset(
         "CONFIGFILE",
         "NAMESERVER",
         "SEARCHDOMAIN",
+        "NEIGHBOUR_DEVS",
     }
 )
 MIRROR_KEY = re.compile(r"^[A-Z0-9_]+_MIRROR$")
@@ -313,6 +314,12 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
         word if word == "inherit" else check("SEARCHDOMAIN", checks.domain, word, "SEARCHDOMAIN")
         for word in values.get("SEARCHDOMAIN", "").split()
     )
+    neighbour = values.get("NEIGHBOUR_DEVS", "all").strip() or "all"
+    if not (
+        neighbour in ("all", "detect")
+        or (neighbour.startswith("list:") and "," not in neighbour and "/" not in neighbour)
+    ):
+        problems.append(f"NEIGHBOUR_DEVS: {neighbour!r} is not all, detect or list:DEV...")
     if problems:
         raise VzError(
             f"invalid configuration {source}:\n  " + "\n  ".join(problems),
@@ -345,6 +352,7 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
         "configfile": values.get("CONFIGFILE") or None,
         "nameservers": nameservers,
         "searchdomains": searchdomains,
+        "neighbour_devs": neighbour,
         "unused_keys": tuple(sorted(set(unused))),
         "userns_pool_base": pool[0],
         "userns_pool_size": pool[1],

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration import netharness
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -36,6 +38,9 @@ class VzHost:
     lock_dir: Path
     metadata_dir: Path
     pkgcache_dir: Path
+    # The network namespace the commands run in (netharness): a VPS's veths, routes and proxy
+    # entries are made there, never in the machine's own. None: the machine's.
+    net: netharness.TestNet | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -43,11 +48,17 @@ class VzHost:
         env["VZPKG_CONF"] = str(self.conf)
         return env
 
+    def argv(self, tool: str, *args: str) -> list[str]:
+        """A command line of ``tool`` that runs in this host's network namespace."""
+        if self.net is None:
+            return [str(BIN / tool), *args]
+        return ["nsenter", f"--net={self.net.host_path}", "--", str(BIN / tool), *args]
+
     def run(
         self, tool: str, *args: str, timeout: float = 900, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / tool), *args],
+            self.argv(tool, *args),
             env=self.env if env is None else env,
             capture_output=True,
             text=True,
@@ -58,7 +69,7 @@ class VzHost:
 
     def popen(self, tool: str, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [str(BIN / tool), *args],
+            self.argv(tool, *args),
             env=self.env,
             text=True,
             stdout=subprocess.PIPE,
@@ -154,9 +165,13 @@ def vzhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VzHost]:
         f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
         f'PKGCACHE_DIR="{host.pkgcache_dir}"\n' + runtime_conf(base)
     )
-    yield host
-    stop_everything(host)
-    shutil.rmtree(base, ignore_errors=True)
+    host.net = netharness.make(str(os.getpid()))
+    try:
+        yield host
+        stop_everything(host)
+    finally:
+        netharness.remove(host.net)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # The host's own runtime places: tests keep every CT below their temp dirs, never here.
@@ -166,6 +181,7 @@ HOST_RUNTIME_PLACES = (
     Path("/vz/root"),
     Path("/run/vzpkg/runc"),
     Path("/run/vzpkg/ct"),
+    Path("/run/vzpkg/net"),
 )
 
 
@@ -178,8 +194,11 @@ def _host_runtime_listing() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="session", autouse=True)
 def host_runtime_untouched() -> Iterator[None]:
-    """Fails the run if any test left a CT, config or runc state in the host's own places."""
+    """Fails the run if any test left a CT, config or runc state in the host's own places, or
+    changed the machine's own network (its links, routes, addresses, proxy entries)."""
     before = _host_runtime_listing()
+    network = netharness.snapshot()
     yield
     after = _host_runtime_listing()
     assert after == before, f"tests changed the host's runtime places: {before} -> {after}"
+    assert netharness.snapshot() == network, "tests changed the machine's own network"

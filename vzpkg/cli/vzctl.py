@@ -250,6 +250,13 @@ def enter(ctid: str, command: str | None) -> None:
 @click.option("--ipadd", multiple=True)
 @click.option("--ipdel", multiple=True, help="IP to remove, or 'all'.")
 @click.option(
+    "--netif_add",
+    multiple=True,
+    metavar="IFNAME[,MAC,HOST_IFNAME,HOST_MAC,BRIDGE]",
+    help="Add a bridged veth interface (docs/networking.md).",
+)
+@click.option("--netif_del", multiple=True, metavar="IFNAME", help="Remove one, or 'all'.")
+@click.option(
     "--userpasswd",
     multiple=True,
     metavar="USER:PASSWORD",
@@ -271,6 +278,8 @@ def set_(
     searchdomain: str | None,
     ipadd: tuple[str, ...],
     ipdel: tuple[str, ...],
+    netif_add: tuple[str, ...],
+    netif_del: tuple[str, ...],
     userpasswd: tuple[str, ...],
     onboot: str | None,
     userns: str | None,
@@ -287,6 +296,8 @@ def set_(
         searchdomain=searchdomain,
         ipadd=ipadd,
         ipdel=ipdel,
+        netif_add=netif_add,
+        netif_del=netif_del,
         userpasswd=userpasswd,
         onboot=None if onboot is None else onboot == "yes",
         userns=None if userns is None else userns == "yes",

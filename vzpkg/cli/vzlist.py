@@ -24,6 +24,7 @@ def record(st: Status, host_root: str, private: str) -> dict[str, Any]:
         "nproc": st.nproc,
         "status": "destroying" if st.destroying else state,
         "ip": list(cfg.ip_address) if cfg else [],
+        "netif": _netifs(st.ctid, cfg.netif) if cfg else [],
         "hostname": cfg.hostname if cfg else None,
         "ostemplate": cfg.ostemplate if cfg else None,
         "layout": cfg.ve_layout if cfg else None,
@@ -34,6 +35,21 @@ def record(st: Status, host_root: str, private: str) -> dict[str, Any]:
         "userns": bool(cfg and cfg.userns),
         "userns_base": cfg.userns[0] if cfg and cfg.userns else None,
     }
+
+
+def _netifs(ctid: int, text: str | None) -> list[dict[str, str | None]]:
+    from vzpkg.ct import netconf
+
+    return [
+        {
+            "ifname": n.ifname,
+            "mac": n.mac,
+            "host_ifname": n.host_ifname,
+            "host_mac": n.host_mac,
+            "bridge": n.bridge,
+        }
+        for n in netconf.parse_netifs(text or "", ctid)
+    ]
 
 
 def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | None:

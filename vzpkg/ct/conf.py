@@ -46,6 +46,7 @@ FIELD_OF_KEY: Mapping[str, str] = {
     "VE_PRIVATE": "ve_private",
     "HOSTNAME": "hostname",
     "IP_ADDRESS": "ip_address",
+    "NETIF": "netif",
     "NAMESERVER": "nameserver",
     "SEARCHDOMAIN": "searchdomain",
     "ONBOOT": "onboot",
@@ -83,6 +84,7 @@ class CtConfig:
     ve_layout: str | None = None  # plain | overlay
     hostname: str | None = None
     ip_address: tuple[str, ...] = ()
+    netif: str | None = None  # bridged veth interfaces, OpenVZ's NETIF (vzpkg.ct.netconf)
     nameserver: tuple[str, ...] = ()
     searchdomain: tuple[str, ...] = ()
     onboot: bool | None = None
@@ -156,6 +158,13 @@ def _problems_of(cfg: CtConfig) -> list[str]:
         check("HOSTNAME", checks.hostname, cfg.hostname)
     for ip in cfg.ip_address:
         check("IP_ADDRESS", checks.ip_address, ip)
+    if cfg.netif is not None:
+        from vzpkg.ct import netconf
+
+        try:
+            netconf.parse_netifs(cfg.netif, 1)
+        except VzError as e:
+            problems.append(f"NETIF: {e.message.removeprefix('Bad parameter for NETIF: ')}")
     for server in cfg.nameserver:
         check("NAMESERVER", checks.nameserver, server)
     for name in cfg.searchdomain:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vzpkg import lock
-from vzpkg.ct import conf, idmap, layout, places, shift, trees
+from vzpkg.ct import conf, idmap, layout, net, places, shift, trees
 from vzpkg.ct.common import (
     DEFAULT_LAYOUT,
     DEFAULT_SAMPLE,
@@ -233,6 +233,7 @@ def destroy(host: HostConfig, ctid: int) -> None:
             raise runs_without_state(host, ctid)
         if state is not None:
             runc.delete(ctid, force=True)
+        net.teardown(host.run_dir, ctid)
         layout.umount_ct(host, ctid, root_dir, private_dir)
         layout.destroy_private(host, ctid, private_dir, root=root_dir)
         _remove_mount_point(root_dir)

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -198,8 +198,8 @@ def apply_guest_setup(
     root, when it has a user namespace)."""
     render_text = cache.render if cache is not None else render
 
-    def write(rel: str, data: bytes) -> None:
-        fsutil.write_file_beneath(root, rel, data, owner=owner)
+    def write(rel: str, data: bytes, mode: int = 0o644) -> None:
+        fsutil.write_file_beneath(root, rel, data, mode, owner=owner)
 
     if settings.hostname:
         write("etc/hostname", f"{settings.hostname}\n".encode())
@@ -220,6 +220,7 @@ def apply_guest_setup(
                 searchdomain=settings.searchdomain,
             ).encode(),
         )
+    _network_files(root, family, settings, render_text, write)
     if init.kind == "sysvinit":
         inittab = _read(root, "etc/inittab")
         if inittab is not None:
@@ -235,6 +236,61 @@ def apply_guest_setup(
             text = "\n".join(kept) + "\n"
             if text != inittab:
                 write("etc/inittab", text.encode())
+
+
+VENET_BEGIN = "# --- vzpkg venet0:"
+VENET_END = "# --- vzpkg venet0 end ---"
+NM_CONNECTION = "etc/NetworkManager/system-connections/venet0.nmconnection"
+
+
+def _network_files(
+    root: Path,
+    family: str,
+    settings: GuestSettings,
+    render_text: Callable[..., str],
+    write: Callable[..., None],
+) -> None:
+    """The routed addresses in the guest's own network configuration, so that a restart of
+    its networking inside keeps them: a block of /etc/network/interfaces (Debian family, where
+    ifupdown's /etc/network exists; the rest of the file is the admin's), or a NetworkManager
+    keyfile (rpm family, where NetworkManager is installed)."""
+    values = {
+        "v4": [ip for ip in settings.ips if ":" not in ip],
+        "v6": [ip for ip in settings.ips if ":" in ip],
+        "gateway4": "169.254.0.1",
+        "gateway6": "fe80::1",
+    }
+    if family == "deb" and _is_dir(root, "etc/network"):
+        text = _read(root, "etc/network/interfaces")
+        kept = _without_block(text or "auto lo\niface lo inet loopback\n")
+        block = render_text(family, "interfaces-venet0", **values) if settings.ips else ""
+        new = kept + ("\n" if kept and not kept.endswith("\n\n") and block else "") + block
+        if new != (text or "") and (text is not None or block):
+            write("etc/network/interfaces", new.encode())
+    elif family == "rpm" and _is_dir(root, "etc/NetworkManager/system-connections"):
+        if settings.ips:
+            text = render_text(family, "venet0.nmconnection", **values)
+            write(NM_CONNECTION, text.encode(), 0o600)
+        elif _read(root, NM_CONNECTION) is not None:
+            fsutil.remove_beneath(root, NM_CONNECTION)
+
+
+def _without_block(text: str) -> str:
+    """``text`` without vzpkg's venet0 block."""
+    lines, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(VENET_BEGIN):
+            skipping = True
+        elif skipping and line.startswith(VENET_END):
+            skipping = False
+        elif not skipping:
+            lines.append(line)
+    return "".join(lines)
+
+
+def _is_dir(root: Path, rel: str) -> bool:
+    found = resolve_in_root(root, "/" + rel)
+    return found is not None and (root / str(found).lstrip("/")).is_dir()
 
 
 def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, interrupts
-from vzpkg.ct import conf, idmap, layout, oci, places, runcstate, shift
+from vzpkg.ct import conf, idmap, layout, net, netconf, oci, places, runcstate, shift
 from vzpkg.ct.common import (
     HOST_TINI,
     bundle_dir,
@@ -85,6 +85,7 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
             raise VzError(f"CT {ctid} is already running", ExitCode.RUNNING)
         if state is None and stray_pids(host, ctid):
             raise runs_without_state(host, ctid)
+        net.teardown(host.run_dir, ctid)  # what an init that died by itself left on the host
         _check_mountable(host, ctid, private_dir)
         if cfg.userns is not None:
             places.check_traversable(ctid, host.run_dir, ExitCode.MOUNT_FAILED)
@@ -105,6 +106,7 @@ def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
         runc.delete(ctid, force=True)  # created but init never ran, or died
         state = None
     if state is None:
+        net.teardown(host.run_dir, ctid)
         layout.umount_ct(host, ctid, root, private)
 
 
@@ -154,17 +156,43 @@ def _start_mounted(
         host=oci.probe_host(),
     )
     write_bundle(bundle, oci.build_config(spec))
+    want = net.wanted(cfg.ip_address, netconf.parse_netifs(cfg.netif or "", ctid))
+    proxies = {}
+    if not want.empty:
+        proxies = net.prepare(
+            host.run_dir, ctid, want, netconf.neighbour_devs(host.neighbour_devs), is_running(host)
+        )
     before_init = None
-    if ids is not None and init.kind == "systemd":
+    delegate = ids is not None and init.kind == "systemd"
+    if delegate or not want.empty:
         state_root = runc_of(host).state_root
 
         def before_init(state: ContainerState) -> None:
-            delegate_cgroups(state_root, ctid, ids)
+            # Before init runs: it never sees an unconfigured network or foreign cgroups.
+            if delegate and ids is not None:
+                delegate_cgroups(state_root, ctid, ids)
+            if not want.empty:
+                net.apply(host.run_dir, ctid, state.pid, want, proxies)
 
     # From here on the start completes (or fails by itself): ^C and SIGTERM wait for it.
     point_of_no_return()
-    runc_of(host).start(ctid, bundle, before_init)
+    try:
+        runc_of(host).start(ctid, bundle, before_init)
+    except BaseException:
+        net.teardown(host.run_dir, ctid)
+        raise
     return init
+
+
+def is_running(host: HostConfig) -> Callable[[int], bool]:
+    """Whether a VPS of ``host`` runs (for the address checks of other VPSs)."""
+    runc = runc_of(host)
+
+    def running(ctid: int) -> bool:
+        state = runc.state(ctid)
+        return state is not None and state.is_active
+
+    return running
 
 
 def delegate_cgroups(state_root: Path, ctid: int, ids: tuple[int, int]) -> None:
@@ -224,6 +252,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         state = runc.state(ctid)
         if state is None:
             killed = kill_strays(host, ctid)
+            net.teardown(host.run_dir, ctid)
             # Not running: tidy up a mount of its own; whatever else is mounted there is left.
             entry = places.top_mount(root_dir)
             if entry is not None and places.is_own_mount(root_dir, private_dir, entry):
@@ -243,6 +272,7 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
         how = runc.stop(ctid, stop_signal, wait)
         # The VPS is gone: what is left is ours to tidy, whatever arrives meanwhile.
         with interrupts.deferred():
+            net.teardown(host.run_dir, ctid)
             layout.umount_ct(host, ctid, root_dir, private_dir)
             shutil.rmtree(bundle_dir(host, ctid), ignore_errors=True)
             remove_cgroups(host, ctid)
@@ -286,6 +316,7 @@ def kill_strays(host: HostConfig, ctid: int) -> bool:
         pids = inits = stray_pids(host, ctid)
     if pids:
         raise VzError(f"CT {ctid}: {len(pids)} processes survived SIGKILL", ExitCode.STOP_FAILED)
+    net.teardown(host.run_dir, ctid)
     remove_cgroups(host, ctid)
     return True
 

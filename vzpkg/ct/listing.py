@@ -29,6 +29,13 @@ FIELDS: Mapping[str, Field] = {
         Field("nproc", "NPROC", 10, True, lambda r: _dash(r.get("nproc"))),
         Field("status", "STATUS", 9, False, lambda r: r["status"]),
         Field("ip", "IP_ADDR", 15, False, lambda r: _dash(" ".join(r.get("ip") or []))),
+        Field(
+            "netif",
+            "NETIF",
+            10,
+            False,
+            lambda r: _dash(" ".join(n["ifname"] for n in r.get("netif") or [])),
+        ),
         Field("hostname", "HOSTNAME", 0, False, lambda r: _dash(r.get("hostname"))),
         Field("ostemplate", "OSTEMPLATE", 24, False, lambda r: _dash(r.get("ostemplate"))),
         Field("layout", "LAYOUT", 7, False, lambda r: _dash(r.get("layout"))),

@@ -6,14 +6,15 @@ files and hostname at once, CTID.conf only with ``save``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vzpkg import checks, run
-from vzpkg.ct import conf, layout, shift
+from vzpkg.ct import conf, layout, net, netconf, shift
 from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
-from vzpkg.ct.lifecycle import write_guest_setup
+from vzpkg.ct.lifecycle import is_running, write_guest_setup
 from vzpkg.ct.status import exec_capture
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
@@ -28,6 +29,8 @@ class SetRequest:
     searchdomain: str | None = None
     ipadd: Sequence[str] = ()
     ipdel: Sequence[str] = ()
+    netif_add: Sequence[str] = ()  # ifname[,mac,host_ifname,host_mac,bridge]
+    netif_del: Sequence[str] = ()  # ifname, or all
     userpasswd: Sequence[str] = ()  # "user:password"; applied inside the VPS, never saved
     onboot: bool | None = None
     userns: bool | None = None  # move a stopped VPS's files to a block of its own, or back
@@ -40,6 +43,8 @@ class SetRequest:
                 self.searchdomain,
                 self.ipadd,
                 self.ipdel,
+                self.netif_add,
+                self.netif_del,
                 self.onboot is not None,
             )
         )
@@ -76,8 +81,9 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
         raise VzError(
             "nothing to set",
             ExitCode.INVALID_ARGUMENT,
-            hint="vzctl set CTID --hostname H | --ipadd A | --ipdel A | --nameserver N | "
-            "--searchdomain D | --userpasswd U:P | --onboot yes|no | --userns yes|no [--save]",
+            hint="vzctl set CTID --hostname H | --ipadd A | --ipdel A | --netif_add I | "
+            "--netif_del I | --nameserver N | --searchdomain D | --userpasswd U:P | "
+            "--onboot yes|no | --userns yes|no [--save]",
         )
     notes = []
     if request.userns is not None:
@@ -91,18 +97,6 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
         if not request.changes_config() and not request.userpasswd:
             return notes
     with opened_ct(host, ctid) as (cfg, private_dir, root_dir):
-        ips = merged_addresses(cfg.ip_address, request.ipadd, request.ipdel)
-        nameservers = tuple(request.nameservers) or cfg.nameserver
-        new = replace(
-            cfg,
-            hostname=request.hostname or cfg.hostname,
-            ip_address=tuple(ips),
-            nameserver=nameservers,
-            searchdomain=tuple(request.searchdomain.split())
-            if request.searchdomain
-            else cfg.searchdomain,
-            onboot=request.onboot if request.onboot is not None else cfg.onboot,
-        )
         state = runc_of(host).state(ctid)
         running = state is not None and state.status == "running"
         if request.userpasswd and not running:
@@ -118,9 +112,39 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                 ExitCode.CONFIG,
                 hint=f"put VE_ROOT in CT {ctid}'s config back as it was when it started",
             )
+        # Saved: CTID.conf and the request. Live: what the running VPS has (its network
+        # state, which a set without --save may have made differ from CTID.conf) and the
+        # request.
+        new = _changed(cfg, cfg, ctid, request) if save or not running else cfg
+        live = base = cfg
+        if running:
+            now = net.load_state(host.run_dir, ctid) or net.NetState()
+            base = replace(cfg, ip_address=tuple(now.addresses), netif=";".join(now.netifs) or None)
+            live = _changed(new, base, ctid, request)
+        netifs = netconf.parse_netifs(live.netif or "", ctid)
+        want = net.wanted(live.ip_address, netifs)
+        network = running and (want != net.wanted(base.ip_address, netconf.parse_netifs(
+            base.netif or "", ctid)))  # fmt: skip
+        proxies: dict[str, list[str]] = {}
+        if network:  # checked before anything changes
+            devs = netconf.neighbour_devs(host.neighbour_devs)
+            proxies = net.prepare(host.run_dir, ctid, want, devs, is_running(host))
+        else:
+            saved = net.wanted(new.ip_address, ()).addresses
+            before = net.wanted(cfg.ip_address, ()).addresses
+            net.check_free(
+                host.run_dir, ctid, [a for a in saved if a not in before], is_running(host)
+            )
         if running and request.changes_config():
             assert state is not None
-            write_guest_setup(ctid, root_dir, new, detect_init(root_dir))
+            write_guest_setup(ctid, root_dir, live, detect_init(root_dir))
+            if network:
+                try:
+                    net.apply(host.run_dir, ctid, state.pid, want, proxies)
+                except BaseException:
+                    with contextlib.suppress(VzError, OSError):  # the guest's files as they were
+                        write_guest_setup(ctid, root_dir, base, detect_init(root_dir))
+                    raise
             if request.hostname:
                 set_kernel_hostname(ctid, state.pid, request.hostname)
         for entry in request.userpasswd:
@@ -141,6 +165,29 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
         elif request.onboot is not None:
             notes.append("--onboot is a saved setting only: give --save to change it")
     return notes
+
+
+def _changed(
+    settings: conf.CtConfig, network: conf.CtConfig, ctid: int, request: SetRequest
+) -> conf.CtConfig:
+    """``settings`` with the request's changes, its addresses and interfaces those of
+    ``network`` changed by the request."""
+    netifs = netconf.parse_netifs(network.netif or "", ctid)
+    if request.netif_del:
+        netifs = netconf.without(netifs, request.netif_del)
+    for spec in request.netif_add:
+        netifs += (netconf.netif_add(ctid, spec, netifs),)
+    return replace(
+        settings,
+        hostname=request.hostname or settings.hostname,
+        ip_address=tuple(merged_addresses(network.ip_address, request.ipadd, request.ipdel)),
+        netif=netconf.netifs_text(netifs) or None,
+        nameserver=tuple(request.nameservers) or settings.nameserver,
+        searchdomain=tuple(request.searchdomain.split())
+        if request.searchdomain
+        else settings.searchdomain,
+        onboot=request.onboot if request.onboot is not None else settings.onboot,
+    )
 
 
 def merged_addresses(

@@ -1,0 +1,571 @@
+"""A running VPS's network, made on a stock kernel with veth pairs and routes (docs/networking.md).
+
+Routed mode (OpenVZ's venet, ``IP_ADDRESS``): one veth pair, host end ``venet0.<CTID>``, guest
+end ``venet0`` holding the VPS's addresses (/32, /128), default routes through a link-local
+gateway on the host end (169.254.0.1, fe80::1, onlink); on the host one route per address,
+proxy ARP/NDP entries on the NEIGHBOUR_DEVS, and rp_filter on the host end so that the VPS
+cannot send from an address it was not given. Bridged mode (``NETIF``): one veth pair per
+interface, the host end joined to a bridge when one is named.
+
+Everything is done with the host's own ``ip`` (``ip -batch``: one process per namespace), the
+guest side through ``nsenter --net`` only: no binary of the VPS runs. What is added on the host
+is written to ``RUN_DIR/net/CTID.json`` before it is added, so a crash at any point leaves a
+record that ``teardown`` removes (it is harmless to repeat). Routes and the gateway addresses
+go with their veth; the proxy entries, on devices of the host, are removed one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vzpkg import fsutil, run
+from vzpkg.ct.netconf import ROUTED_IF, NeighbourDevs, Netif, generated_mac, routed_host_ifname
+from vzpkg.errors import ExitCode, VzError
+
+log = logging.getLogger("vzpkg")
+
+GATEWAY4 = "169.254.0.1"
+GATEWAY6 = "fe80::1"
+STATE_SUBDIR = "net"
+_OUR_HOST_ENDS = re.compile(r"(venet0\.[0-9]+|vzn[0-9]+|veth[0-9]+\.[0-9]+)")
+_SYSCTL = Path("/proc/sys/net")  # the current network namespace's (not the machine's /sys)
+DOCS = "docs/networking.md"
+
+
+def address_of(entry: str) -> str:
+    """An IP_ADDRESS entry's address: routed mode gives each address alone (/32, /128); a
+    prefix written with it is kept in CTID.conf and not used here."""
+    return entry.partition("/")[0]
+
+
+def is_v6(address: str) -> bool:
+    return ":" in address
+
+
+@dataclass
+class NetState:
+    """What is on the host for one VPS (the state file). ``links``: host ends we made, with
+    the ifindex they got (a name reused by someone else later is not ours to delete)."""
+
+    netns: str = ""
+    links: dict[str, int] = field(default_factory=dict)
+    proxies: list[tuple[str, str]] = field(default_factory=list)  # (address, device)
+    addresses: list[str] = field(default_factory=list)  # routed addresses in the VPS
+    netifs: list[str] = field(default_factory=list)  # NETIF entries in the VPS
+    routed: str | None = None  # the routed host end, once made
+
+    def to_json(self) -> bytes:
+        data = {
+            "netns": self.netns,
+            "links": self.links,
+            "proxies": [list(p) for p in self.proxies],
+            "addresses": self.addresses,
+            "netifs": self.netifs,
+            "routed": self.routed,
+        }
+        return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: Any) -> NetState:
+        return cls(
+            netns=str(data.get("netns", "")),
+            links={str(k): int(v) for k, v in dict(data.get("links", {})).items()},
+            proxies=[(str(a), str(d)) for a, d in data.get("proxies", [])],
+            addresses=[str(a) for a in data.get("addresses", [])],
+            netifs=[str(n) for n in data.get("netifs", [])],
+            routed=data.get("routed") or None,
+        )
+
+
+def state_path(run_dir: Path, ctid: int) -> Path:
+    return run_dir / STATE_SUBDIR / f"{ctid}.json"
+
+
+def load_state(run_dir: Path, ctid: int) -> NetState | None:
+    try:
+        return NetState.from_json(json.loads(state_path(run_dir, ctid).read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        log.warning(
+            "CT %s: unreadable network state %s (%s): ignored", ctid, state_path(run_dir, ctid), e
+        )
+        return None
+
+
+def _save_state(run_dir: Path, ctid: int, state: NetState) -> None:
+    fsutil.makedirs_mode(run_dir / STATE_SUBDIR, 0o700)
+    fsutil.atomic_write(state_path(run_dir, ctid), state.to_json(), 0o600)
+
+
+def _netns_id(path: str = "/proc/self/ns/net") -> str:
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _ifindex(name: str) -> int | None:
+    """The interface's index in our network namespace (an ioctl there: /sys would show the
+    namespace sysfs was mounted in), None when there is none."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def _sysctl(rel: str) -> str | None:
+    try:
+        return (_SYSCTL / rel).read_text().strip()
+    except OSError:
+        return None
+
+
+# --- checks, before anything changes --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a VPS's network should be: routed addresses (canonical, no prefix) and netifs."""
+
+    addresses: tuple[str, ...] = ()
+    netifs: tuple[Netif, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.addresses and not self.netifs
+
+
+def wanted(ip_address: Sequence[str], netifs: Sequence[Netif]) -> Wanted:
+    return Wanted(tuple(dict.fromkeys(address_of(ip) for ip in ip_address)), tuple(netifs))
+
+
+def holders(
+    run_dir: Path, ctid: int, addresses: Iterable[str], is_running: Callable[[int], bool]
+) -> dict[str, int]:
+    """Which of ``addresses`` another running VPS of this host holds: address -> its CTID."""
+    wanted_set = set(addresses)
+    found: dict[str, int] = {}
+    if not wanted_set:
+        return found
+    try:
+        names = os.listdir(run_dir / STATE_SUBDIR)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        other = name.removesuffix(".json")
+        if not other.isdigit() or int(other) == ctid:
+            continue
+        state = load_state(run_dir, int(other))
+        if state is None:
+            continue
+        for address in wanted_set.intersection(state.addresses):
+            if is_running(int(other)):
+                found[address] = int(other)
+    return found
+
+
+def check_free(
+    run_dir: Path, ctid: int, addresses: Iterable[str], is_running: Callable[[int], bool]
+) -> None:
+    taken = holders(run_dir, ctid, addresses, is_running)
+    if taken:
+        address, other = sorted(taken.items())[0]
+        raise VzError(
+            f"Address already in use: {address} is held by running CT {other}",
+            ExitCode.IP_IN_USE,
+            hint=f"remove it there first: vzctl set {other} --ipdel {address} --save",
+        )
+
+
+def check_host(ctid: int, want: Wanted, devices: Sequence[str]) -> None:
+    """The host's prerequisites for ``want``: forwarding for each family with addresses, proxy
+    NDP where IPv6 addresses are announced, the bridges named. vzctl never sets a host sysctl
+    itself: the error names the one to set."""
+    v4 = [a for a in want.addresses if not is_v6(a)]
+    v6 = [a for a in want.addresses if is_v6(a)]
+    problems: list[tuple[str, str]] = []
+    if v4 and _sysctl("ipv4/ip_forward") != "1":
+        problems.append(("net.ipv4.ip_forward", "the host does not forward IPv4"))
+    if v6:
+        if _sysctl("ipv6/conf/all/disable_ipv6") in (None, "1"):
+            raise VzError(
+                f"CT {ctid} has IPv6 addresses ({v6[0]}), but IPv6 is disabled on this host",
+                ExitCode.NET_SETUP,
+                hint="enable IPv6 (net.ipv6.conf.all.disable_ipv6 = 0), or remove them: "
+                f"vzctl set {ctid} --ipdel {v6[0]} --save",
+            )
+        if _sysctl("ipv6/conf/all/forwarding") != "1":
+            problems.append(("net.ipv6.conf.all.forwarding", "the host does not forward IPv6"))
+        if devices and _sysctl("ipv6/conf/all/proxy_ndp") != "1":
+            missing = [d for d in devices if _sysctl(f"ipv6/conf/{d}/proxy_ndp") != "1"]
+            if missing:
+                problems.append(
+                    (
+                        "net.ipv6.conf.all.proxy_ndp",
+                        f"the host does not answer neighbour solicitations for others on "
+                        f"{', '.join(missing)}",
+                    )
+                )
+    if problems:
+        name, why = problems[0]
+        raise VzError(
+            f"CT {ctid} has addresses, but {why} ({name} is not 1)",
+            ExitCode.NET_SETUP,
+            hint=f"sysctl -w {name}=1, and put '{name} = 1' in /etc/sysctl.d/ to keep it "
+            f"({DOCS} says why; vzctl never changes host sysctls itself)",
+        )
+    for netif in want.netifs:
+        if netif.bridge and _ifindex(netif.bridge) is None:
+            raise VzError(
+                f"CT {ctid}: bridge {netif.bridge} of its interface {netif.ifname} does not "
+                "exist on this host",
+                ExitCode.NET_SETUP,
+                hint=f"create it (ip link add {netif.bridge} type bridge), or change NETIF",
+            )
+
+
+def _host_links() -> list[dict[str, Any]]:
+    proc = run.run(
+        ["ip", "-j", "addr", "show"], stdout=subprocess.PIPE, error_code=ExitCode.NET_SETUP
+    )
+    data: Any = json.loads(proc.stdout or b"[]")
+    return [d for d in data if isinstance(d, dict)]
+
+
+def neighbour_devices(devs: NeighbourDevs, addresses: Sequence[str]) -> dict[str, list[str]]:
+    """Where each routed address is announced (address -> host devices), per NEIGHBOUR_DEVS.
+    Never a VPS's own host end, a bridge port, a loopback or a device without ARP."""
+    if not addresses:
+        return {}
+    if devs.mode == "list":
+        for dev in devs.devices:
+            if _ifindex(dev) is None:
+                raise VzError(
+                    f"NEIGHBOUR_DEVS names {dev}, which this host does not have",
+                    ExitCode.NET_SETUP,
+                    hint="fix NEIGHBOUR_DEVS in the host configuration (list:DEV..., all or "
+                    "detect)",
+                )
+        return {a: list(devs.devices) for a in addresses}
+    candidates = [
+        link
+        for link in _host_links()
+        if "UP" in link.get("flags", [])
+        and not {"LOOPBACK", "NOARP"} & set(link.get("flags", []))
+        and link.get("link_type") == "ether"
+        and "master" not in link
+        and not _OUR_HOST_ENDS.fullmatch(str(link.get("ifname", "")))
+    ]
+    found: dict[str, list[str]] = {}
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        found[address] = [
+            str(link["ifname"])
+            for link in candidates
+            if devs.mode == "all" or _holds_network(link, ip)
+        ]
+    return found
+
+
+def _holds_network(link: dict[str, Any], ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    for info in link.get("addr_info", []):
+        with contextlib.suppress(KeyError, ValueError):
+            net = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+            if net.version == ip.version and net.prefixlen < net.max_prefixlen and ip in net:
+                return True
+    return False
+
+
+# --- doing it -------------------------------------------------------------------------------
+
+
+class _Batch:
+    """``ip -batch`` lines for one namespace."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, *words: str) -> None:
+        self.lines.append(" ".join(words))
+
+    def run(
+        self,
+        ctid: int,
+        where: str,
+        fd: int | None = None,
+        *,
+        enter: bool = False,
+        force: bool = False,
+    ) -> None:
+        """Run the lines; ``fd`` (a VPS's network namespace) is passed on, and with ``enter``
+        they run in that namespace (nsenter --net: nothing else of the VPS is entered)."""
+        if not self.lines:
+            return
+        argv = ["ip", *(["-force"] if force else []), "-batch", "-"]
+        if enter:
+            argv = ["nsenter", f"--net=/proc/self/fd/{fd}", "--", *argv]
+        proc = _run_with_fd(argv, fd, "\n".join(self.lines) + "\n")
+        if proc.returncode != 0 and not force:
+            text = proc.stderr.decode(errors="replace").strip()
+            raise VzError(
+                f"CT {ctid}: setting up its network {where} failed:\n  "
+                + "\n  ".join(text.splitlines()[-6:]),
+                ExitCode.NET_SETUP,
+                hint=f"nothing of it was kept; {DOCS} lists what each part needs",
+            )
+
+
+def _run_with_fd(argv: list[str], fd: int | None, text: str) -> subprocess.CompletedProcess[bytes]:
+    if fd is not None:
+        run.inherit_in_children(fd)
+    try:
+        return run.run(argv, input=text.encode(), stdout=subprocess.PIPE, check=False)
+    finally:
+        if fd is not None:
+            run.stop_inheriting(fd)
+
+
+@contextlib.contextmanager
+def guest_netns(ctid: int, pid: int) -> Iterator[int]:
+    """An fd of the network namespace of process ``pid`` (the VPS's init), refused when it is
+    our own: whatever the pid turned out to be, the host's network is never configured as a
+    VPS's."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise VzError(
+            f"CT {ctid}: its init ({pid}) is gone: {e.strerror}", ExitCode.NOT_RUNNING
+        ) from None
+    try:
+        if _netns_id(f"/proc/self/fd/{fd}") == _netns_id():
+            raise VzError(
+                f"CT {ctid}: its init ({pid}) shares the host's network namespace: not configured",
+                ExitCode.NET_SETUP,
+            )
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def prepare(
+    run_dir: Path,
+    ctid: int,
+    want: Wanted,
+    devs: NeighbourDevs,
+    is_running: Callable[[int], bool],
+) -> dict[str, list[str]]:
+    """Everything checked before the VPS's network changes: its addresses free, the host's
+    sysctls, the bridges. Returns where each new address is announced (for ``apply``)."""
+    state = load_state(run_dir, ctid) or NetState()
+    new = [a for a in want.addresses if a not in state.addresses]
+    check_free(run_dir, ctid, new, is_running)
+    proxies = neighbour_devices(devs, [a for a in new])
+    check_host(ctid, want, sorted({d for a in new if is_v6(a) for d in proxies.get(a, [])}))
+    return proxies
+
+
+def apply(
+    run_dir: Path,
+    ctid: int,
+    pid: int,
+    want: Wanted,
+    proxies: dict[str, list[str]],
+) -> NetState:
+    """Make the VPS's network what ``want`` says, from what the state file says it is (nothing
+    at a start): links, addresses, routes and proxy entries added or removed. The state file
+    is written before anything is added (holding the union of old and new), and again after."""
+    state = load_state(run_dir, ctid) or NetState(netns=_netns_id())
+    if state.netns and state.netns != _netns_id():
+        raise VzError(
+            f"CT {ctid}'s network was made in another network namespace of the host than "
+            "this command runs in",
+            ExitCode.NET_SETUP,
+            hint="run vzctl in the namespace the VPS was started in",
+        )
+    with guest_netns(ctid, pid) as ns_fd:
+        host, guest = _Batch(), _Batch()
+        old_addresses = list(state.addresses)
+        new_addresses = [a for a in want.addresses if a not in old_addresses]
+        gone_addresses = [a for a in old_addresses if a not in want.addresses]
+        routed = routed_host_ifname(ctid)
+        pending = NetState(
+            netns=state.netns or _netns_id(),
+            links=dict(state.links),
+            proxies=list(state.proxies),
+            addresses=list(state.addresses),
+            netifs=list(state.netifs),
+            routed=state.routed,
+        )
+        if want.addresses and state.routed is None:
+            _routed_link(ctid, host, guest, routed, ns_fd)
+            pending.links[routed] = -1
+            pending.routed = routed
+        elif not want.addresses and state.routed is not None:
+            host.add("link", "del", state.routed)
+            gone_addresses = []  # the veth takes its routes and addresses with it
+            pending.routed = None
+        v4_index = -1
+        for address in want.addresses:
+            v4_index += 0 if is_v6(address) else 1
+            if address not in new_addresses:
+                continue
+            if is_v6(address):
+                guest.add("addr", "add", f"{address}/128", "dev", ROUTED_IF, "nodad")
+                host.add("route", "add", f"{address}/128", "dev", routed)
+            else:
+                label = f"{ROUTED_IF}:{v4_index}"
+                guest.add("addr", "add", f"{address}/32", "dev", ROUTED_IF, "label", label)
+                host.add("route", "add", f"{address}/32", "dev", routed)
+            for dev in proxies.get(address, []):
+                host.add("neigh", "add", "proxy", address, "dev", dev)
+                pending.proxies.append((address, dev))
+        for address in gone_addresses:
+            bits = 128 if is_v6(address) else 32
+            guest.add("addr", "del", f"{address}/{bits}", "dev", ROUTED_IF)
+            host.add("route", "del", f"{address}/{bits}", "dev", routed)
+        for address, dev in state.proxies:
+            if address not in want.addresses:
+                host.add("neigh", "del", "proxy", address, "dev", dev)
+        old_netifs = {n: n for n in state.netifs}
+        new_texts = [n.to_text() for n in want.netifs]
+        for netif in want.netifs:
+            if netif.to_text() not in old_netifs:
+                _bridged_link(host, guest, netif, ns_fd)
+                pending.links[netif.host_ifname] = -1
+        for text in state.netifs:
+            if text not in new_texts:
+                name = dict(i.partition("=")[::2] for i in text.split(",")).get("host_ifname")
+                if name and state.links.get(name) == _ifindex(name):
+                    host.add("link", "del", name)
+        # Written before anything exists: a crash from here on leaves a record of all of it.
+        _save_state(run_dir, ctid, pending)
+        try:
+            host.run(ctid, "on the host", ns_fd)
+            for name in list(pending.links):
+                if pending.links[name] == -1:
+                    pending.links[name] = _ifindex(name) or -1
+            if pending.routed and pending.routed not in state.links:
+                _rp_filter(ctid, pending.routed)
+            guest.run(ctid, "inside it", ns_fd, enter=True)
+        except BaseException:
+            # Undo what this call added; what was there before stays, and so does its record.
+            _undo(ctid, pending, state)
+            if state.links or state.proxies:
+                _save_state(run_dir, ctid, state)
+            else:
+                fsutil.discard(state_path(run_dir, ctid))
+            raise
+        done = NetState(
+            netns=pending.netns,
+            links={
+                k: v
+                for k, v in pending.links.items()
+                if k == pending.routed or k in {n.host_ifname for n in want.netifs}
+            },
+            proxies=[(a, d) for a, d in pending.proxies if a in want.addresses],
+            addresses=list(want.addresses),
+            netifs=new_texts,
+            routed=pending.routed,
+        )
+        if done.links or done.proxies:
+            _save_state(run_dir, ctid, done)
+        else:
+            fsutil.discard(state_path(run_dir, ctid))
+        return done
+
+
+def _routed_link(ctid: int, host: _Batch, guest: _Batch, name: str, ns_fd: int) -> None:
+    if _ifindex(name) is not None:
+        raise VzError(
+            f"CT {ctid}: the host already has an interface {name}, which is not this VPS's",
+            ExitCode.NET_SETUP,
+            hint=f"remove or rename it (ip link show {name})",
+        )
+    host.add(
+        "link", "add", name, "address", generated_mac(ctid, ROUTED_IF, "host"), "type", "veth",
+        "peer", "name", ROUTED_IF, "address", generated_mac(ctid, ROUTED_IF, "ct"),
+        "netns", f"/proc/self/fd/{ns_fd}",
+    )  # fmt: skip
+    host.add("link", "set", name, "up")
+    host.add("addr", "add", f"{GATEWAY4}/32", "dev", name, "scope", "link")
+    guest.add("link", "set", "lo", "up")
+    guest.add("link", "set", ROUTED_IF, "up")
+    guest.add("route", "add", "default", "via", GATEWAY4, "dev", ROUTED_IF, "onlink")
+    if _sysctl("ipv6/conf/all/disable_ipv6") == "0":
+        host.add("addr", "add", f"{GATEWAY6}/64", "dev", name, "nodad")
+        guest.add("route", "add", "::/0", "via", GATEWAY6, "dev", ROUTED_IF, "onlink")
+
+
+def _bridged_link(host: _Batch, guest: _Batch, netif: Netif, ns_fd: int) -> None:
+    host.add(
+        "link", "add", netif.host_ifname, "address", netif.host_mac, "type", "veth",
+        "peer", "name", netif.ifname, "address", netif.mac, "netns", f"/proc/self/fd/{ns_fd}",
+    )  # fmt: skip
+    if netif.bridge:
+        host.add("link", "set", netif.host_ifname, "master", netif.bridge)
+    host.add("link", "set", netif.host_ifname, "up")
+    guest.add("link", "set", "lo", "up")
+    guest.add("link", "set", netif.ifname, "up")
+
+
+def _rp_filter(ctid: int, name: str) -> None:
+    """Strict reverse-path filtering on the routed host end: a packet from the VPS whose source
+    is not routed back through it (an address it was not given) is dropped."""
+    try:
+        (_SYSCTL / "ipv4/conf" / name / "rp_filter").write_text("1\n")
+    except OSError as e:
+        raise VzError(
+            f"CT {ctid}: cannot turn on rp_filter on {name}: {e.strerror}", ExitCode.NET_SETUP
+        ) from None
+
+
+def _undo(ctid: int, pending: NetState, before: NetState) -> None:
+    """After a failed apply: remove the links and proxy entries it meant to add."""
+    added = NetState(
+        netns=pending.netns,
+        links={k: v for k, v in pending.links.items() if k not in before.links},
+        proxies=[p for p in pending.proxies if p not in before.proxies],
+    )
+    _remove(ctid, added)
+
+
+def _remove(ctid: int, state: NetState) -> None:
+    batch = _Batch()
+    for address, dev in state.proxies:
+        batch.add("neigh", "del", "proxy", address, "dev", dev)
+    for name, index in state.links.items():
+        now = _ifindex(name)
+        # -1: made by a command that died before it noted the index; the name is ours.
+        if now is not None and index in (-1, now):
+            batch.add("link", "del", name)
+    batch.run(ctid, "teardown", force=True)
+
+
+def teardown(run_dir: Path, ctid: int) -> bool:
+    """Remove what the state file says is on the host for the VPS; harmless to repeat.
+    Returns whether there was anything."""
+    state = load_state(run_dir, ctid)
+    if state is None:
+        return False
+    if state.netns and state.netns != _netns_id():
+        log.warning(
+            "CT %s: its network was made in another network namespace of the host; "
+            "its host ends %s and proxy entries %s are left there",
+            ctid,
+            " ".join(state.links) or "-",
+            " ".join(f"{a}@{d}" for a, d in state.proxies) or "-",
+        )
+    else:
+        _remove(ctid, state)
+    fsutil.discard(state_path(run_dir, ctid))
+    return True
