@@ -40,7 +40,7 @@ class VzHost:
     pkgcache_dir: Path
     # The network namespace the commands run in (netharness): a VPS's veths, routes and proxy
     # entries are made there, never in the machine's own. None: the machine's.
-    net: netharness.TestNet | None = None
+    net: netharness.NetLab | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -49,8 +49,9 @@ class VzHost:
         return env
 
     def argv(self, tool: str, *args: str) -> list[str]:
-        """A command line of ``tool`` that runs in this host's network namespace."""
-        if self.net is None:
+        """A command line of ``tool``: the runtime's tools run in this host's network
+        namespace (the cache builder needs the mirror, so it runs in the machine's)."""
+        if self.net is None or tool not in ("vzctl", "vzlist"):
             return [str(BIN / tool), *args]
         return ["nsenter", f"--net={self.net.host_path}", "--", str(BIN / tool), *args]
 

@@ -26,7 +26,7 @@ def _ip(
 
 
 @dataclass
-class TestNet:
+class NetLab:
     host_ns: str
     lan_ns: str
 
@@ -78,8 +78,8 @@ def snapshot(netns: str | None = None) -> dict[str, list[str]]:
     }
 
 
-def make(tag: str) -> TestNet:
-    net = TestNet(f"vzt-host-{tag}", f"vzt-lan-{tag}")
+def make(tag: str) -> NetLab:
+    net = NetLab(f"vzt-host-{tag}", f"vzt-lan-{tag}")
     remove(net)  # a namespace a killed run left
     _ip("netns", "add", net.host_ns)
     _ip("netns", "add", net.lan_ns)
@@ -102,7 +102,7 @@ def make(tag: str) -> TestNet:
     return net
 
 
-def remove(net: TestNet) -> None:
+def remove(net: NetLab) -> None:
     """Delete both namespaces: what a VPS's network left in them goes too."""
     for ns in (net.host_ns, net.lan_ns):
         if (NETNS_DIR / ns).exists():

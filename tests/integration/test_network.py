@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration import netharness
 from tests.integration.conftest import VzHost, ctid_base
-from tests.integration.netharness import LAN_V4, TestNet
+from tests.integration.netharness import LAN_V4, NetLab
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ def host(vzhost: VzHost) -> VzHost:
 
 
 @pytest.fixture(scope="module")
-def net(host: VzHost) -> TestNet:
+def net(host: VzHost) -> NetLab:
     assert host.net is not None
     return host.net
 
@@ -48,7 +48,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def cts(host: VzHost, net: TestNet) -> Iterator[list[str]]:
+def cts(host: VzHost, net: NetLab) -> Iterator[list[str]]:
     """CTIDs for one test, stopped and destroyed afterwards; the test host's network must
     then be as it was before the test."""
     before = net.host_objects()
@@ -99,7 +99,7 @@ def serving(host: VzHost, ctid: str, probe: Path) -> None:
 
 def reach(run: object, probe: Path, address: str, ms: int = 3000) -> str | None:
     """The answer of the server at ``address`` (None: none within ``ms``), from where ``run``
-    (TestNet.in_lan or in_host) runs."""
+    (NetLab.in_lan or in_host) runs."""
     proc = run(str(probe), "connect", address, PORT, str(ms))  # type: ignore[operator]
     return proc.stdout.strip() if proc.returncode == 0 else None
 
@@ -114,7 +114,7 @@ def from_vps(host: VzHost, ctid: str, address: str, source: str | None = None) -
 
 
 def test_a_routed_vps_answers_the_lan_over_ipv4_and_ipv6(
-    host: VzHost, net: TestNet, probe: Path, cts: list[str]
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
 ) -> None:
     ctid = new_ct(cts)
     vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.45")
@@ -152,7 +152,7 @@ def test_a_routed_vps_answers_the_lan_over_ipv4_and_ipv6(
 
 
 def test_without_neighbour_devices_the_lan_cannot_reach_it(
-    host: VzHost, net: TestNet, probe: Path, cts: list[str]
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
 ) -> None:
     ctid = new_ct(cts)
     vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.46")
@@ -172,7 +172,7 @@ def test_without_neighbour_devices_the_lan_cannot_reach_it(
 
 
 def test_two_vpss_reach_each_other_and_a_vps_cannot_send_from_a_foreign_address(
-    host: VzHost, net: TestNet, probe: Path, cts: list[str]
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
 ) -> None:
     one, two = new_ct(cts), new_ct(cts)
     for ctid, address in ((one, "198.51.100.51"), (two, "198.51.100.52")):
@@ -201,7 +201,7 @@ def test_two_vpss_reach_each_other_and_a_vps_cannot_send_from_a_foreign_address(
 
 
 def test_live_ipadd_and_ipdel_change_reachability_files_routes_and_config(
-    host: VzHost, net: TestNet, probe: Path, cts: list[str]
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
 ) -> None:
     ctid = new_ct(cts)
     vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--hostname", "web")
@@ -242,7 +242,7 @@ def test_live_ipadd_and_ipdel_change_reachability_files_routes_and_config(
 
 
 def test_bad_and_conflicting_addresses_change_nothing(
-    host: VzHost, net: TestNet, probe: Path, cts: list[str]
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
 ) -> None:
     one, two = new_ct(cts), new_ct(cts)
     vzctl(host, "create", one, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.71")
@@ -272,7 +272,7 @@ def test_bad_and_conflicting_addresses_change_nothing(
     assert "down" in vzctl(host, "status", two).stdout
     # A host end name that is taken: a failed start that leaves nothing behind.
     vzctl(host, "set", two, "--ipdel", "all", "--ipadd", "198.51.100.73", "--save")
-    taken = net.in_host("ip", "link", "add", f"venet0.{two}", "type", "dummy")
+    taken = net.in_host("ip", "link", "add", f"venet0.{two}", "type", "bridge")
     assert taken.returncode == 0, taken.stderr
     try:
         proc = vzctl(host, "start", two, code=34)
@@ -286,7 +286,7 @@ def test_bad_and_conflicting_addresses_change_nothing(
 
 
 def test_a_missing_host_sysctl_is_named_and_nothing_starts(
-    host: VzHost, net: TestNet, cts: list[str]
+    host: VzHost, net: NetLab, cts: list[str]
 ) -> None:
     ctid = new_ct(cts)
     vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.81")
@@ -311,7 +311,7 @@ def test_a_missing_host_sysctl_is_named_and_nothing_starts(
 
 
 def test_nothing_is_left_after_stop_kill_failed_start_and_destroy(
-    host: VzHost, net: TestNet, cts: list[str]
+    host: VzHost, net: NetLab, cts: list[str]
 ) -> None:
     before = net.host_objects()
     ctid = new_ct(cts)
@@ -348,7 +348,7 @@ def test_nothing_is_left_after_stop_kill_failed_start_and_destroy(
 
 
 def test_a_bridged_vps_answers_on_its_address(
-    host: VzHost, net: TestNet, probe: Path, cts: list[str]
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
 ) -> None:
     bridge = "vztbr0"
     for cmd in (

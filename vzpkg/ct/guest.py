@@ -281,6 +281,8 @@ def _without_block(text: str) -> str:
     for line in text.splitlines(keepends=True):
         if line.startswith(VENET_BEGIN):
             skipping = True
+            if lines and lines[-1] == "\n":  # the blank line put before it
+                lines.pop()
         elif skipping and line.startswith(VENET_END):
             skipping = False
         elif not skipping:
