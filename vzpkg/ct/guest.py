@@ -277,7 +277,8 @@ def _network_files(
 
 def _without_block(text: str) -> str:
     """``text`` without vzpkg's venet0 block."""
-    lines, skipping = [], False
+    lines: list[str] = []
+    skipping = False
     for line in text.splitlines(keepends=True):
         if line.startswith(VENET_BEGIN):
             skipping = True

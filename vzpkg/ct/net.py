@@ -17,12 +17,10 @@ go with their veth; the proxy entries, on devices of the host, are removed one b
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
 import re
-import socket
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +115,8 @@ def _netns_id(path: str = "/proc/self/ns/net") -> str:
 def _ifindex(name: str) -> int | None:
     """The interface's index in our network namespace (an ioctl there: /sys would show the
     namespace sysfs was mounted in), None when there is none."""
+    import socket  # lazy: a start without network never asks
+
     try:
         return socket.if_nametoindex(name)
     except OSError:
@@ -266,6 +266,8 @@ def neighbour_devices(devs: NeighbourDevs, addresses: Sequence[str]) -> dict[str
         and "master" not in link
         and not _OUR_HOST_ENDS.fullmatch(str(link.get("ifname", "")))
     ]
+    import ipaddress  # lazy: only announcing to all or detected devices needs it
+
     found: dict[str, list[str]] = {}
     for address in addresses:
         ip = ipaddress.ip_address(address)
@@ -277,7 +279,9 @@ def neighbour_devices(devs: NeighbourDevs, addresses: Sequence[str]) -> dict[str
     return found
 
 
-def _holds_network(link: dict[str, Any], ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _holds_network(link: dict[str, Any], ip: Any) -> bool:
+    import ipaddress
+
     for info in link.get("addr_info", []):
         with contextlib.suppress(KeyError, ValueError):
             net = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network

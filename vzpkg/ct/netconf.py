@@ -2,12 +2,11 @@
 interfaces (NETIF) and the host's NEIGHBOUR_DEVS. Values only: parsed, checked, canonical and
 written back; nothing here touches the kernel (vzpkg.ct.net does).
 
-Light to import (hashlib, re): vzctl set and vzlist parse these without loading the rest.
+Light to import (re; hashlib only when a MAC is generated): vzctl set and vzlist parse these without loading the rest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ def generated_mac(ctid: int, name: str, side: str) -> str:
     """A MAC that is the same at every start (so that the LAN's ARP caches and DHCP leases
     stay valid) and differs per VPS, interface and side: OpenVZ's prefix, then 3 bytes of a
     hash of the three."""
+    import hashlib  # lazy: OpenSSL's load costs a start without interfaces ~3 ms
+
     digest = hashlib.sha256(f"{ctid}:{name}:{side}".encode()).digest()
     return MAC_PREFIX + "".join(f":{b:02x}" for b in digest[:3])
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg import run
-from vzpkg.ct import conf, layout, places
-from vzpkg.ct.common import ct_paths, runc_of, stray_pids
+from vzpkg.ct import conf, layout, net, places
+from vzpkg.ct.common import ct_locked, ct_paths, runc_of, stray_pids
 from vzpkg.ct.engine import run_attached
 from vzpkg.ct.guest import resolve_in_root
 from vzpkg.ct.runcargv import vps_exec_argv as exec_argv
@@ -59,12 +59,26 @@ def status(host: HostConfig, ctid: int) -> Status:
         return Status(ctid, False, False, False, None, None)
     private_dir, root_dir = ct_paths(host, ctid, cfg)
     running, nproc = running_state(host, ctid)
+    if not running and os.path.exists(net.state_path(host.run_dir, ctid)):
+        _network_of_dead_init(host, ctid)
     condition = layout.condition(private_dir)
     entry = places.top_mount(root_dir)
     mounted = entry is not None and places.is_own_mount(root_dir, private_dir, entry)
     return Status(
         ctid, condition == "present", mounted, running, nproc, cfg, condition == "destroying"
     )
+
+
+def _network_of_dead_init(host: HostConfig, ctid: int) -> None:
+    """What the host still has for a VPS whose init died by itself (its veths went with its
+    namespace; proxy entries stay): removed now, when no other command holds the CT."""
+    try:
+        with ct_locked(host, ctid):
+            if not running_state(host, ctid)[0]:
+                net.teardown(host.run_dir, ctid)
+    except VzError as e:
+        if e.code != ExitCode.LOCKED:
+            raise
 
 
 def running_state(host: HostConfig, ctid: int) -> tuple[bool, int | None]:
