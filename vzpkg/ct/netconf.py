@@ -2,7 +2,8 @@
 interfaces (NETIF) and the host's NEIGHBOUR_DEVS. Values only: parsed, checked, canonical and
 written back; nothing here touches the kernel (vzpkg.ct.net does).
 
-Light to import (re; hashlib only when a MAC is generated): vzctl set and vzlist parse these without loading the rest.
+Light to import (re; hashlib only when a MAC is generated): vzctl set and vzlist parse these
+without loading the rest.
 """
 
 from __future__ import annotations
