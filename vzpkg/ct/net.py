@@ -488,13 +488,19 @@ def apply(
         return done
 
 
-def _routed_link(ctid: int, host: _Batch, guest: _Batch, name: str, ns_fd: int) -> None:
+def _check_free_name(name: str, what: str) -> None:
+    """A host interface about to be made must not exist: it would be someone else's (and an
+    undo would delete it)."""
     if _ifindex(name) is not None:
         raise VzError(
-            f"CT {ctid}: the host already has an interface {name}, which is not this VPS's",
+            f"the host already has an interface {name} ({what}), which is not this VPS's",
             ExitCode.NET_SETUP,
-            hint=f"remove or rename it (ip link show {name})",
+            hint=f"remove or rename it (ip link show {name}), or choose another name",
         )
+
+
+def _routed_link(ctid: int, host: _Batch, guest: _Batch, name: str, ns_fd: int) -> None:
+    _check_free_name(name, f"the host end of CT {ctid}'s venet0")
     host.add(
         "link", "add", name, "address", generated_mac(ctid, ROUTED_IF, "host"), "type", "veth",
         "peer", "name", ROUTED_IF, "address", generated_mac(ctid, ROUTED_IF, "ct"),
@@ -511,6 +517,7 @@ def _routed_link(ctid: int, host: _Batch, guest: _Batch, name: str, ns_fd: int) 
 
 
 def _bridged_link(host: _Batch, guest: _Batch, netif: Netif, ns_fd: int) -> None:
+    _check_free_name(netif.host_ifname, f"host_ifname of {netif.ifname}")
     host.add(
         "link", "add", netif.host_ifname, "address", netif.host_mac, "type", "veth",
         "peer", "name", netif.ifname, "address", netif.mac, "netns", f"/proc/self/fd/{ns_fd}",
