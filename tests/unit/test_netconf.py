@@ -52,7 +52,6 @@ def test_netif_add_takes_given_fields_canonical() -> None:
         "eth0,zz:18:51:00:00:01",
         "eth0,,,,,extra",
         "eth0,,venet0.7",  # the routed host end
-        "eth0 ",
     ],
 )
 def test_bad_netif_add_is_refused_naming_the_option(spec: str) -> None:
