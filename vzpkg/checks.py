@@ -76,11 +76,37 @@ def ip_address(value: str, what: str = "--ipadd", *, prefix: bool = True) -> str
         ) from None
     if ip.is_unspecified:
         raise bad(what, value, "is the unspecified address")
+    if "%" in address:
+        raise bad(what, value, "has a scope (%...): a VPS's addresses are global")
     if not slash:
         return str(ip)
     if not length.isascii() or not length.isdigit() or int(length) > ip.max_prefixlen:
         raise bad(what, value, f"has a bad prefix length (0 to {ip.max_prefixlen})")
     return f"{ip}/{int(length)}"
+
+
+def vps_address(value: str, what: str = "--ipadd") -> str:
+    """``ip_address``, and one a VPS can be given as its own: not loopback, multicast,
+    link-local (the gateways 169.254.0.1 and fe80::1 are there), broadcast, reserved, the
+    0.0.0.0/8 "this network" block or IPv4-mapped IPv6."""
+    import ipaddress
+
+    canonical = ip_address(value, what)
+    ip = ipaddress.ip_address(canonical.partition("/")[0])
+    why = None
+    if ip.is_loopback:
+        why = "is a loopback address"
+    elif ip.is_multicast:
+        why = "is a multicast address"
+    elif ip.is_link_local:
+        why = "is a link-local address (the VPS's gateway lives there)"
+    elif ip.version == 4 and (ip.is_reserved or ip in ipaddress.ip_network("0.0.0.0/8")):
+        why = "is a reserved or broadcast address"
+    elif ip.version == 6 and ip.ipv4_mapped is not None:
+        why = "is an IPv4-mapped IPv6 address: give the IPv4 address itself"
+    if why:
+        raise bad(what, value, why, hint="a VPS's own address, e.g. 198.51.100.45 or 2001:db8::45")
+    return canonical
 
 
 def nameserver(value: str, what: str = "--nameserver") -> str:

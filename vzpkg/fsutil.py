@@ -177,9 +177,13 @@ def glob_remove_beneath(root: Path, rel_dir: str, prefix: str) -> None:
             remove_beneath(root, f"{rel_dir}/{name}")
 
 
-def read_file_beneath(root: Path, rel: str) -> bytes:
+GUEST_FILE_MAX = 1 << 20  # a guest's config file vzpkg reads: larger ones are refused
+
+
+def read_file_beneath(root: Path, rel: str, limit: int = GUEST_FILE_MAX) -> bytes:
     """Read regular file ``root/rel`` without following any symlink on the way (ELOOP if the
-    file itself is a symlink)."""
+    file itself is a symlink); EFBIG past ``limit`` bytes (a VPS's root can make a sparse file
+    of any size: reading it must not cost the host its memory)."""
     parent, name = str(PurePosixPath(rel).parent), PurePosixPath(rel).name
     with open_dir_beneath(root, parent) as dfd:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
@@ -187,7 +191,11 @@ def read_file_beneath(root: Path, rel: str) -> bytes:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, f"{rel} is not a regular file")
             chunks = []
+            size = 0
             while chunk := os.read(fd, 1 << 16):
+                size += len(chunk)
+                if size > limit:
+                    raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(root / rel))
                 chunks.append(chunk)
             return b"".join(chunks)
         finally:

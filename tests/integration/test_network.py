@@ -384,3 +384,98 @@ def test_a_bridged_vps_answers_on_its_address(
         vzctl(host, "stop", ctid)
     finally:
         net.in_host("ip", "link", "del", bridge)
+
+
+# --- found by trying it as an attacker and as a careless admin --------------------------------
+
+
+def test_racing_starts_for_one_address_leave_the_winner_whole(
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
+) -> None:
+    one, two = new_ct(cts), new_ct(cts)
+    for ctid in (one, two):
+        vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.110")
+    procs = [host.popen("vzctl", "start", ctid) for ctid in (one, two)]
+    codes = sorted(p.wait(timeout=120) for p in procs)
+    assert codes == [0, 78], [p.communicate() for p in procs]
+    winner = one if "running" in vzctl(host, "status", one).stdout else two
+    assert net.host_objects()["proxies"] == ["198.51.100.110 dev lan0 proxy "]
+    serving(host, winner, probe)
+    assert reach(net.in_lan, probe, "198.51.100.110") == "pong from 198.51.100.110"
+
+
+def test_an_address_taken_over_from_a_dead_vps_keeps_its_announcement(
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
+) -> None:
+    dead, heir = new_ct(cts), new_ct(cts)
+    vzctl(host, "create", dead, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.111")
+    vzctl(host, "create", heir, "--ostemplate", MINIMAL)
+    vzctl(host, "start", dead)
+    state = host.base / "run" / "runc" / f"vz{dead}" / "state.json"
+    os.kill(json.loads(state.read_text())["init_process_pid"], signal.SIGKILL)  # its own end
+    time.sleep(0.3)
+    vzctl(host, "set", heir, "--ipadd", "198.51.100.111", "--save")
+    vzctl(host, "start", heir)
+    vzctl(host, "status", dead)  # cleans up after the dead one
+    assert "198.51.100.111 dev lan0 proxy " in net.host_objects()["proxies"]
+    serving(host, heir, probe)
+    assert reach(net.in_lan, probe, "198.51.100.111") == "pong from 198.51.100.111"
+
+
+def test_a_failed_live_change_is_undone_on_the_host(
+    host: VzHost, net: NetLab, probe: Path, cts: list[str]
+) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.112")
+    vzctl(host, "set", ctid, "--ipadd", "2001:db8:51::112", "--save")
+    vzctl(host, "start", ctid)
+    objects = net.host_objects()
+    vzctl(host, "exec", ctid, "ip link set venet0 name tmp0")  # its root breaks its side
+    vzctl(host, "set", ctid, "--ipadd", "198.51.100.113", code=34)
+    vzctl(host, "set", ctid, "--ipdel", "198.51.100.112", code=34)
+    assert net.host_objects() == objects
+    vzctl(host, "exec", ctid, "ip link set tmp0 name venet0")
+    vzctl(host, "set", ctid, "--ipdel", "198.51.100.112")
+    assert not any("198.51.100.112" in r for r in net.host_objects()["routes4"])
+    vzctl(host, "stop", ctid)  # the IPv6 entry, after the failures: gone too
+
+
+def test_unusable_addresses_and_names_are_refused(host: VzHost, cts: list[str]) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL)
+    conf = conf_of(host, ctid).read_text()
+    for address in (
+        "127.0.0.1", "224.0.0.1", "255.255.255.255", "0.0.0.1", "169.254.0.1", "fe80::1",
+        "::1", "ff02::1", "::ffff:198.51.100.5", "2001:db8:51::99%eth0",
+    ):  # fmt: skip
+        proc = vzctl(host, "set", ctid, "--ipadd", address, "--save", code=21)
+        assert "Bad parameter for --ipadd" in proc.stderr
+    for spec in ('eth0,,"zz"', "eth0#", "e'th0", "eth0,,,,br#0"):
+        vzctl(host, "set", ctid, "--netif_add", spec, "--save", code=21)
+    assert conf_of(host, ctid).read_text() == conf
+
+
+def test_host_ends_take_no_router_advertisements_and_filter_sources(
+    host: VzHost, net: NetLab, cts: list[str]
+) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", "198.51.100.114")
+    vzctl(host, "set", ctid, "--netif_add", "eth0", "--save")
+    vzctl(host, "start", ctid)
+    for dev in (f"venet0.{ctid}", f"veth{ctid}.0"):
+        for rel, value in (
+            (f"ipv4/conf/{dev}/rp_filter", "1"),
+            (f"ipv6/conf/{dev}/accept_ra", "0"),
+            (f"ipv6/conf/{dev}/autoconf", "0"),
+            (f"ipv6/conf/{dev}/accept_redirects", "0"),
+        ):
+            assert net.in_host("cat", f"/proc/sys/net/{rel}").stdout.strip() == value, rel
+
+
+def test_a_huge_guest_file_is_refused_not_read(host: VzHost, cts: list[str]) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL)
+    vzctl(host, "start", ctid)
+    vzctl(host, "exec", ctid, "mkdir /etc/network && truncate -s 300M /etc/network/interfaces")
+    proc = vzctl(host, "set", ctid, "--ipadd", "198.51.100.115", code=3)
+    assert "/etc/network/interfaces" in proc.stderr and "larger than" in proc.stderr

@@ -83,7 +83,7 @@ def create(
         ostemplate,
         layout_name=None if layout is None else checks.layout(layout, "--layout"),
         hostname=None if hostname is None else checks.hostname(hostname),
-        ipadd=tuple(checks.ip_address(ip) for ip in ipadd),
+        ipadd=tuple(checks.vps_address(ip) for ip in ipadd),
         sample=sample,
         private=private,
         root=root,

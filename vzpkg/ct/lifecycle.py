@@ -157,30 +157,32 @@ def _start_mounted(
     )
     write_bundle(bundle, oci.build_config(spec))
     want = net.wanted(cfg.ip_address, netconf.parse_netifs(cfg.netif or "", ctid))
-    proxies = {}
-    if not want.empty:
-        proxies = net.prepare(
-            host.run_dir, ctid, want, netconf.neighbour_devs(host.neighbour_devs), is_running(host)
-        )
-    before_init = None
-    delegate = ids is not None and init.kind == "systemd"
-    if delegate or not want.empty:
-        state_root = runc_of(host).state_root
+    # One network change of this host's VPSs at a time: the address checks and what they
+    # allow happen under one lock, so two VPSs never both take an address.
+    with net.host_lock(host.lock_dir) if not want.empty else contextlib.nullcontext():
+        proxies = {}
+        if not want.empty:
+            devs = netconf.neighbour_devs(host.neighbour_devs)
+            proxies = net.prepare(host.run_dir, ctid, want, devs, is_running(host))
+        before_init = None
+        delegate = ids is not None and init.kind == "systemd"
+        if delegate or not want.empty:
+            state_root = runc_of(host).state_root
 
-        def before_init(state: ContainerState) -> None:
-            # Before init runs: it never sees an unconfigured network or foreign cgroups.
-            if delegate and ids is not None:
-                delegate_cgroups(state_root, ctid, ids)
-            if not want.empty:
-                net.apply(host.run_dir, ctid, state.pid, want, proxies)
+            def before_init(state: ContainerState) -> None:
+                # Before init runs: it never sees an unconfigured network or foreign cgroups.
+                if delegate and ids is not None:
+                    delegate_cgroups(state_root, ctid, ids)
+                if not want.empty:
+                    net.apply(host.run_dir, ctid, state.pid, want, proxies)
 
-    # From here on the start completes (or fails by itself): ^C and SIGTERM wait for it.
-    point_of_no_return()
-    try:
-        runc_of(host).start(ctid, bundle, before_init)
-    except BaseException:
-        net.teardown(host.run_dir, ctid)
-        raise
+        # From here on the start completes (or fails by itself): ^C and SIGTERM wait for it.
+        point_of_no_return()
+        try:
+            runc_of(host).start(ctid, bundle, before_init)
+        except BaseException:
+            net.teardown(host.run_dir, ctid)
+            raise
     return init
 
 

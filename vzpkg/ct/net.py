@@ -86,6 +86,16 @@ class NetState:
         )
 
 
+def host_lock(lock_dir: Path) -> contextlib.AbstractContextManager[Path]:
+    """The lock every change of a VPS's network takes (after the VPS's own): address checks
+    and the changes they allow are one step, host-wide."""
+    from vzpkg import lock
+
+    return lock.locked(
+        lock_dir, "network", timeout=60, what="the host's VPS network", hint="try again"
+    )
+
+
 def state_path(run_dir: Path, ctid: int) -> Path:
     return run_dir / STATE_SUBDIR / f"{ctid}.json"
 
@@ -95,7 +105,7 @@ def load_state(run_dir: Path, ctid: int) -> NetState | None:
         return NetState.from_json(json.loads(state_path(run_dir, ctid).read_bytes()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
         log.warning(
             "CT %s: unreadable network state %s (%s): ignored", ctid, state_path(run_dir, ctid), e
         )
@@ -370,12 +380,34 @@ def prepare(
 ) -> dict[str, list[str]]:
     """Everything checked before the VPS's network changes: its addresses free, the host's
     sysctls, the bridges. Returns where each new address is announced (for ``apply``)."""
+    from vzpkg import checks
+
     state = load_state(run_dir, ctid) or NetState()
+    _check_namespace(ctid, state)
     new = [a for a in want.addresses if a not in state.addresses]
+    for address in new:
+        checks.vps_address(address, "IP_ADDRESS")
     check_free(run_dir, ctid, new, is_running)
+    if any(not is_v6(a) for a in new) and _sysctl("ipv4/conf/all/rp_filter") == "2":
+        log.warning(
+            "net.ipv4.conf.all.rp_filter is 2 (loose) on this host: it overrides the strict "
+            "filter on VPS host ends, so a VPS can send from addresses it was not given; set "
+            "it to 0 or 1 (%s)",
+            DOCS,
+        )
     proxies = neighbour_devices(devs, [a for a in new])
     check_host(ctid, want, sorted({d for a in new if is_v6(a) for d in proxies.get(a, [])}))
     return proxies
+
+
+def _check_namespace(ctid: int, state: NetState) -> None:
+    if state.netns and state.netns != _netns_id():
+        raise VzError(
+            f"CT {ctid}'s network was made in another network namespace of the host than "
+            "this command runs in",
+            ExitCode.NET_SETUP,
+            hint="run vzctl in the namespace the VPS was started in",
+        )
 
 
 def apply(
@@ -389,25 +421,22 @@ def apply(
     at a start): links, addresses, routes and proxy entries added or removed. The state file
     is written before anything is added (holding the union of old and new), and again after."""
     state = load_state(run_dir, ctid) or NetState(netns=_netns_id())
-    if state.netns and state.netns != _netns_id():
-        raise VzError(
-            f"CT {ctid}'s network was made in another network namespace of the host than "
-            "this command runs in",
-            ExitCode.NET_SETUP,
-            hint="run vzctl in the namespace the VPS was started in",
-        )
+    _check_namespace(ctid, state)
     with guest_netns(ctid, pid) as ns_fd:
-        host, guest = _Batch(), _Batch()
+        host, guest, inverse = _Batch(), _Batch(), _Batch()
         old_addresses = list(state.addresses)
         new_addresses = [a for a in want.addresses if a not in old_addresses]
         gone_addresses = [a for a in old_addresses if a not in want.addresses]
         routed = routed_host_ifname(ctid)
+        new_texts = [n.to_text() for n in want.netifs]
+        # The record while this runs: everything before and everything to come, so that a
+        # kill at any point leaves a record that covers it all.
         pending = NetState(
             netns=state.netns or _netns_id(),
             links=dict(state.links),
             proxies=list(state.proxies),
-            addresses=list(state.addresses),
-            netifs=list(state.netifs),
+            addresses=list(dict.fromkeys(state.addresses + list(want.addresses))),
+            netifs=list(dict.fromkeys(state.netifs + new_texts)),
             routed=state.routed,
         )
         if want.addresses and state.routed is None:
@@ -417,33 +446,35 @@ def apply(
         elif not want.addresses and state.routed is not None:
             host.add("link", "del", state.routed)
             gone_addresses = []  # the veth takes its routes and addresses with it
-            pending.routed = None
         v4_index = -1
         for address in want.addresses:
             v4_index += 0 if is_v6(address) else 1
             if address not in new_addresses:
                 continue
+            bits = 128 if is_v6(address) else 32
             if is_v6(address):
                 guest.add("addr", "add", f"{address}/128", "dev", ROUTED_IF, "nodad")
-                host.add("route", "add", f"{address}/128", "dev", routed)
             else:
                 label = f"{ROUTED_IF}:{v4_index}"
                 guest.add("addr", "add", f"{address}/32", "dev", ROUTED_IF, "label", label)
-                host.add("route", "add", f"{address}/32", "dev", routed)
-            for dev in proxies.get(address, []):
-                host.add("neigh", "add", "proxy", address, "dev", dev)
-                pending.proxies.append((address, dev))
+            host.add("route", "add", f"{address}/{bits}", "dev", routed)
+            inverse.add("route", "del", f"{address}/{bits}", "dev", routed)
+            for dev in dict.fromkeys(proxies.get(address, [])):
+                host.add("neigh", "replace", "proxy", address, "dev", dev)
+                if (address, dev) not in pending.proxies:
+                    pending.proxies.append((address, dev))
         for address in gone_addresses:
             bits = 128 if is_v6(address) else 32
             guest.add("addr", "del", f"{address}/{bits}", "dev", ROUTED_IF)
             host.add("route", "del", f"{address}/{bits}", "dev", routed)
+            inverse.add("route", "add", f"{address}/{bits}", "dev", routed)
+        shared = _held_by_others(run_dir, ctid)
         for address, dev in state.proxies:
-            if address not in want.addresses:
+            if address not in want.addresses and (address, dev) not in shared:
                 host.add("neigh", "del", "proxy", address, "dev", dev)
-        old_netifs = {n: n for n in state.netifs}
-        new_texts = [n.to_text() for n in want.netifs]
+                inverse.add("neigh", "replace", "proxy", address, "dev", dev)
         for netif in want.netifs:
-            if netif.to_text() not in old_netifs:
+            if netif.to_text() not in state.netifs:
                 _bridged_link(host, guest, netif, ns_fd)
                 pending.links[netif.host_ifname] = -1
         for text in state.netifs:
@@ -458,12 +489,15 @@ def apply(
             for name in list(pending.links):
                 if pending.links[name] == -1:
                     pending.links[name] = _ifindex(name) or -1
-            if pending.routed and pending.routed not in state.links:
-                _rp_filter(ctid, pending.routed)
+            _save_state(run_dir, ctid, pending)
+            for name in pending.links:
+                if name not in state.links:
+                    _harden(ctid, name)
             guest.run(ctid, "inside it", ns_fd, enter=True)
         except BaseException:
-            # Undo what this call added; what was there before stays, and so does its record.
-            _undo(ctid, pending, state)
+            # Undo what this call did; what was there before stays, and so does its record.
+            inverse.run(ctid, "undo", ns_fd, force=True)
+            _undo(run_dir, ctid, pending, state)
             if state.links or state.proxies:
                 _save_state(run_dir, ctid, state)
             else:
@@ -474,12 +508,13 @@ def apply(
             links={
                 k: v
                 for k, v in pending.links.items()
-                if k == pending.routed or k in {n.host_ifname for n in want.netifs}
+                if (k == pending.routed and want.addresses)
+                or k in {n.host_ifname for n in want.netifs}
             },
             proxies=[(a, d) for a, d in pending.proxies if a in want.addresses],
             addresses=list(want.addresses),
             netifs=new_texts,
-            routed=pending.routed,
+            routed=pending.routed if want.addresses else None,
         )
         if done.links or done.proxies:
             _save_state(run_dir, ctid, done)
@@ -529,31 +564,73 @@ def _bridged_link(host: _Batch, guest: _Batch, netif: Netif, ns_fd: int) -> None
     guest.add("link", "set", netif.ifname, "up")
 
 
-def _rp_filter(ctid: int, name: str) -> None:
-    """Strict reverse-path filtering on the routed host end: a packet from the VPS whose source
-    is not routed back through it (an address it was not given) is dropped."""
-    try:
-        (_SYSCTL / "ipv4/conf" / name / "rp_filter").write_text("1\n")
-    except OSError as e:
-        raise VzError(
-            f"CT {ctid}: cannot turn on rp_filter on {name}: {e.strerror}", ExitCode.NET_SETUP
-        ) from None
+def _harden(ctid: int, name: str) -> None:
+    """Per-device settings of a host end that the VPS must not be able to use: strict
+    reverse-path filtering (a packet whose source is not routed back through this end, an
+    address the VPS was not given, is dropped), and no router advertisements, autoconfiguration
+    or redirects taken from the VPS (its root could otherwise change the host's routes)."""
+    for rel, value in (
+        (f"ipv4/conf/{name}/rp_filter", "1"),
+        (f"ipv4/conf/{name}/accept_redirects", "0"),
+        (f"ipv6/conf/{name}/accept_ra", "0"),
+        (f"ipv6/conf/{name}/autoconf", "0"),
+        (f"ipv6/conf/{name}/accept_redirects", "0"),
+    ):
+        try:
+            (_SYSCTL / rel).write_text(value + "\n")
+        except FileNotFoundError:
+            if rel.startswith("ipv4"):
+                raise VzError(
+                    f"CT {ctid}: no interface {name} on the host", ExitCode.NET_SETUP
+                ) from None
+        except OSError as e:
+            raise VzError(
+                f"CT {ctid}: cannot set {rel.replace('/', '.')} on the host: {e.strerror}",
+                ExitCode.NET_SETUP,
+            ) from None
 
 
-def _undo(ctid: int, pending: NetState, before: NetState) -> None:
+def _held_by_others(run_dir: Path, ctid: int) -> set[tuple[str, str]]:
+    """Proxy entries another VPS's record lists (the same address, taken over after the other
+    VPS's init died): never deleted on this VPS's behalf."""
+    held: set[tuple[str, str]] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(run_dir / STATE_SUBDIR):
+            other = name.removesuffix(".json")
+            if other.isdigit() and int(other) != ctid:
+                state = load_state(run_dir, int(other))
+                if state is not None:
+                    held.update(state.proxies)
+    return held
+
+
+def _undo(run_dir: Path, ctid: int, pending: NetState, before: NetState) -> None:
     """After a failed apply: remove the links and proxy entries it meant to add."""
     added = NetState(
         netns=pending.netns,
         links={k: v for k, v in pending.links.items() if k not in before.links},
         proxies=[p for p in pending.proxies if p not in before.proxies],
     )
-    _remove(ctid, added)
+    _remove(run_dir, ctid, added)
 
 
-def _remove(ctid: int, state: NetState) -> None:
+def _remove(run_dir: Path, ctid: int, state: NetState) -> None:
+    """Delete the record's proxy entries that exist (a missing one would stop ``ip -batch``
+    at once, -force or not) and no other VPS's record lists, and its links that still have
+    the index they were made with."""
     batch = _Batch()
-    for address, dev in state.proxies:
-        batch.add("neigh", "del", "proxy", address, "dev", dev)
+    if state.proxies:
+        proc = run.run(["ip", "-j", "neigh", "show", "proxy"], stdout=subprocess.PIPE, check=False)
+        try:
+            present = {
+                (str(e.get("dst")), str(e.get("dev"))) for e in json.loads(proc.stdout or b"[]")
+            }
+        except (ValueError, AttributeError):
+            present = set(state.proxies)
+        shared = _held_by_others(run_dir, ctid)
+        for entry in dict.fromkeys(state.proxies):
+            if entry in present and entry not in shared:
+                batch.add("neigh", "del", "proxy", *entry[:1], "dev", entry[1])
     for name, index in state.links.items():
         now = _ifindex(name)
         # -1: made by a command that died before it noted the index; the name is ours.
@@ -569,14 +646,17 @@ def teardown(run_dir: Path, ctid: int) -> bool:
     if state is None:
         return False
     if state.netns and state.netns != _netns_id():
+        # Kept: a command run in the right namespace removes them.
         log.warning(
-            "CT %s: its network was made in another network namespace of the host; "
-            "its host ends %s and proxy entries %s are left there",
+            "CT %s: its network was made in another network namespace of the host than this "
+            "command runs in; its host ends %s and proxy entries %s are left there (and in "
+            "%s) until vzctl runs there",
             ctid,
             " ".join(state.links) or "-",
             " ".join(f"{a}@{d}" for a, d in state.proxies) or "-",
+            state_path(run_dir, ctid),
         )
-    else:
-        _remove(ctid, state)
+        return True
+    _remove(run_dir, ctid, state)
     fsutil.discard(state_path(run_dir, ctid))
     return True

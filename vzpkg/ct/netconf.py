@@ -18,26 +18,21 @@ from vzpkg.errors import ExitCode, VzError
 ROUTED_IF = "venet0"  # the guest end of a routed VPS's veth, as OpenVZ named its venet device
 MAC_PREFIX = "00:18:51"  # OpenVZ's (SWsoft's) prefix for the MACs it generated
 IFNAMSIZ = 15  # the kernel's limit for an interface name (16 with its NUL)
+_IFNAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{IFNAMSIZ}}}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NETIF_KEYS = ("ifname", "bridge", "mac", "host_ifname", "host_mac")  # NETIF's order
 _ADD_ORDER = ("ifname", "mac", "host_ifname", "host_mac", "bridge")  # --netif_add's order
 
 
 def ifname(value: str, what: str) -> str:
-    """An interface name as the kernel takes it (dev_valid_name): 1-15 bytes, not . or ..,
-    no '/', ':', ',', ';', '=' or white space (the last three would break NETIF)."""
-    if (
-        not value
-        or len(value.encode()) > IFNAMSIZ
-        or value in (".", "..")
-        or not value.isprintable()
-        or any(c in value for c in "/:,;= \t")
-    ):
+    """An interface name: 1-15 letters, digits, '.', '-' or '_', not . or .. (the kernel takes
+    more, but quotes, '#' and the like would be read by ``ip -batch`` and NETIF's syntax)."""
+    if not _IFNAME.fullmatch(value) or value in (".", ".."):
         raise checks.bad(
             what,
             value,
             "is not an interface name",
-            hint=f"1 to {IFNAMSIZ} characters, none of / : , ; = or white space; e.g. eth0",
+            hint=f"1 to {IFNAMSIZ} letters, digits, '.', '-' or '_'; e.g. eth0",
         )
     return value
 
@@ -113,6 +108,8 @@ def parse_netifs(text: str, ctid: int, what: str = "NETIF") -> tuple[Netif, ...]
             values[key] = value.strip()
         if not values.get("ifname"):
             raise checks.bad(what, entry, "has no ifname=")
+        if any(n.ifname == values["ifname"] for n in found):
+            raise checks.bad(what, entry, f"names {values['ifname']} a second time")
         found.append(_netif(ctid, values, found, what))
     return tuple(found)
 
@@ -202,7 +199,8 @@ def neighbour_devs(value: str, what: str = "NEIGHBOUR_DEVS") -> NeighbourDevs:
     if text == "detect":
         return NeighbourDevs("detect")
     if text.startswith("list:"):
-        return NeighbourDevs("list", tuple(ifname(d, what) for d in text[5:].split()))
+        devices = dict.fromkeys(ifname(d, what) for d in text[5:].split())
+        return NeighbourDevs("list", tuple(devices))
     raise VzError(
         f"Bad parameter for {what}: {value!r} is not all, detect or list:DEV...",
         ExitCode.INVALID_VALUE,

@@ -67,7 +67,7 @@ class SetRequest:
             searchdomain=None
             if self.searchdomain is None
             else " ".join(checks.domain(d) for d in self.searchdomain.split()) or None,
-            ipadd=tuple(checks.ip_address(ip, "--ipadd") for ip in self.ipadd),
+            ipadd=tuple(checks.vps_address(ip, "--ipadd") for ip in self.ipadd),
             ipdel=tuple(
                 ip if ip == "all" else checks.ip_address(ip, "--ipdel") for ip in self.ipdel
             ),
@@ -125,28 +125,34 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
         want = net.wanted(live.ip_address, netifs)
         network = running and (want != net.wanted(base.ip_address, netconf.parse_netifs(
             base.netif or "", ctid)))  # fmt: skip
-        proxies: dict[str, list[str]] = {}
-        if network:  # checked before anything changes
-            devs = netconf.neighbour_devs(host.neighbour_devs)
-            proxies = net.prepare(host.run_dir, ctid, want, devs, is_running(host))
-        else:
-            saved = net.wanted(new.ip_address, ()).addresses
-            before = net.wanted(cfg.ip_address, ()).addresses
-            net.check_free(
-                host.run_dir, ctid, [a for a in saved if a not in before], is_running(host)
-            )
-        if running and request.changes_config():
-            assert state is not None
-            write_guest_setup(ctid, root_dir, live, detect_init(root_dir))
-            if network:
-                try:
-                    net.apply(host.run_dir, ctid, state.pid, want, proxies)
-                except BaseException:
-                    with contextlib.suppress(VzError, OSError):  # the guest's files as they were
-                        write_guest_setup(ctid, root_dir, base, detect_init(root_dir))
-                    raise
-            if request.hostname:
-                set_kernel_hostname(ctid, state.pid, request.hostname)
+        # Address checks and the changes they allow under the host's network lock: two VPSs
+        # never both take an address.
+        addresses = new.ip_address != cfg.ip_address or network
+        with net.host_lock(host.lock_dir) if addresses else contextlib.nullcontext():
+            proxies: dict[str, list[str]] = {}
+            if network:  # checked before anything changes
+                devs = netconf.neighbour_devs(host.neighbour_devs)
+                proxies = net.prepare(host.run_dir, ctid, want, devs, is_running(host))
+            else:
+                saved = net.wanted(new.ip_address, ()).addresses
+                before = net.wanted(cfg.ip_address, ()).addresses
+                net.check_free(
+                    host.run_dir, ctid, [a for a in saved if a not in before], is_running(host)
+                )
+            if running and request.changes_config():
+                assert state is not None
+                write_guest_setup(ctid, root_dir, live, detect_init(root_dir))
+                if network:
+                    try:
+                        net.apply(host.run_dir, ctid, state.pid, want, proxies)
+                    except BaseException:
+                        with contextlib.suppress(
+                            VzError, OSError
+                        ):  # the guest's files as they were
+                            write_guest_setup(ctid, root_dir, base, detect_init(root_dir))
+                        raise
+                if request.hostname:
+                    set_kernel_hostname(ctid, state.pid, request.hostname)
         for entry in request.userpasswd:
             user = entry.partition(":")[0]
             proc = exec_capture(host, ctid, ["chpasswd"], input=(entry + "\n").encode())
