@@ -33,6 +33,7 @@ from vzpkg.errors import ExitCode, VzError
 
 POLL_INTERVAL = 0.05  # seconds between state polls where the kernel has no pidfd_open
 KILL_GRACE = 10.0  # seconds to wait for SIGKILL to take everything down
+RESEND = 2.0  # seconds between SIGTERMs to an init that has not gone yet
 _NOT_FOUND = ("does not exist", "not exist")
 _NOT_RUNNING = ("not running", "is stopped")
 _NOT_STOPPED = "that is not stopped"  # runc delete of a running container
@@ -333,7 +334,7 @@ class Runc:
                 self._run(ctid, "resume", "resume", container_id(ctid))
             with contextlib.suppress(VzError):  # init may go between state and kill
                 self.kill(ctid, graceful)
-            if not self.wait_stopped(ctid, timeout):
+            if not self._wait_resending(ctid, graceful, timeout):
                 how = "killed"
                 with contextlib.suppress(VzError):
                     self.kill(ctid, "KILL", all=True)
@@ -345,6 +346,21 @@ class Runc:
                     )
         self.delete(ctid, force=True)
         return how
+
+    def _wait_resending(self, ctid: CtId, graceful: int, timeout: float) -> bool:
+        """``wait_stopped``, sending SIGTERM again every RESEND seconds: an init that had no
+        handler yet when the first came (a PID 1 drops what it does not handle) gets another.
+        Other stop signals are sent once (sysvinit would run its power-fail action again)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.wait_stopped(ctid, max(0.0, min(RESEND, remaining))):
+                return True
+            if remaining <= RESEND:
+                return False
+            if graceful == signals.SIGTERM:
+                with contextlib.suppress(VzError):
+                    self.kill(ctid, graceful)
 
     # --- exec ------------------------------------------------------------------------------
 

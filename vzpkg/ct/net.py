@@ -113,8 +113,26 @@ def load_state(run_dir: Path, ctid: int) -> NetState | None:
 
 
 def _save_state(run_dir: Path, ctid: int, state: NetState) -> None:
-    fsutil.makedirs_mode(run_dir / STATE_SUBDIR, 0o700)
-    fsutil.atomic_write(state_path(run_dir, ctid), state.to_json(), 0o600)
+    """Write the record: a temp file renamed over it (a killed vzctl leaves the old record or
+    the new one). Not fsynced: RUN_DIR is runtime state, which a reboot clears anyway."""
+    path = state_path(run_dir, ctid)
+    tmp = path.with_name(f".{path.name}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:
+        fsutil.makedirs_mode(path.parent, 0o700)
+        fd = os.open(tmp, flags, 0o600)
+    try:
+        fsutil.write_all(fd, state.to_json())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def _drop_state(run_dir: Path, ctid: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path(run_dir, ctid))
 
 
 def _netns_id(path: str = "/proc/self/ns/net") -> str:
@@ -468,9 +486,10 @@ def apply(
             guest.add("addr", "del", f"{address}/{bits}", "dev", ROUTED_IF)
             host.add("route", "del", f"{address}/{bits}", "dev", routed)
             inverse.add("route", "add", f"{address}/{bits}", "dev", routed)
-        shared = _held_by_others(run_dir, ctid)
-        for address, dev in state.proxies:
-            if address not in want.addresses and (address, dev) not in shared:
+        gone_proxies = [(a, d) for a, d in state.proxies if a not in want.addresses]
+        shared = _held_by_others(run_dir, ctid) if gone_proxies else set()
+        for address, dev in gone_proxies:
+            if (address, dev) not in shared:
                 host.add("neigh", "del", "proxy", address, "dev", dev)
                 inverse.add("neigh", "replace", "proxy", address, "dev", dev)
         for netif in want.netifs:
@@ -501,7 +520,7 @@ def apply(
             if state.links or state.proxies:
                 _save_state(run_dir, ctid, state)
             else:
-                fsutil.discard(state_path(run_dir, ctid))
+                _drop_state(run_dir, ctid)
             raise
         done = NetState(
             netns=pending.netns,
@@ -519,7 +538,7 @@ def apply(
         if done.links or done.proxies:
             _save_state(run_dir, ctid, done)
         else:
-            fsutil.discard(state_path(run_dir, ctid))
+            _drop_state(run_dir, ctid)
         return done
 
 
@@ -658,5 +677,5 @@ def teardown(run_dir: Path, ctid: int) -> bool:
         )
         return True
     _remove(run_dir, ctid, state)
-    fsutil.discard(state_path(run_dir, ctid))
+    _drop_state(run_dir, ctid)
     return True
