@@ -220,8 +220,9 @@ def test_sweep_keeps_a_build_in_progress_of_another_configuration(
     elsewhere.mkdir()
     live = elsewhere / f".tmp-{NAME}-1-abcdefgh"  # pid 1 always lives
     live.mkdir()
-    dead_pid = subprocess.Popen(["true"]).pid
-    os.waitpid(dead_pid, 0)
+    child = subprocess.Popen(["true"])  # kept: a dropped Popen may reap it in its __del__
+    child.wait()
+    dead_pid = child.pid
     dead = elsewhere / f".tmp-{NAME}-{dead_pid}-abcdefgh"
     dead.mkdir()
     assert store.sweep(NAME, elsewhere) == [dead]
