@@ -4,7 +4,6 @@ build directories are swept per template, and removal takes both generations."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
