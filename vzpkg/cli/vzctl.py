@@ -263,6 +263,13 @@ def enter(ctid: str, command: str | None) -> None:
     help="Set a password inside the running VPS (never saved).",
 )
 @click.option("--onboot", type=click.Choice(["yes", "no"]))
+@click.option("--ram", metavar="SIZE", help="Memory limit (512M, 2G, unlimited).")
+@click.option("--swap", metavar="SIZE", help="Swap beyond --ram (default none).")
+@click.option("--cpuunits", metavar="N", help="Relative CPU weight (1000: an ordinary VPS).")
+@click.option("--cpulimit", metavar="PERCENT", help="CPU time in percent of one CPU.")
+@click.option("--cpus", metavar="N", help="At most N CPUs' worth of time.")
+@click.option("--cpumask", metavar="LIST", help="CPUs it may run on (0-1,3 or all).")
+@click.option("--numproc", metavar="N", help="Tasks (processes and threads); unlimited.")
 @click.option(
     "--userns",
     type=click.Choice(["yes", "no"]),
@@ -282,6 +289,13 @@ def set_(
     netif_del: tuple[str, ...],
     userpasswd: tuple[str, ...],
     onboot: str | None,
+    ram: str | None,
+    swap: str | None,
+    cpuunits: str | None,
+    cpulimit: str | None,
+    cpus: str | None,
+    cpumask: str | None,
+    numproc: str | None,
     userns: str | None,
     save: bool,
 ) -> None:
@@ -301,6 +315,19 @@ def set_(
         userpasswd=userpasswd,
         onboot=None if onboot is None else onboot == "yes",
         userns=None if userns is None else userns == "yes",
+        limits={
+            key: value
+            for key, value in (
+                ("PHYSPAGES", ram),
+                ("SWAPPAGES", swap),
+                ("CPUUNITS", cpuunits),
+                ("CPULIMIT", cpulimit),
+                ("CPUS", cpus),
+                ("CPUMASK", cpumask),
+                ("NUMPROC", numproc),
+            )
+            if value is not None
+        },
     )
     for note in set_params(host, number, request, save=save):
         _say(note, _quiet())

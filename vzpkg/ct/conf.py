@@ -54,6 +54,11 @@ FIELD_OF_KEY: Mapping[str, str] = {
     "LOCAL_UID": "local_uid",
     "LOCAL_GID": "local_gid",
 }
+# OpenVZ keys kept in ``extra`` (their values as written) that vzpkg acts on: the resource
+# limits (vzpkg.ct.resources).
+ACTED_ON_EXTRA = frozenset(
+    {"PHYSPAGES", "SWAPPAGES", "CPUUNITS", "CPULIMIT", "CPUS", "CPUMASK", "NUMPROC"}
+)
 _LIST_FIELDS = frozenset({"ip_address", "nameserver", "searchdomain"})
 # Keys of CTID.conf that neither vzpkg nor any OpenVZ version knows are refused (a typo would go
 # unnoticed otherwise); OpenVZ's are carried along in ``extra``.
@@ -337,10 +342,11 @@ def read_ct_config(host: HostConfig, ctid: str | int) -> CtConfig:
     except OSError as e:
         raise VzError(f"cannot read {path}: {e.strerror}", ExitCode.SYSTEM) from None
     cfg = parse_ct_config(text, str(path))
-    if cfg.extra:
+    unused = sorted(k for k in cfg.extra if k not in ACTED_ON_EXTRA)
+    if unused:
         from vzpkg import notes
 
-        notes.once(host.run_dir, str(path), sorted(cfg.extra))
+        notes.once(host.run_dir, str(path), unused)
     return cfg
 
 

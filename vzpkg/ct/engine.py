@@ -275,6 +275,10 @@ class Runc:
         except FileNotFoundError:
             return []
 
+    def update(self, ctid: CtId, args: Sequence[str]) -> None:
+        """``runc update``: the running container's cgroup limits (vzpkg.ct.resources)."""
+        self._run(ctid, "update the limits of", "update", *args, container_id(ctid))
+
     def kill(self, ctid: CtId, signal: str | int, all: bool = False) -> None:
         """Signal init, or with ``all`` every process of the container."""
         args: list[str] = ["kill"]

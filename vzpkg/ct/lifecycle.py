@@ -20,7 +20,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, interrupts
-from vzpkg.ct import conf, idmap, layout, net, netconf, oci, places, runcstate, shift
+from vzpkg.ct import (
+    conf,
+    idmap,
+    layout,
+    net,
+    netconf,
+    oci,
+    places,
+    resources,
+    runcstate,
+    shift,
+)
 from vzpkg.ct.common import (
     HOST_TINI,
     bundle_dir,
@@ -144,6 +155,7 @@ def _start_mounted(
     write_guest_setup(ctid, root_dir, cfg, init, rendered)
     rendered.save()
     ids = cfg.userns
+    limits = limits_of(ctid, cfg)
     spec = oci.BundleSpec(
         ctid=str(ctid),
         root=runc_root,
@@ -154,6 +166,7 @@ def _start_mounted(
         uid_mappings=() if ids is None else (oci.IdMapping(0, ids[0], idmap.BLOCK),),
         gid_mappings=() if ids is None else (oci.IdMapping(0, ids[1], idmap.BLOCK),),
         host=oci.probe_host(),
+        resources=resources.oci_resources(limits),
     )
     write_bundle(bundle, oci.build_config(spec))
     want = net.wanted(cfg.ip_address, netconf.parse_netifs(cfg.netif or "", ctid))
@@ -184,6 +197,24 @@ def _start_mounted(
             net.teardown(host.run_dir, ctid)
             raise
     return init
+
+
+def limits_of(ctid: int, cfg: conf.CtConfig) -> resources.Limits:
+    """The VPS's saved limits, refused by name (exit 10) when bad or when this host cannot
+    apply them: nothing starts then."""
+    values = {k: v for k, v in cfg.extra.items() if k in resources.KEYS}
+    if not values:
+        return resources.Limits()
+    try:
+        limits = resources.parse(values)
+    except VzError as e:
+        raise VzError(
+            f"CT {ctid}: {e.message}",
+            ExitCode.CONFIG,
+            hint=f"set it again: vzctl set {ctid} --ram/--numproc/... VALUE --save",
+        ) from None
+    resources.check_host(ctid, limits)
+    return limits
 
 
 def is_running(host: HostConfig) -> Callable[[int], bool]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import resource
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -199,6 +199,7 @@ class BundleSpec:
     uid_mappings: Sequence[IdMapping] = ()
     gid_mappings: Sequence[IdMapping] = ()
     host: HostLimits = field(default_factory=HostLimits)
+    resources: Mapping[str, Any] = field(default_factory=dict)  # linux.resources: the limits
 
     def __post_init__(self) -> None:
         problems = []
@@ -385,7 +386,7 @@ def build_config(spec: BundleSpec) -> dict[str, Any]:
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "cgroupsPath": spec.cgroups_path,
-        "resources": {"devices": _device_rules()},
+        "resources": {**spec.resources, "devices": _device_rules()},
         "devices": [
             {
                 "path": path,

@@ -7,11 +7,11 @@ files and hostname at once, CTID.conf only with ``save``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from vzpkg import checks, run
-from vzpkg.ct import conf, layout, net, netconf, shift
+from vzpkg.ct import conf, layout, net, netconf, resources, shift
 from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
 from vzpkg.ct.lifecycle import is_running, write_guest_setup
@@ -31,6 +31,7 @@ class SetRequest:
     ipdel: Sequence[str] = ()
     netif_add: Sequence[str] = ()  # ifname[,mac,host_ifname,host_mac,bridge]
     netif_del: Sequence[str] = ()  # ifname, or all
+    limits: Mapping[str, str] = field(default_factory=dict)  # PHYSPAGES etc. from --ram etc.
     userpasswd: Sequence[str] = ()  # "user:password"; applied inside the VPS, never saved
     onboot: bool | None = None
     userns: bool | None = None  # move a stopped VPS's files to a block of its own, or back
@@ -45,6 +46,7 @@ class SetRequest:
                 self.ipdel,
                 self.netif_add,
                 self.netif_del,
+                self.limits,
                 self.onboot is not None,
             )
         )
@@ -62,6 +64,7 @@ class SetRequest:
                 raise checks.bad("--userpasswd", user, "has an empty password")
         return replace(
             self,
+            limits=resources.config_values(self.limits) if self.limits else {},
             hostname=None if self.hostname is None else checks.hostname(self.hostname),
             nameservers=tuple(checks.nameserver(n) for n in self.nameservers),
             searchdomain=None
@@ -153,6 +156,9 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                         raise
                 if request.hostname:
                     set_kernel_hostname(ctid, state.pid, request.hostname)
+                if request.limits:  # the VPS's limits as they now are, all of them
+                    values = {k: v for k, v in live.extra.items() if k in resources.KEYS}
+                    runc_of(host).update(ctid, resources.update_args(resources.parse(values)))
         for entry in request.userpasswd:
             user = entry.partition(":")[0]
             proc = exec_capture(host, ctid, ["chpasswd"], input=(entry + "\n").encode())
@@ -193,6 +199,7 @@ def _changed(
         if request.searchdomain
         else settings.searchdomain,
         onboot=request.onboot if request.onboot is not None else settings.onboot,
+        extra={**settings.extra, **request.limits},
     )
 
 

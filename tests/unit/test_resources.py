@@ -1,0 +1,76 @@
+"""OpenVZ's resource values (vzpkg.ct.resources): sizes, pairs, limits, and what runc gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from vzpkg.ct import conf, resources
+from vzpkg.errors import ExitCode, VzError
+
+
+def test_sizes_in_openvz_syntax() -> None:
+    assert resources.size("512M", "--ram") == 512 << 20
+    assert resources.size("2g", "--ram") == 2 << 30
+    assert resources.size("262144", "PHYSPAGES", pages=True) == 1 << 30
+    assert resources.size("1024", "--ram") == 1024
+    assert resources.size("unlimited", "--ram") is None
+    assert resources.size("9223372036854775807", "PHYSPAGES", pages=True) is None
+    assert resources.show_size(512 << 20) == "512M" and resources.show_size(1 << 30) == "1G"
+    assert resources.show_size(1536 << 20) == "1536M" and resources.show_size(None) == "unlimited"
+    for bad in ("12Q", "-1G", "1.5G", "", "M"):
+        with pytest.raises(VzError) as e:
+            resources.size(bad, "--ram")
+        assert e.value.code == ExitCode.INVALID_VALUE and "--ram" in e.value.message
+
+
+def test_limits_from_config_values_as_openvz_writes_them() -> None:
+    limits = resources.parse(
+        {
+            "PHYSPAGES": "0:65536",
+            "SWAPPAGES": "0:128M",
+            "NUMPROC": "240:240",
+            "CPUUNITS": "500",
+            "CPULIMIT": "150%",
+            "CPUS": "1",
+            "CPUMASK": "0",
+        }
+    )
+    assert limits.ram == 256 << 20 and limits.memory_swap == 384 << 20
+    assert limits.numproc == 240 and limits.cpu_shares == 512
+    assert limits.cpu_quota == 100_000  # CPUS 1 is below CPULIMIT 150
+    assert resources.parse({"CPUS": "0"}).cpus is None  # OpenVZ's "no limit"
+    assert resources.parse({"PHYSPAGES": "0:64M"}).memory_swap == 64 << 20  # no swap
+    assert resources.parse({"PHYSPAGES": "0:64M", "SWAPPAGES": "unlimited"}).memory_swap == -1
+
+
+def test_options_become_canonical_config_values() -> None:
+    values = resources.config_values(
+        {"PHYSPAGES": "1024m", "SWAPPAGES": "0", "NUMPROC": "64", "CPUMASK": "all"}
+    )
+    assert values == {
+        "PHYSPAGES": "0:1G",
+        "SWAPPAGES": "0:0",
+        "NUMPROC": "64:64",
+        "CPUMASK": "all",
+    }
+    with pytest.raises(VzError) as e:
+        resources.config_values({"CPUS": "0"})
+    assert "--cpus" in e.value.message
+    with pytest.raises(VzError):
+        resources.config_values({"PHYSPAGES": "1M"})  # below 16M: nothing would run
+
+
+def test_what_runc_gets() -> None:
+    limits = resources.parse({"PHYSPAGES": "0:64M", "NUMPROC": "64", "CPULIMIT": "25"})
+    assert resources.oci_resources(limits) == {
+        "memory": {"limit": 64 << 20, "swap": 64 << 20},
+        "cpu": {"quota": 25_000, "period": 100_000},
+        "pids": {"limit": 64},
+    }
+    args = resources.update_args(resources.Limits())
+    assert args[args.index("--pids-limit") + 1] == "-1"  # lifted
+    assert args[args.index("--memory") + 1] == "-1"
+
+
+def test_the_keys_acted_on_are_the_ones_conf_does_not_report() -> None:
+    assert set(resources.KEYS) == conf.ACTED_ON_EXTRA
