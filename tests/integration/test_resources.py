@@ -57,6 +57,13 @@ def test_a_fork_bomb_is_contained_by_numproc(host: VzHost, ctid: str) -> None:
     time.sleep(3)
     assert int(read(pids / "pids.current")) <= 64
     assert int(read(pids / "pids.events").split()[1]) > 0  # the hits, counted
+    # Where admins look: vzlist's beancounter fields and vzubc's table.
+    row = host.run("vzlist", "-H", "-o", "ctid,numproc,numproc.l,numproc.f", ctid).stdout.split()
+    assert row[0] == ctid and int(row[1]) <= 64 and row[2] == "64" and int(row[3]) > 0
+    counters = json.loads(host.run("vzubc", "--json", ctid).stdout)[ctid]
+    assert counters["numproc"]["limit"] == 64 and counters["numproc"]["failcnt"] > 0
+    table = host.run("vzubc", ctid).stdout
+    assert "numproc" in table and "physpages" in table and f"{ctid}:" in table
     started = time.monotonic()
     subprocess.run(["true"], check=True)  # the host still forks at once
     assert time.monotonic() - started < 1.0
@@ -81,6 +88,11 @@ def test_memory_past_ram_is_oom_killed_inside_only(host: VzHost, ctid: str) -> N
     oom = read(memory / "memory.oom_control") if (memory / "memory.oom_control").exists() else ""
     assert "oom_kill 1" in oom or "oom_kill 1" in read(memory / "memory.events")
     assert "running" in vzctl(host, "status", ctid).stdout  # init survives
+    counters = json.loads(host.run("vzubc", "--json", ctid).stdout)[ctid]
+    assert counters["oomguarpages"]["failcnt"] >= 1
+    assert counters["physpages"]["limit"] == (64 << 20) // 4096
+    row = json.loads(host.run("vzlist", "-j", ctid).stdout)[0]
+    assert row["beancounters"]["oomguarpages"]["failcnt"] >= 1
     assert vzctl(host, "exec2", ctid, "head -c 16M /dev/zero | tail | wc -c").returncode == 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from vzpkg.ct import conf, resources
+from vzpkg.ct import conf, resources, usage
 from vzpkg.errors import ExitCode, VzError
 
 
@@ -74,3 +76,38 @@ def test_what_runc_gets() -> None:
 
 def test_the_keys_acted_on_are_the_ones_conf_does_not_report() -> None:
     assert set(resources.KEYS) == conf.ACTED_ON_EXTRA
+
+
+def test_beancounters_from_recorded_cgroup_files(tmp_path: Path) -> None:
+    pids, memory = tmp_path / "pids", tmp_path / "memory"
+    pids.mkdir()
+    memory.mkdir()
+    for name, text in {
+        "pids.current": "5",
+        "pids.max": "64",
+        "pids.events": "max 7",
+    }.items():
+        (pids / name).write_text(text + "\n")
+    for name, text in {
+        "memory.usage_in_bytes": str(8 << 20),
+        "memory.max_usage_in_bytes": str(16 << 20),
+        "memory.limit_in_bytes": str(64 << 20),
+        "memory.memsw.usage_in_bytes": str(12 << 20),
+        "memory.memsw.limit_in_bytes": "9223372036854771712",  # v1's "no limit"
+        "memory.failcnt": "3",
+        "memory.memsw.failcnt": "0",
+        "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2",
+    }.items():
+        (memory / name).write_text(text + "\n")
+    found = usage.counters({"pids": str(pids), "memory": str(memory)})
+    assert found["numproc"] == usage.Counter(5, None, 64, 64, 7)
+    assert found["physpages"] == usage.Counter(2048, 4096, 0, 16384, 3)
+    assert found["swappages"].held == 1024 and found["swappages"].limit == usage.LONG_MAX
+    assert found["oomguarpages"].failcnt == 2
+    assert "numproc" in usage.table(101, found) and usage.header().split()[0] == "uid"
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "pids.max").write_text("max\n")
+    (tmp_path / "v2" / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    v2 = usage.counters({"": str(tmp_path / "v2")})
+    assert v2["numproc"].limit == usage.LONG_MAX and v2["physpages"].failcnt == 4
+    assert v2["oomguarpages"].failcnt == 1

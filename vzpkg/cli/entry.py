@@ -55,3 +55,7 @@ def vzpkgls() -> None:
 
 def vzosname() -> None:
     _run("vzpkg.cli.vzosname", "vzosname")
+
+
+def vzubc() -> None:
+    _run("vzpkg.cli.vzubc", "vzubc")

@@ -75,7 +75,19 @@ def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | N
         private, root = ct_paths(host, ctid, cfg)
     except VzError:
         return st, record(st, "", "")
-    return st, record(st, str(root), str(private))
+    row = record(st, str(root), str(private))
+    if st.running:
+        row["beancounters"] = beancounters(host, ctid)
+    return st, row
+
+
+def beancounters(host: HostConfig, ctid: int) -> dict[str, dict[str, int | None]]:
+    """The running VPS's use of what its limits count (vzpkg.ct.usage)."""
+    from vzpkg.ct import runcargv, runcstate, usage
+    from vzpkg.ct.ids import container_id
+
+    paths = runcstate.cgroup_paths(runcargv.state_root(host.run_dir), container_id(ctid))
+    return {name: c.as_dict() for name, c in usage.counters(paths).items()}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

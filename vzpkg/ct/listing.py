@@ -47,6 +47,34 @@ FIELDS: Mapping[str, Field] = {
         Field("userns_base", "USERNS_BASE", 11, True, lambda r: _dash(r.get("userns_base"))),
     )
 }
+
+
+def _counter(resource: str, key: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda r: _dash((r.get("beancounters") or {}).get(resource, {}).get(key))
+
+
+# OpenVZ's beancounter fields: NAME (held), NAME.m (maxheld), .b (barrier), .l (limit), .f
+# (failcnt); memory in 4 KiB pages. A stopped VPS has none ("-").
+FIELDS = {
+    **FIELDS,
+    **{
+        f"{resource}{suffix}": Field(
+            f"{resource}{suffix}",
+            f"{resource.upper()}{suffix.upper()}",
+            12,
+            True,
+            _counter(resource, key),
+        )
+        for resource in ("numproc", "physpages", "swappages", "oomguarpages")
+        for suffix, key in (
+            ("", "held"),
+            (".m", "maxheld"),
+            (".b", "barrier"),
+            (".l", "limit"),
+            (".f", "failcnt"),
+        )
+    },
+}
 ALIASES = {"veid": "ctid", "vpsid": "ctid", "ip_addr": "ip"}
 DEFAULT_FIELDS = ("ctid", "nproc", "status", "ip", "hostname")
 
