@@ -271,6 +271,10 @@ def enter(ctid: str, command: str | None) -> None:
 @click.option("--cpumask", metavar="LIST", help="CPUs it may run on (0-1,3 or all).")
 @click.option("--numproc", metavar="N", help="Tasks (processes and threads); unlimited.")
 @click.option(
+    "--devices", multiple=True, metavar="c|b:MAJOR:MINOR|all:r|w|rw|none", help="Grant a device."
+)
+@click.option("--devnodes", multiple=True, metavar="NAME:r|w|rw|none", help="e.g. net/tun:rw.")
+@click.option(
     "--userns",
     type=click.Choice(["yes", "no"]),
     help="Stopped VPS: move its files to a user namespace of its own (yes) or make it "
@@ -296,6 +300,8 @@ def set_(
     cpus: str | None,
     cpumask: str | None,
     numproc: str | None,
+    devices: tuple[str, ...],
+    devnodes: tuple[str, ...],
     userns: str | None,
     save: bool,
 ) -> None:
@@ -325,6 +331,8 @@ def set_(
                 ("CPUS", cpus),
                 ("CPUMASK", cpumask),
                 ("NUMPROC", numproc),
+                ("DEVICES", " ".join(devices) if devices else None),
+                ("DEVNODES", " ".join(devnodes) if devnodes else None),
             )
             if value is not None
         },

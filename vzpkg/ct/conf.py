@@ -57,7 +57,17 @@ FIELD_OF_KEY: Mapping[str, str] = {
 # OpenVZ keys kept in ``extra`` (their values as written) that vzpkg acts on: the resource
 # limits (vzpkg.ct.resources).
 ACTED_ON_EXTRA = frozenset(
-    {"PHYSPAGES", "SWAPPAGES", "CPUUNITS", "CPULIMIT", "CPUS", "CPUMASK", "NUMPROC"}
+    {
+        "PHYSPAGES",
+        "SWAPPAGES",
+        "CPUUNITS",
+        "CPULIMIT",
+        "CPUS",
+        "CPUMASK",
+        "NUMPROC",
+        "DEVICES",
+        "DEVNODES",
+    }
 )
 _LIST_FIELDS = frozenset({"ip_address", "nameserver", "searchdomain"})
 # Keys of CTID.conf that neither vzpkg nor any OpenVZ version knows are refused (a typo would go

@@ -167,6 +167,7 @@ def _start_mounted(
         gid_mappings=() if ids is None else (oci.IdMapping(0, ids[1], idmap.BLOCK),),
         host=oci.probe_host(),
         resources=resources.oci_resources(limits),
+        nodes=resources.device_nodes(limits),
     )
     write_bundle(bundle, oci.build_config(spec))
     want = net.wanted(cfg.ip_address, netconf.parse_netifs(cfg.netif or "", ctid))

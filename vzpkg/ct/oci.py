@@ -200,6 +200,7 @@ class BundleSpec:
     gid_mappings: Sequence[IdMapping] = ()
     host: HostLimits = field(default_factory=HostLimits)
     resources: Mapping[str, Any] = field(default_factory=dict)  # linux.resources: the limits
+    nodes: Sequence[Mapping[str, Any]] = ()  # linux.devices beyond the standard ones
 
     def __post_init__(self) -> None:
         problems = []
@@ -375,6 +376,8 @@ def build_config(spec: BundleSpec) -> dict[str, Any]:
     env = {"PATH": DEFAULT_PATH, "TERM": "xterm", "container": "vzpkg"}
     env.update(dict(spec.env))
     nofile = spec.host.nofile_limit()
+    granted = list(spec.resources.get("devices", []))  # after the deny-all rule
+    extra_nodes = list(spec.nodes)
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
         {"type": "mount"},
@@ -386,8 +389,9 @@ def build_config(spec: BundleSpec) -> dict[str, Any]:
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "cgroupsPath": spec.cgroups_path,
-        "resources": {**spec.resources, "devices": _device_rules()},
-        "devices": [
+        "resources": {**spec.resources, "devices": _device_rules() + granted},
+        "devices": extra_nodes
+        + [
             {
                 "path": path,
                 "type": "c",

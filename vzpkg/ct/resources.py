@@ -42,6 +42,8 @@ OPTION_OF_KEY = {
     "CPUS": "--cpus",
     "CPUMASK": "--cpumask",
     "NUMPROC": "--numproc",
+    "DEVICES": "--devices",
+    "DEVNODES": "--devnodes",
 }
 KEYS = tuple(OPTION_OF_KEY)
 
@@ -85,6 +87,62 @@ def whole(value: str, what: str, low: int, high: int) -> int:
 
 
 @dataclass(frozen=True)
+class Device:
+    """A host device the VPS may use: ``kind`` b or c, ``minor`` None for all of a major;
+    ``path``: the node made in the VPS's /dev (DEVNODES), if any."""
+
+    kind: str
+    major: int
+    minor: int | None
+    access: str  # r, w, rw
+    path: str | None = None
+
+
+_DEVICE = re.compile(r"([bc]):([0-9]{1,4}):([0-9]{1,7}|all):(r|w|rw|none)")
+_DEVNODE = re.compile(r"([A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*):(r|w|rw|none)")
+
+
+def devices(text: str, what: str) -> tuple[Device, ...]:
+    """DEVICES / --devices: ``c:10:200:rw b:8:0:r c:136:all:rw``; ``none`` grants nothing."""
+    found = []
+    for word in text.split():
+        match = _DEVICE.fullmatch(word)
+        if not match:
+            raise checks.bad(what, word, "is not b|c:MAJOR:MINOR|all:r|w|rw|none",
+                             hint="e.g. c:10:200:rw")  # fmt: skip
+        kind, major, minor, access = match.groups()
+        if access != "none":
+            found.append(Device(kind, int(major), None if minor == "all" else int(minor), access))
+    return tuple(found)
+
+
+def devnodes(text: str, what: str, dev: str = "/dev") -> tuple[Device, ...]:
+    """DEVNODES / --devnodes: ``net/tun:rw``: the host's /dev/net/tun, its node made in the
+    VPS's /dev at start and its use granted."""
+    import stat
+
+    found = []
+    for word in text.split():
+        match = _DEVNODE.fullmatch(word)
+        if not match or ".." in match[1].split("/"):
+            raise checks.bad(what, word, "is not NAME:r|w|rw|none", hint="e.g. net/tun:rw")
+        if match[3] == "none":
+            continue
+        path = os.path.join(dev, match[1])
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise checks.bad(what, word, f"names {path}, which this host does not have") from None
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise checks.bad(what, word, f"names {path}, which is not a device")
+        kind = "c" if stat.S_ISCHR(st.st_mode) else "b"
+        found.append(
+            Device(kind, os.major(st.st_rdev), os.minor(st.st_rdev), match[3], "/dev/" + match[1])
+        )
+    return tuple(found)
+
+
+@dataclass(frozen=True)
 class Limits:
     """What is enforced; None: no limit."""
 
@@ -95,6 +153,7 @@ class Limits:
     cpus: int | None = None
     cpumask: str | None = None
     numproc: int | None = None
+    devices: tuple[Device, ...] = ()  # host devices granted (DEVICES, DEVNODES)
 
     @property
     def cpu_quota(self) -> int | None:
@@ -154,6 +213,9 @@ def parse(values: Mapping[str, str], *, from_options: bool = False) -> Limits:
         found["numproc"] = (
             None if text.lower() == UNLIMITED else whole(text, name("NUMPROC"), 1, 1 << 22)
         )
+    found["devices"] = devices(values.get("DEVICES", ""), name("DEVICES")) + devnodes(
+        values.get("DEVNODES", ""), name("DEVNODES")
+    )
     return Limits(**found)
 
 
@@ -176,6 +238,8 @@ def config_values(options: Mapping[str, str]) -> dict[str, str]:
             values[key] = str(limits.cpus or 0)
         elif key == "CPUMASK":
             values[key] = limits.cpumask or "all"
+        elif key in ("DEVICES", "DEVNODES"):
+            values[key] = " ".join(options[key].split())
         else:
             values[key] = str(getattr(limits, key.lower()))
     return values
@@ -198,7 +262,24 @@ def oci_resources(limits: Limits) -> dict[str, Any]:
         resources["cpu"] = cpu
     if limits.numproc is not None:
         resources["pids"] = {"limit": limits.numproc}
+    if limits.devices:
+        resources["devices"] = [
+            {"allow": True, "type": d.kind, "major": d.major, "access": d.access}
+            | ({} if d.minor is None else {"minor": d.minor})
+            for d in limits.devices
+        ]
     return resources
+
+
+def device_nodes(limits: Limits) -> list[dict[str, Any]]:
+    """The OCI config's linux.devices entries for DEVNODES (runc binds the host's node where a
+    user namespace forbids mknod)."""
+    return [
+        {"path": d.path, "type": d.kind, "major": d.major, "minor": d.minor, "fileMode": 0o660,
+         "uid": 0, "gid": 0}
+        for d in limits.devices
+        if d.path and d.minor is not None
+    ]  # fmt: skip
 
 
 def update_args(limits: Limits) -> list[str]:

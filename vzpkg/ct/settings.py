@@ -159,6 +159,11 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                 if request.limits:  # the VPS's limits as they now are, all of them
                     values = {k: v for k, v in live.extra.items() if k in resources.KEYS}
                     runc_of(host).update(ctid, resources.update_args(resources.parse(values)))
+                    if {"DEVICES", "DEVNODES"} & set(request.limits):
+                        notes.append(
+                            f"--devices and --devnodes apply at CT {ctid}'s next start"
+                            + ("" if save else " (give --save to keep them)")
+                        )
         for entry in request.userpasswd:
             user = entry.partition(":")[0]
             proc = exec_capture(host, ctid, ["chpasswd"], input=(entry + "\n").encode())
