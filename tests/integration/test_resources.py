@@ -88,6 +88,8 @@ def test_memory_past_ram_is_oom_killed_inside_only(host: VzHost, ctid: str) -> N
     oom = read(memory / "memory.oom_control") if (memory / "memory.oom_control").exists() else ""
     assert "oom_kill 1" in oom or "oom_kill 1" in read(memory / "memory.events")
     assert "running" in vzctl(host, "status", ctid).stdout  # init survives
+    use = json.loads(vzctl(host, "status", ctid, "--json").stdout)
+    assert use["tasks"] >= 1 and 0 < use["memory"] <= 64 << 20
     counters = json.loads(host.run("vzubc", "--json", ctid).stdout)[ctid]
     assert counters["oomguarpages"]["failcnt"] >= 1
     assert counters["physpages"]["limit"] == (64 << 20) // 4096

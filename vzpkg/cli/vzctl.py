@@ -147,10 +147,25 @@ def status(ctid: str, as_json: bool) -> None:
                 "nproc": st.nproc,
                 "destroying": st.destroying,
                 "userns": st.config is not None and not st.privileged,
+                **_use_of(host, st.ctid, st.running),
             }
         )
     else:
         click.echo(st.openvz_line())
+
+
+def _use_of(host: HostConfig, ctid: int, running: bool) -> dict[str, int | None]:
+    """What a running VPS uses now: tasks, and memory in bytes (vzubc has the rest)."""
+    if not running:
+        return {"tasks": None, "memory": None}
+    from vzpkg.cli.vzlist import beancounters
+
+    counters = beancounters(host, ctid)
+    pages = counters["physpages"]["held"]
+    return {
+        "tasks": counters["numproc"]["held"],
+        "memory": None if pages is None else pages * 4096,
+    }
 
 
 @main.command(context_settings=CONTEXT)
