@@ -74,6 +74,7 @@ def snapshot(netns: str | None = None) -> dict[str, list[str]]:
         "routes4": lines("-4", "route", "show", "table", "all"),
         "routes6": [r for r in lines("-6", "route", "show", "table", "all") if "fe80::" not in r],
         "proxies": lines("neigh", "show", "proxy"),
+        "rules": lines("-4", "rule", "show") + lines("-6", "rule", "show"),
         "addresses": sorted(" ".join(line.split()[1:4]) for line in lines("-o", "addr", "show")),
     }
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration import netharness
 from tests.integration.conftest import VzHost, ctid_base
-from tests.integration.netharness import LAN_V4, NetLab
+from tests.integration.netharness import LAN_V4, LAN_V6, NetLab
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
 
@@ -177,8 +177,11 @@ def test_two_vpss_reach_each_other_and_a_vps_cannot_send_from_a_foreign_address(
     one, two = new_ct(cts), new_ct(cts)
     for ctid, address in ((one, "198.51.100.51"), (two, "198.51.100.52")):
         vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--ipadd", address)
+        vzctl(host, "set", ctid, "--ipadd", address.replace("198.51.100.", "2001:db8:51::"),
+              "--save")  # fmt: skip
         vzctl(host, "start", ctid)
         serving(host, ctid, probe)
+    assert f"iif venet0.{one} blackhole" in " ".join(net.host_objects()["rules"])
     assert from_vps(host, one, "198.51.100.52") == "pong from 198.51.100.52"
     assert from_vps(host, two, "198.51.100.51") == "pong from 198.51.100.51"
     server = subprocess.Popen(
@@ -195,6 +198,12 @@ def test_two_vpss_reach_each_other_and_a_vps_cannot_send_from_a_foreign_address(
         assert from_vps(host, one, LAN_V4, source="198.51.100.52") is None
         assert from_vps(host, one, LAN_V4, source="198.51.100.99") is None
         assert from_vps(host, one, LAN_V4, source="198.51.100.51") == f"pong from {LAN_V4}"
+        # IPv6 has no rp_filter: the host's policy rules drop the same.
+        assert from_vps(host, one, LAN_V6) == f"pong from {LAN_V6}"
+        assert from_vps(host, one, LAN_V6, source="2001:db8:51::52") is None
+        assert from_vps(host, one, LAN_V6, source="2001:db8:51::99") is None
+        assert from_vps(host, one, LAN_V6, source="2001:db8:51::51") == f"pong from {LAN_V6}"
+        assert from_vps(host, two, "2001:db8:51::51") == "pong from 2001:db8:51::51"
     finally:
         server.kill()
         server.wait()

@@ -62,6 +62,7 @@ class NetState:
     addresses: list[str] = field(default_factory=list)  # routed addresses in the VPS
     netifs: list[str] = field(default_factory=list)  # NETIF entries in the VPS
     routed: str | None = None  # the routed host end, once made
+    rules: list[str] = field(default_factory=list)  # IPv6 policy rules (after "rule add")
 
     def to_json(self) -> bytes:
         data = {
@@ -71,6 +72,7 @@ class NetState:
             "addresses": self.addresses,
             "netifs": self.netifs,
             "routed": self.routed,
+            "rules": self.rules,
         }
         return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
 
@@ -83,6 +85,7 @@ class NetState:
             addresses=[str(a) for a in data.get("addresses", [])],
             netifs=[str(n) for n in data.get("netifs", [])],
             routed=data.get("routed") or None,
+            rules=[str(r) for r in data.get("rules", [])],
         )
 
 
@@ -324,8 +327,9 @@ def _holds_network(link: dict[str, Any], ip: Any) -> bool:
 class _Batch:
     """``ip -batch`` lines for one namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         self.lines: list[str] = []
+        self.options = options  # ip's own, e.g. -6 (a batch line cannot carry them)
 
     def add(self, *words: str) -> None:
         self.lines.append(" ".join(words))
@@ -343,7 +347,7 @@ class _Batch:
         they run in that namespace (nsenter --net: nothing else of the VPS is entered)."""
         if not self.lines:
             return
-        argv = ["ip", *(["-force"] if force else []), "-batch", "-"]
+        argv = ["ip", *self.options, *(["-force"] if force else []), "-batch", "-"]
         if enter:
             argv = ["nsenter", f"--net=/proc/self/fd/{fd}", "--", *argv]
         proc = _run_with_fd(argv, fd, "\n".join(self.lines) + "\n")
@@ -456,11 +460,17 @@ def apply(
             addresses=list(dict.fromkeys(state.addresses + list(want.addresses))),
             netifs=list(dict.fromkeys(state.netifs + new_texts)),
             routed=state.routed,
+            rules=list(state.rules),
         )
+        rules6 = _Batch("-6")  # ip rule takes no family from a batch line
         if want.addresses and state.routed is None:
             _routed_link(ctid, host, guest, routed, ns_fd)
             pending.links[routed] = -1
             pending.routed = routed
+            if _sysctl("ipv6/conf/all/disable_ipv6") == "0":
+                for rule in (_allow_rule("fe80::/10", routed), _drop_rule(routed)):
+                    rules6.add("rule", "add", rule)
+                    pending.rules.append(rule)
         elif not want.addresses and state.routed is not None:
             host.add("link", "del", state.routed)
             gone_addresses = []  # the veth takes its routes and addresses with it
@@ -477,10 +487,22 @@ def apply(
                 guest.add("addr", "add", f"{address}/32", "dev", ROUTED_IF, "label", label)
             host.add("route", "add", f"{address}/{bits}", "dev", routed)
             inverse.add("route", "del", f"{address}/{bits}", "dev", routed)
+            if is_v6(address):
+                rule = _allow_rule(f"{address}/128", routed)
+                rules6.add("rule", "add", rule)
+                pending.rules.append(rule)
             for dev in dict.fromkeys(proxies.get(address, [])):
                 host.add("neigh", "replace", "proxy", address, "dev", dev)
                 if (address, dev) not in pending.proxies:
                     pending.proxies.append((address, dev))
+        gone_rules = [
+            r
+            for r in state.rules
+            if not want.addresses
+            or any(r == _allow_rule(f"{a}/128", routed) for a in gone_addresses)
+        ]
+        for rule in gone_rules:
+            rules6.add("rule", "del", rule)
         for address in gone_addresses:
             bits = 128 if is_v6(address) else 32
             guest.add("addr", "del", f"{address}/{bits}", "dev", ROUTED_IF)
@@ -505,6 +527,7 @@ def apply(
         _save_state(run_dir, ctid, pending)
         try:
             host.run(ctid, "on the host", ns_fd)
+            rules6.run(ctid, "on the host (IPv6 source rules)")
             for name in list(pending.links):
                 if pending.links[name] == -1:
                     pending.links[name] = _ifindex(name) or -1
@@ -534,8 +557,9 @@ def apply(
             addresses=list(want.addresses),
             netifs=new_texts,
             routed=pending.routed if want.addresses else None,
+            rules=[r for r in pending.rules if r not in gone_rules],
         )
-        if done.links or done.proxies:
+        if done.links or done.proxies or done.rules:
             _save_state(run_dir, ctid, done)
         else:
             _drop_state(run_dir, ctid)
@@ -629,6 +653,7 @@ def _undo(run_dir: Path, ctid: int, pending: NetState, before: NetState) -> None
         netns=pending.netns,
         links={k: v for k, v in pending.links.items() if k not in before.links},
         proxies=[p for p in pending.proxies if p not in before.proxies],
+        rules=[r for r in pending.rules if r not in before.rules],
     )
     _remove(run_dir, ctid, added)
 
@@ -656,6 +681,48 @@ def _remove(run_dir: Path, ctid: int, state: NetState) -> None:
         if now is not None and index in (-1, now):
             batch.add("link", "del", name)
     batch.run(ctid, "teardown", force=True)
+    if state.rules:
+        rules6 = _Batch("-6")
+        present_rules = _present_rules()
+        for rule in dict.fromkeys(state.rules):
+            if _rule_key(rule) in present_rules:
+                rules6.add("rule", "del", rule)
+        rules6.run(ctid, "teardown", force=True)
+
+
+RULE_PREF_ALLOW, RULE_PREF_DROP = 1000, 1001  # before main (32766), after local (0)
+
+
+def _allow_rule(source: str, dev: str) -> str:
+    """IPv6 has no rp_filter: a policy rule per address lets the VPS's own sources through
+    its host end, and the next drops every other (link-local ones pass, for neighbour
+    discovery)."""
+    return f"from {source} iif {dev} lookup main pref {RULE_PREF_ALLOW}"
+
+
+def _drop_rule(dev: str) -> str:
+    return f"iif {dev} blackhole pref {RULE_PREF_DROP}"
+
+
+def _rule_key(rule: str) -> tuple[str, str, str]:
+    words = rule.split()
+    value = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w in ("from", "iif", "pref")}
+    return value.get("pref", ""), value.get("iif", ""), value.get("from", "all")
+
+
+def _present_rules() -> set[tuple[str, str, str]]:
+    proc = run.run(["ip", "-6", "-j", "rule", "show"], stdout=subprocess.PIPE, check=False)
+    try:
+        data = json.loads(proc.stdout or b"[]")
+    except ValueError:
+        return set()
+    found = set()
+    for rule in data if isinstance(data, list) else []:
+        src = str(rule.get("src", "all"))
+        if src != "all":
+            src = f"{src}/{rule.get('srclen', 128)}"
+        found.add((str(rule.get("priority", "")), str(rule.get("iif", "")), src))
+    return found
 
 
 def teardown(run_dir: Path, ctid: int) -> bool:
