@@ -115,6 +115,13 @@ TEST_POOL_BASE = int(os.environ.get("VZTEST_POOL_BASE", (1 << 30) + (1 << 29) + 
 TEST_POOL_SIZE = int(os.environ.get("VZTEST_POOL_SIZE", 1 << 24))  # 256 VPSs
 
 
+def static_tool(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
+    """``source`` (C) built statically, so that it runs in any VPS and on the host alike."""
+    out = tmp_path_factory.mktemp(source.stem) / source.stem
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(source)], check=True)
+    return out
+
+
 def ctid_base(default: int) -> int:
     """Where a test module's CTIDs begin: ``default``, or VZTEST_CTID_BASE when set."""
     return int(os.environ.get("VZTEST_CTID_BASE", default))

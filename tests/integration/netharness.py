@@ -9,6 +9,7 @@ a test VPS lives in the test host namespace, and goes with it when the namespace
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,22 +37,11 @@ class NetLab:
 
     def in_host(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A host tool run in the test host's network namespace."""
-        return subprocess.run(
-            ["nsenter", f"--net={self.host_path}", "--", *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return in_netns(self.host_ns, argv, timeout)
 
     def in_lan(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["nsenter", f"--net={NETNS_DIR / self.lan_ns}", "--", *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        """A host tool run in the lan's network namespace."""
+        return in_netns(self.lan_ns, argv, timeout)
 
     def sysctl(self, name: str, value: str) -> None:
         """A sysctl of the test host's namespace (never the machine's)."""
@@ -61,6 +51,18 @@ class NetLab:
     def host_objects(self) -> dict[str, list[str]]:
         """What vzctl may add to a host, as ip lists it: links, routes, proxy entries."""
         return snapshot(self.host_ns)
+
+
+def in_netns(
+    netns: str, argv: Sequence[str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--net={NETNS_DIR / netns}", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def snapshot(netns: str | None = None) -> dict[str, list[str]]:

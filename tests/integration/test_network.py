@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import netharness
-from tests.integration.conftest import VzHost, ctid_base
+from tests.integration.conftest import VzHost, ctid_base, static_tool
 from tests.integration.netharness import LAN_V4, LAN_V6, NetLab
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
@@ -41,10 +41,7 @@ def net(host: VzHost) -> NetLab:
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """netprobe.c, built statically: a server for the VPSs, a client for the lan."""
-    out = tmp_path_factory.mktemp("netprobe") / "netprobe"
-    source = Path(__file__).with_name("netprobe.c")
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(source)], check=True)
-    return out
+    return static_tool(tmp_path_factory, Path(__file__).with_name("netprobe.c"))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import BIN, VzHost, passable
+from tests.integration.conftest import BIN, VzHost, passable, static_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
 
@@ -55,10 +55,7 @@ def refused(host: VzHost, ctid: str, script: str) -> str:
 @pytest.fixture(scope="module")
 def attack_tool(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """attack.c, built statically: the system calls no tool of a minimal VPS makes."""
-    out = tmp_path_factory.mktemp("attack") / "attack"
-    source = Path(__file__).with_name("attack.c")
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(source)], check=True)
-    return out.read_bytes()
+    return static_tool(tmp_path_factory, Path(__file__).with_name("attack.c")).read_bytes()
 
 
 def put_tool(host: VzHost, ctid: str, tool: bytes) -> None:
