@@ -31,10 +31,13 @@ class ExitCode(enum.IntEnum):
     MOUNTED = 41
     PRIVATE_MISSING = 43
     PRIVATE_EXISTS = 44
+    FS_NO_DISK_SPACE = 46  # not enough disk space (a VPS's files do not fit its disk)
     BAD_CT = 47  # no /sbin/init nor /bin/sh in the VPS
     MOUNT_FAILED = 50
     UMOUNT_FAILED = 51
     DESTROY_FAILED = 52
+    NOTENOUGH_QUOTA_LIMITS = 55  # a disk smaller than the files on it
+    DQ_SET = 62  # a VPS's disk could not be made or resized (vzctl: setting the quota failed)
     IP_IN_USE = 78  # an address another running VPS holds
     TEMPLATE_NOT_FOUND = 91  # unknown template name, or no cache for it
     # vzpkg's own

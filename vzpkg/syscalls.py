@@ -152,3 +152,20 @@ def enter_userns(fd: int) -> None:
     os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+
+
+RENAME_EXCHANGE = 2
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """renameat2(2) with RENAME_EXCHANGE: ``a`` and ``b`` swap names at once."""
+    _check(
+        _libc().renameat2(
+            ctypes.c_int(AT_FDCWD),
+            os.fsencode(a),
+            ctypes.c_int(AT_FDCWD),
+            os.fsencode(b),
+            ctypes.c_uint(RENAME_EXCHANGE),
+        ),
+        a,
+    )

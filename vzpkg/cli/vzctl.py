@@ -44,6 +44,9 @@ def _quiet() -> bool:
     return bool(click.get_current_context().find_root().obj.get("quiet"))
 
 
+DISKSPACE_HELP = "A disk of its own of this size (10G): writes past it fail (docs/resources.md)."
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("ctid")
 @click.option("--ostemplate", help="Template name (vzosname forms accepted).")
@@ -60,6 +63,8 @@ def _quiet() -> bool:
     type=click.Choice(["yes", "no"]),
     help="A user namespace of its own (default yes); no: a privileged VPS.",
 )
+@click.option("--diskspace", metavar="SIZE[:SIZE]", help=DISKSPACE_HELP)
+@click.option("--diskinodes", metavar="N[:N]", help="Inodes of its disk (fixed when made).")
 @edge("vzctl")
 def create(
     ctid: str,
@@ -71,6 +76,8 @@ def create(
     private: str | None,
     root: str | None,
     userns: str | None,
+    diskspace: str | None,
+    diskinodes: str | None,
 ) -> None:
     """Create a VPS from a template cache."""
     from vzpkg.ct.create import create as create_ct
@@ -88,6 +95,7 @@ def create(
         private=private,
         root=root,
         userns=None if userns is None else userns == "yes",
+        disk_options=_disk_options(diskspace, diskinodes),
     )
     ids = "privileged" if cfg.userns is None else f"host ids from {cfg.userns[0]}"
     _say(
@@ -289,6 +297,8 @@ def enter(ctid: str, command: str | None) -> None:
     "--devices", multiple=True, metavar="c|b:MAJOR:MINOR|all:r|w|rw|none", help="Grant a device."
 )
 @click.option("--devnodes", multiple=True, metavar="NAME:r|w|rw|none", help="e.g. net/tun:rw.")
+@click.option("--diskspace", metavar="SIZE[:SIZE]", help=DISKSPACE_HELP + " Needs --save.")
+@click.option("--diskinodes", metavar="N[:N]", help="Inodes of a disk still to be made.")
 @click.option(
     "--userns",
     type=click.Choice(["yes", "no"]),
@@ -317,6 +327,8 @@ def set_(
     numproc: str | None,
     devices: tuple[str, ...],
     devnodes: tuple[str, ...],
+    diskspace: str | None,
+    diskinodes: str | None,
     userns: str | None,
     save: bool,
 ) -> None:
@@ -351,9 +363,18 @@ def set_(
             )
             if value is not None
         },
+        disk=_disk_options(diskspace, diskinodes),
     )
     for note in set_params(host, number, request, save=save):
         _say(note, _quiet())
+
+
+def _disk_options(diskspace: str | None, diskinodes: str | None) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in (("DISKSPACE", diskspace), ("DISKINODES", diskinodes))
+        if value is not None
+    }
 
 
 if __name__ == "__main__":  # the full CLI without the short paths (tests compare the two)

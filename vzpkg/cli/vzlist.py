@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -78,7 +80,36 @@ def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | N
     row = record(st, str(root), str(private))
     if st.running:
         row["beancounters"] = beancounters(host, ctid)
+    row["disk"] = disk_counters(cfg.extra, private)
     return st, row
+
+
+def _kib(amount: int | None) -> int | None:
+    return None if amount is None else amount // 1024
+
+
+def disk_counters(values: Mapping[str, str], private: Path) -> dict[str, dict[str, int | None]]:
+    """OpenVZ's diskspace (KiB) and diskinodes: in use (while mounted), soft and hard limit
+    (from CTID.conf; a disk's inodes when it has no DISKINODES)."""
+    from vzpkg.ct import disk
+
+    try:
+        limits = disk.parse({k: v for k, v in values.items() if k in disk.KEYS})
+    except VzError:
+        limits = disk.Disk()
+    use = disk.usage(private)
+    return {
+        "diskspace": {
+            "held": None if use is None else _kib(use.used),
+            "soft": _kib(limits.space),
+            "hard": _kib(limits.space_hard),
+        },
+        "diskinodes": {
+            "held": None if use is None else use.inodes_used,
+            "soft": limits.inodes or (None if use is None else use.inodes),
+            "hard": limits.inodes_hard or (None if use is None else use.inodes),
+        },
+    }
 
 
 def beancounters(host: HostConfig, ctid: int) -> dict[str, dict[str, int | None]]:

@@ -55,7 +55,7 @@ FIELD_OF_KEY: Mapping[str, str] = {
     "LOCAL_GID": "local_gid",
 }
 # OpenVZ keys kept in ``extra`` (their values as written) that vzpkg acts on: the resource
-# limits (vzpkg.ct.resources).
+# limits (vzpkg.ct.resources) and the disk (vzpkg.ct.disk).
 ACTED_ON_EXTRA = frozenset(
     {
         "PHYSPAGES",
@@ -67,6 +67,8 @@ ACTED_ON_EXTRA = frozenset(
         "NUMPROC",
         "DEVICES",
         "DEVNODES",
+        "DISKSPACE",
+        "DISKINODES",
     }
 )
 _LIST_FIELDS = frozenset({"ip_address", "nameserver", "searchdomain"})

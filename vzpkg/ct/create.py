@@ -14,12 +14,12 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from vzpkg import lock
-from vzpkg.ct import conf, idmap, layout, net, places, shift, trees
+from vzpkg.ct import conf, disk, idmap, layout, net, places, shift, trees
 from vzpkg.ct.common import (
     DEFAULT_LAYOUT,
     DEFAULT_SAMPLE,
@@ -52,13 +52,17 @@ def create(
     private: str | None = None,
     root: str | None = None,
     userns: bool | None = None,
+    disk_options: Mapping[str, str] | None = None,
 ) -> conf.CtConfig:
     """Make CT ``ctid`` from a cache: private area first, CTID.conf last. The values were
     checked at the edge (vzpkg.checks); the places are checked here, against every other VPS.
 
     ``userns``: whether the VPS gets a user namespace of its own (a block of host ids); None:
     yes, unless the sample says ``LOCAL_UID="0"``. ``False`` makes a privileged VPS.
+    ``disk_options``: DISKSPACE and DISKINODES from --diskspace and --diskinodes, over the
+    sample's: a size gives the VPS a disk of its own (vzpkg.ct.disk).
     """
+    given = disk.config_values(disk_options or {})  # checked before anything else
     # Only create reads metadata and caches: imported here, the other actions start faster.
     from vzpkg.cache.store import CacheStore
     from vzpkg.metadata.loader import load_catalog
@@ -96,7 +100,11 @@ def create(
             nameserver=base.nameserver or host.nameservers,
             searchdomain=base.searchdomain or host.searchdomains,
             origin_sample=sample_name,
+            extra={**base.extra, **given},
         )
+        disk_of = disk.parse(
+            {k: v for k, v in cfg.extra.items() if k in disk.KEYS}
+        )  # a bad value in the sample: named (exit 21) before anything is made
         private_dir, root_dir = check_new_places(host, ctid, cfg)
         # Two creates naming the same place (each holding only its own CT's lock) must not
         # both take it: the places themselves are locked (in a fixed order) until the end.
@@ -135,7 +143,14 @@ def create(
             undo = lambda seen: _undo_create(host, ctid, private_dir, root_dir, me, seen)  # noqa: E731
             with Guardian(undo) as guard:
                 layout.create_private(
-                    host, ctid, chosen, cache.archive, cache.sha256, private_dir, cfg.userns
+                    host,
+                    ctid,
+                    chosen,
+                    cache.archive,
+                    cache.sha256,
+                    private_dir,
+                    cfg.userns,
+                    disk_of,
                 )
                 guard.mark(PRIVATE_MADE)
                 conf.write_ct_config(host, ctid, cfg, base_text=text)

@@ -28,10 +28,11 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
-from vzpkg import run, syscalls
-from vzpkg.ct import idmap, places, trees
+from vzpkg import checks, run, syscalls
+from vzpkg.ct import disk, idmap, places, trees
 from vzpkg.ct.conf import LAYOUTS, ctid_valid, root_path
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import (
@@ -236,6 +237,7 @@ def create_private(
     cache_sha256: str,
     private: Path,
     userns: tuple[int, int] | None = None,
+    disk_of: disk.Disk | None = None,
 ) -> None:
     """Make the private area of a new CT from a cache archive whose sha256 is known.
 
@@ -243,8 +245,9 @@ def create_private(
     when it exists, which makes it fast; the archive is read only to make the tree. ``userns``
     (the host uid and gid of the VPS's root) makes the VPS's own files owned by its ids: plain
     unpacks as root of its user namespace, overlay gives it an upper directory of its own
-    (the shared tree stays the host's, seen through an idmapped mount). The caller holds the
-    CT's lock.
+    (the shared tree stays the host's, seen through an idmapped mount). ``disk_of`` with a
+    size (DISKSPACE) puts the VPS's own files on a disk of their own (vzpkg.ct.disk). The
+    caller holds the CT's lock.
     """
     number = ctid_valid(ctid)
     if layout not in LAYOUTS:
@@ -265,10 +268,31 @@ def create_private(
             remove_tree_safely(tmp)  # an interrupted create of this CT; we hold its lock
     except OSError as e:
         raise VzError(f"cannot prepare {tmp}: {e.strerror}", ExitCode.SYSTEM) from None
+    space = disk_of.space if disk_of is not None else None
+    size = None if space is None else (space, disk_of.inodes if disk_of else None)
     if layout == "plain":
-        _create_plain(number, cache_archive, sha, private, tmp, userns, trees.validated_dir(host))
+        _create_plain(
+            number, cache_archive, sha, private, tmp, userns, trees.validated_dir(host), size
+        )
     else:
-        _create_overlay(host, number, cache_archive, sha, private, tmp, userns)
+        _create_overlay(host, number, cache_archive, sha, private, tmp, userns, size)
+
+
+@contextlib.contextmanager
+def _files_of_new(
+    tmp: Path, size: tuple[int, int | None] | None, owner: tuple[int, int]
+) -> Iterator[Path]:
+    """Where a new private area ``tmp`` keeps the VPS's own files: ``tmp`` itself, or the
+    disk of ``size`` (bytes, inodes) made for it and mounted for the block."""
+    if size is None:
+        yield tmp
+        return
+    want = disk.Disk(space=size[0], inodes=size[1])
+    disk.make(tmp, want, owner)
+    with disk.attached(tmp) as point:
+        disk.limit(point, want.space)
+        yield point
+        syncfs(point)
 
 
 def _create_plain(
@@ -279,17 +303,24 @@ def _create_plain(
     tmp: Path,
     userns: tuple[int, int] | None,
     validated: Path,
+    size: tuple[int, int | None] | None = None,
 ) -> None:
     try:
         mkdir_mode(tmp, 0o700)  # unpacking gives it the mode of the archive's root
         from vzpkg.cache.archive import unpack_archive  # lazy: zstandard, tarfile
 
-        if userns is None:
-            unpack_archive(archive, tmp, expected_sha256=sha, validated=validated)
-        else:
-            os.chown(tmp, *userns)  # the root of the VPS's user namespace unpacks into it
-            with idmap.userns_fd(*userns) as fd:
-                unpack_archive(archive, tmp, expected_sha256=sha, userns_fd=fd, validated=validated)
+        with _files_of_new(tmp, size, userns or (0, 0)) as files:
+            target = files / "root" if size is not None else files
+            if size is not None:
+                mkdir_mode(target, 0o700)
+            if userns is None:
+                unpack_archive(archive, target, expected_sha256=sha, validated=validated)
+            else:
+                os.chown(target, *userns)  # the root of the VPS's user namespace unpacks into it
+                with idmap.userns_fd(*userns) as fd:
+                    unpack_archive(
+                        archive, target, expected_sha256=sha, userns_fd=fd, validated=validated
+                    )
         places.stamp(tmp, ctid)  # after unpacking: the archive's own xattrs never count
         syncfs(tmp)
         os.rename(tmp, private)
@@ -298,7 +329,18 @@ def _create_plain(
         discard(tmp)
         if isinstance(e, OSError):
             raise _create_failed(private, e) from None
+        if isinstance(e, VzError) and size is not None and "is full" in e.message:
+            raise _disk_too_small(private, size[0]) from None
         raise
+
+
+def _disk_too_small(private: Path, size: int) -> VzError:
+    return VzError(
+        f"the VPS's files do not fit a disk of {disk.human(size)} (DISKSPACE); nothing was "
+        f"changed at {private}",
+        ExitCode.FS_NO_DISK_SPACE,
+        hint="give a larger --diskspace",
+    )
 
 
 def _create_failed(private: Path, error: OSError) -> VzError:
@@ -323,17 +365,19 @@ def _create_overlay(
     private: Path,
     tmp: Path,
     userns: tuple[int, int] | None,
+    size: tuple[int, int | None] | None = None,
 ) -> None:
     tree = trees.reference_tree(host, ctid, archive, sha, private)
     try:
         mkdir_mode(tmp, 0o700)
-        # The overlay's root directory takes its mode and owner from upper/.
-        top = (tree / "root").stat()
-        upper = tmp / "upper"
-        mkdir_mode(upper, stat.S_IMODE(top.st_mode))
-        shift = userns or (0, 0)
-        os.chown(upper, top.st_uid + shift[0], top.st_gid + shift[1])
-        mkdir_mode(tmp / "work", 0o700)
+        with _files_of_new(tmp, size, (0, 0)) as files:
+            # The overlay's root directory takes its mode and owner from upper/.
+            top = (tree / "root").stat()
+            upper = files / "upper"
+            mkdir_mode(upper, stat.S_IMODE(top.st_mode))
+            shift = userns or (0, 0)
+            os.chown(upper, top.st_uid + shift[0], top.st_gid + shift[1])
+            mkdir_mode(files / "work", 0o700)
         write_durably(tmp, TREE_MARKER, sha + "\n", 0o644)
         places.stamp(tmp, ctid)
         os.rename(tmp, private)
@@ -347,6 +391,111 @@ def _create_overlay(
         if isinstance(e, OSError):
             raise _create_failed(private, e) from None
         raise
+
+
+# --- the disk --------------------------------------------------------------------------------
+
+
+def change_disk(
+    host: HostConfig,
+    ctid: int,
+    private: Path,
+    root: Path,
+    want: disk.Disk,
+    *,
+    inodes_given: bool,
+    layout: str | None = None,
+) -> str:
+    """Give CT ``ctid``'s private area the disk ``want`` says (DISKSPACE, DISKINODES): grow
+    it (also while the VPS runs), shrink it (stopped), or move the files of a stopped VPS
+    without one onto a new one. Returns what was done, for the user. The caller holds the
+    CT's lock; nothing changes when this raises."""
+    if condition(private) != "present":
+        raise missing_private(ctid, private)
+    if not disk.has_disk(private):
+        if want.space is None:
+            return f"CT {ctid} has no disk of its own: no limit"
+        if is_mounted(root):
+            raise VzError(
+                f"CT {ctid} is mounted: moving its files onto a disk of their own needs it "
+                "stopped; nothing was changed",
+                ExitCode.MOUNTED,
+                hint=f"vzctl stop {ctid}, then set --diskspace again",
+            )
+        _move_onto_disk(host, ctid, private, want, layout)
+        return f"CT {ctid}'s files moved onto a disk of {disk.show(want.space)}"
+    if inodes_given and want.inodes is not None:
+        raise checks.bad(
+            "--diskinodes",
+            str(want.inodes),
+            f"cannot change CT {ctid}'s disk: its inodes were fixed when it was made (they "
+            "grow with --diskspace)",
+        )
+    point = private / disk.MOUNT_DIR
+    running = disk.is_attached(private)
+    if want.space is not None and not running:
+        with disk.attached(private) as mounted:
+            small = want.space > disk.room(mounted)
+        if small:
+            disk.resize(ctid, private, want.space, mounted=False)
+    elif want.space is not None and want.space > disk.room(point):
+        disk.resize(ctid, private, want.space, mounted=True)
+    with disk.attached(private) as mounted:
+        in_use = disk.used(mounted)
+        if want.space is not None and in_use > want.space:
+            raise VzError(
+                f"CT {ctid} has {disk.human(in_use)} of files on its disk: a limit of "
+                f"{disk.human(want.space)} is too small; nothing was changed",
+                ExitCode.NOTENOUGH_QUOTA_LIMITS,
+                hint="remove files in the VPS first, or choose a larger --diskspace",
+            )
+        disk.limit(mounted, want.space)
+    what = "no limit but its size" if want.space is None else f"{disk.show(want.space)}"
+    return f"CT {ctid}'s disk: {what}" + ("" if running else " (from its next start)")
+
+
+def _move_onto_disk(
+    host: HostConfig, ctid: int, private: Path, want: disk.Disk, layout: str | None
+) -> None:
+    """Copy a stopped VPS's files onto a new disk, made beside its private area, and swap the
+    two at once (renameat2 RENAME_EXCHANGE); the old files are removed last. A failure leaves
+    the private area as it was; a crash after the swap leaves the old files in
+    ``<private>.tmp``, which the next destroy (or change of the disk) removes."""
+    assert want.space is not None
+    kind, sha = _resolve_layout(host, ctid, private, layout)
+    if not is_own_private(host, ctid, private):
+        raise places.not_owned(ctid, private, "nothing was changed", ExitCode.DQ_SET)
+    tmp = places.tmp_path(private)
+    swapped = False
+    try:
+        if os.path.lexists(tmp):
+            remove_tree_safely(tmp)
+        mkdir_mode(tmp, 0o700)
+        with _files_of_new(tmp, (want.space, want.inodes), (0, 0)) as files:
+            name = "root" if kind == "plain" else "upper"
+            source = private if kind == "plain" else private / "upper"
+            # cp -a copies links as links and crosses no mount; the VPS is stopped.
+            run.run(["cp", "-a", "--one-file-system", "--", f"{source}/.", str(files / name)],
+                    error_code=ExitCode.DQ_SET, die_with_us=True)  # fmt: skip
+            if kind == "overlay":
+                mkdir_mode(files / "work", 0o700)
+        if sha is not None:
+            write_durably(tmp, TREE_MARKER, sha + "\n", 0o644)
+        places.stamp(tmp, ctid)
+        syncfs(tmp)
+        syscalls.exchange(tmp, private)
+        swapped = True
+        fsync_dir(private.parent)
+    except BaseException as e:
+        if not swapped:
+            discard(tmp)
+        if isinstance(e, OSError):
+            raise _create_failed(private, e) from None
+        if isinstance(e, VzError) and "No space left" in e.message:
+            raise _disk_too_small(private, want.space) from None
+        raise
+    remove_tree_safely(tmp)  # the old files
+    fsync_dir(private.parent)
 
 
 # --- destroy ---------------------------------------------------------------------------------
@@ -373,6 +522,9 @@ def destroy_private(
             ExitCode.MOUNTED,
             hint=f"stop it, or unmount it: vzctl umount {number}",
         )
+    for path in (private, doomed):  # a disk left mounted (a crash): ours to unmount
+        if disk.has_disk(path) and is_own_private(host, number, path, as_named=private):
+            disk.detach(path)
     for path in (private, doomed, tmp):
         if os.path.islink(path):
             raise VzError(
@@ -574,8 +726,10 @@ def mount_root(
     *,
     layout: str | None = None,
     userns: tuple[int, int] | None = None,
+    disk_space: int | None = None,
 ) -> None:
     """Mount the CT's root filesystem on ``root``; nothing to do if it is mounted there already.
+    A private area with a disk gets it mounted too, limited to ``disk_space`` (DISKSPACE).
 
     ``layout`` is the CT's VE_LAYOUT when set; it is checked against the private area. Refuses
     a ``root`` where something else is mounted, and a private area that is not provably this
@@ -597,21 +751,29 @@ def mount_root(
     if not is_own_private(host, number, private):
         raise places.not_owned(number, private, "it was not mounted", ExitCode.MOUNT_FAILED)
     staging = None
-    if layout == "plain":
-        argv = mount_argv("plain", private, root)
-    else:
-        assert sha is not None
-        lower = host.trees_dir / sha / "root"
-        upper, work = private / "upper", private / "work"
-        for path in (lower, upper, work):
-            # lstat: a symlink here would be followed by mount(2) on the host.
-            if not stat.S_ISDIR(path.lstat().st_mode):
-                raise VzError(f"{path} is not a directory", ExitCode.SYSTEM)
-        if userns is not None:
-            staging = staging_path(host, number)
-            lower = _idmapped_lower(lower, staging, userns)
-        argv = mount_argv("overlay", "overlay", root, overlay_options(lower, upper, work))
+    attached = False
     try:
+        if disk.has_disk(private):
+            point, attached = disk.attach(private)
+            disk.limit(point, disk_space)
+        if layout == "plain":
+            plain_root = disk.plain_root(private)
+            if not stat.S_ISDIR(plain_root.lstat().st_mode):
+                raise VzError(f"{plain_root} is not a directory", ExitCode.SYSTEM)
+            argv = mount_argv("plain", plain_root, root)
+        else:
+            assert sha is not None
+            lower = host.trees_dir / sha / "root"
+            files = disk.data_dir(private)
+            upper, work = files / "upper", files / "work"
+            for path in (lower, upper, work):
+                # lstat: a symlink here would be followed by mount(2) on the host.
+                if not stat.S_ISDIR(path.lstat().st_mode):
+                    raise VzError(f"{path} is not a directory", ExitCode.SYSTEM)
+            if userns is not None:
+                staging = staging_path(host, number)
+                lower = _idmapped_lower(lower, staging, userns)
+            argv = mount_argv("overlay", "overlay", root, overlay_options(lower, upper, work))
         _mount_point_ready(root)
         run.check_tool("mount", "to mount VPS roots", package="mount")
         hint = (
@@ -625,12 +787,16 @@ def mount_root(
             raise VzError(f"mount reported success but {root} is not mounted", ExitCode.SYSTEM)
     except BaseException:
         # The overlay may be mounted already (an interrupt right after mount): then the
-        # caller's undo unmounts it and its staging together; never mask what happened.
-        if staging is not None and not is_mounted(root):
+        # caller's undo unmounts it, its staging and its disk together; never mask what
+        # happened.
+        if not is_mounted(root):
             try:
-                release_staging(staging)
+                if staging is not None:
+                    release_staging(staging)
+                if attached:
+                    disk.detach(private)
             except Exception as cleanup:
-                log.error("could not release %s: %s", staging, cleanup)
+                log.error("could not release what was mounted for %s: %s", root, cleanup)
         raise
 
 
@@ -676,6 +842,8 @@ def umount_root(
         if not check_own_mount(ctid, root, private, ExitCode.UMOUNT_FAILED):
             if staging is not None:
                 release_staging(staging)
+            if disk.has_disk(private):
+                disk.detach(private)
             return
         run.run(
             ["umount", str(root)],

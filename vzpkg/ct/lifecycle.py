@@ -22,6 +22,7 @@ from pathlib import Path
 from vzpkg import cgroups, interrupts
 from vzpkg.ct import (
     conf,
+    disk,
     idmap,
     layout,
     net,
@@ -57,16 +58,36 @@ def mount(host: HostConfig, ctid: int) -> None:
     with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
-        _check_mountable(host, ctid, private_dir)
+        space = _check_mountable(host, ctid, private_dir, cfg)
         layout.mount_root(
-            host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns
-        )
+            host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
+            disk_space=space,
+        )  # fmt: skip
 
 
-def _check_mountable(host: HostConfig, ctid: int, private: Path) -> None:
+def _check_mountable(host: HostConfig, ctid: int, private: Path, cfg: conf.CtConfig) -> int | None:
+    """Refuse a VPS that cannot be mounted (exit 43, 10); its disk limit (DISKSPACE)."""
     if layout.condition(private) != "present":
         raise layout.missing_private(ctid, private)
     shift.refuse_if_in_progress(host, ctid)
+    values = {k: v for k, v in cfg.extra.items() if k in disk.KEYS}
+    try:
+        want = disk.parse(values)
+    except VzError as e:
+        raise VzError(
+            f"CT {ctid}: {e.message}",
+            ExitCode.CONFIG,
+            hint=f"set it again: vzctl set {ctid} --diskspace SIZE --save",
+        ) from None
+    if want.space is not None and not disk.has_disk(private):
+        raise VzError(
+            f"CT {ctid}: DISKSPACE={values['DISKSPACE']} cannot be applied: its files are not "
+            "on a disk of their own, so nothing would limit them; nothing was started",
+            ExitCode.CONFIG,
+            hint=f"move them onto one: vzctl set {ctid} --diskspace {values['DISKSPACE']} "
+            f"--save; or remove DISKSPACE from CT {ctid}'s config",
+        )
+    return want.space
 
 
 def umount(host: HostConfig, ctid: int) -> None:
@@ -97,7 +118,7 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
         if state is None and stray_pids(host, ctid):
             raise runs_without_state(host, ctid)
         net.teardown(host.run_dir, ctid)  # what an init that died by itself left on the host
-        _check_mountable(host, ctid, private_dir)
+        space = _check_mountable(host, ctid, private_dir, cfg)
         if cfg.userns is not None:
             places.check_traversable(ctid, host.run_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
@@ -105,8 +126,9 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
         # A start that does not get to run init unmounts again, even after kill -9.
         with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
             layout.mount_root(
-                host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns
-            )
+                host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
+                disk_space=space,
+            )  # fmt: skip
             return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return)
 
 
@@ -289,8 +311,8 @@ def stop(host: HostConfig, ctid: int, *, timeout: float | None = None, fast: boo
             net.teardown(host.run_dir, ctid)
             # Not running: tidy up a mount of its own; whatever else is mounted there is left.
             entry = places.top_mount(root_dir)
-            if entry is not None and places.is_own_mount(root_dir, private_dir, entry):
-                layout.umount_ct(host, ctid, root_dir, private_dir)
+            if entry is None or places.is_own_mount(root_dir, private_dir, entry):
+                layout.umount_ct(host, ctid, root_dir, private_dir)  # and a disk left mounted
             if killed:
                 return "killed"
             raise VzError(f"CT {ctid} is not running", ExitCode.NOT_RUNNING)

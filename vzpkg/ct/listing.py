@@ -53,6 +53,10 @@ def _counter(resource: str, key: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda r: _dash((r.get("beancounters") or {}).get(resource, {}).get(key))
 
 
+def _disk(resource: str, key: str) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda r: _dash((r.get("disk") or {}).get(resource, {}).get(key))
+
+
 # OpenVZ's beancounter fields: NAME (held), NAME.m (maxheld), .b (barrier), .l (limit), .f
 # (failcnt); memory in 4 KiB pages. A stopped VPS has none ("-").
 FIELDS = {
@@ -73,6 +77,22 @@ FIELDS = {
             (".l", "limit"),
             (".f", "failcnt"),
         )
+    },
+}
+# OpenVZ's disk fields: diskspace (KiB in use, while mounted), .s (soft limit), .h (hard limit);
+# diskinodes the same in inodes.
+FIELDS = {
+    **FIELDS,
+    **{
+        f"{resource}{suffix}": Field(
+            f"{resource}{suffix}",
+            f"{resource.upper()}{suffix.upper()}",
+            12,
+            True,
+            _disk(resource, key),
+        )
+        for resource in ("diskspace", "diskinodes")
+        for suffix, key in (("", "held"), (".s", "soft"), (".h", "hard"))
     },
 }
 ALIASES = {"veid": "ctid", "vpsid": "ctid", "ip_addr": "ip"}

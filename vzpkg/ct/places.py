@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vzpkg.ct import disk
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.mounts import MountEntry, read_mountinfo
@@ -328,11 +329,12 @@ def top_mount(root: Path, entries: Sequence[MountEntry] | None = None) -> MountE
 
 def is_own_mount(root: Path, private: Path, entry: MountEntry) -> bool:
     """Whether ``entry`` (mounted on ``root``) shows ``private``: an overlay whose upper layer
-    is ``private/upper``, or a bind mount of ``private`` itself."""
+    is ``private/upper``, or a bind mount of ``private`` itself (or the same on the private
+    area's disk, vzpkg.ct.disk)."""
     if entry.fstype == "overlay":
-        return entry.option("upperdir") == real(private / "upper")
+        return entry.option("upperdir") == real(disk.data_dir(private) / "upper")
     try:
-        shown, mine = os.stat(root), os.stat(private, follow_symlinks=False)
+        shown, mine = os.stat(root), os.stat(disk.plain_root(private), follow_symlinks=False)
     except OSError:
         return False
     return (shown.st_dev, shown.st_ino) == (mine.st_dev, mine.st_ino)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from vzpkg import checks, run
-from vzpkg.ct import conf, layout, net, netconf, resources, shift
+from vzpkg.ct import conf, disk, layout, net, netconf, resources, shift
 from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
 from vzpkg.ct.lifecycle import is_running, write_guest_setup
@@ -32,6 +32,7 @@ class SetRequest:
     netif_add: Sequence[str] = ()  # ifname[,mac,host_ifname,host_mac,bridge]
     netif_del: Sequence[str] = ()  # ifname, or all
     limits: Mapping[str, str] = field(default_factory=dict)  # PHYSPAGES etc. from --ram etc.
+    disk: Mapping[str, str] = field(default_factory=dict)  # DISKSPACE, DISKINODES
     userpasswd: Sequence[str] = ()  # "user:password"; applied inside the VPS, never saved
     onboot: bool | None = None
     userns: bool | None = None  # move a stopped VPS's files to a block of its own, or back
@@ -47,6 +48,7 @@ class SetRequest:
                 self.netif_add,
                 self.netif_del,
                 self.limits,
+                self.disk,
                 self.onboot is not None,
             )
         )
@@ -65,6 +67,7 @@ class SetRequest:
         return replace(
             self,
             limits=resources.config_values(self.limits) if self.limits else {},
+            disk=disk.config_values(self.disk) if self.disk else {},
             hostname=None if self.hostname is None else checks.hostname(self.hostname),
             nameservers=tuple(checks.nameserver(n) for n in self.nameservers),
             searchdomain=None
@@ -86,7 +89,13 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
             ExitCode.INVALID_ARGUMENT,
             hint="vzctl set CTID --hostname H | --ipadd A | --ipdel A | --netif_add I | "
             "--netif_del I | --nameserver N | --searchdomain D | --userpasswd U:P | "
-            "--onboot yes|no | --userns yes|no [--save]",
+            "--onboot yes|no | --userns yes|no | --ram S | --diskspace S ... [--save]",
+        )
+    if request.disk and not save:
+        raise VzError(
+            "--diskspace and --diskinodes change the VPS's disk: they need --save",
+            ExitCode.INVALID_ARGUMENT,
+            hint=f"vzctl set {ctid} --diskspace SIZE --save",
         )
     notes = []
     if request.userns is not None:
@@ -164,6 +173,12 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                             f"--devices and --devnodes apply at CT {ctid}'s next start"
                             + ("" if save else " (give --save to keep them)")
                         )
+        if request.disk:  # before CTID.conf: a refused change saves nothing
+            values = {k: v for k, v in new.extra.items() if k in disk.KEYS}
+            notes.append(layout.change_disk(
+                host, ctid, private_dir, root_dir, disk.parse(values),
+                inodes_given="DISKINODES" in request.disk, layout=cfg.ve_layout,
+            ))  # fmt: skip
         for entry in request.userpasswd:
             user = entry.partition(":")[0]
             proc = exec_capture(host, ctid, ["chpasswd"], input=(entry + "\n").encode())
@@ -204,7 +219,7 @@ def _changed(
         if request.searchdomain
         else settings.searchdomain,
         onboot=request.onboot if request.onboot is not None else settings.onboot,
-        extra={**settings.extra, **request.limits},
+        extra={**settings.extra, **request.limits, **request.disk},
     )
 
 
