@@ -202,11 +202,19 @@ def _host_runtime_listing() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="session", autouse=True)
 def host_runtime_untouched() -> Iterator[None]:
-    """Fails the run if any test left a CT, config or runc state in the host's own places, or
-    changed the machine's own network (its links, routes, addresses, proxy entries)."""
+    """Fails the run if any test left a CT, config or runc state in the host's own places, a
+    loop device (VPS disks), or changed the machine's own network (its links, routes,
+    addresses, proxy entries)."""
     before = _host_runtime_listing()
     network = netharness.snapshot()
+    loops = _loop_devices()
     yield
     after = _host_runtime_listing()
     assert after == before, f"tests changed the host's runtime places: {before} -> {after}"
     assert netharness.snapshot() == network, "tests changed the machine's own network"
+    assert _loop_devices() == loops, f"tests left loop devices: {_loop_devices() - loops}"
+
+
+def _loop_devices() -> set[str]:
+    proc = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+    return set(proc.stdout.splitlines())
