@@ -1,17 +1,16 @@
-"""A VPS's own disk: its files on an ext4 filesystem in an image file of DISKSPACE's size, so
-that its writes end in ENOSPC at its limit (OpenVZ's ploop, on a stock kernel).
+"""A VPS's own disk: its files on an ext4 filesystem in an image file of its own, loop-mounted
+in its private area, so that its writes end in ENOSPC at DISKSPACE (OpenVZ's ploop, on a stock
+kernel; docs/resources.md).
 
-    --diskspace 10G    DISKSPACE="10G:10G"    the filesystem's size (OpenVZ: soft[:hard])
-    --diskinodes 200000  DISKINODES="200000:200000"  its inodes, fixed when it is made
+    --diskspace 10G      DISKSPACE="10G:10G"          the limit (OpenVZ: soft[:hard])
+    --diskinodes 200000  DISKINODES="200000:200000"   its inodes, fixed when it is made
 
-As with ploop, the first value is the size and the second (kept, at least the first) is not
-enforced apart from it. A plain number is KiB, as OpenVZ's; K, M, G, T suffixes and fractions
-(``2.2G``) are taken. A VPS without DISKSPACE has no disk and no limit, as before.
-
-A private area with a disk (docs/resources.md):
+As with ploop, the first value is the limit and the second is kept (not below the first). A
+plain number is KiB, as OpenVZ's; K, M, G, T suffixes and fractions (``2.2G``) are taken. A VPS
+without DISKSPACE has no disk and no limit, as before.
 
     <private>/root.hdd   the image: a sparse file of root's, mode 0600
-    <private>/fs/        where it is mounted (``mount -o loop,nodev``) while the VPS is
+    <private>/fs/        where it is mounted (``mount -o loop,nodev,discard``) while the VPS is
         root/            plain: the VPS's root
         upper/ work/     overlay: its upper layer (the template tree stays shared, not counted)
         lost+found/      e2fsck's, never shown to the VPS
@@ -19,8 +18,12 @@ A private area with a disk (docs/resources.md):
 The mark ``trusted.vzpkg.disk`` on the private area, which only host root can set, says it has
 a disk: a plain VPS without one cannot make its own ``root.hdd`` count. The VPS never sees the
 image, only files in it, so the filesystem's metadata is the kernel's work, never the VPS's.
-The loop device goes with the mount (autoclear). Growing works mounted (online resize2fs);
-shrinking needs the disk unmounted (e2fsck, resize2fs, then the file is cut).
+
+The image is made with room to grow (``ceiling``), and the limit is ext4's reserve
+(``reserved_clusters`` in sysfs): blocks nobody may take, host root and an overlay's mounter
+included. It is the kernel's only, set at each mount from CTID.conf, and moves both ways at once
+on a mounted disk. Past the image's size the filesystem is resized (``resize``). The loop device
+goes with the mount (autoclear).
 """
 
 from __future__ import annotations
