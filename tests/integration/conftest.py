@@ -201,20 +201,23 @@ def _host_runtime_listing() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def host_runtime_untouched() -> Iterator[None]:
+def host_runtime_untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fails the run if any test left a CT, config or runc state in the host's own places, a
     loop device (VPS disks), or changed the machine's own network (its links, routes,
     addresses, proxy entries)."""
     before = _host_runtime_listing()
     network = netharness.snapshot()
-    loops = _loop_devices()
+    base = str(tmp_path_factory.getbasetemp())
+    loops = _loop_devices(base)
     yield
     after = _host_runtime_listing()
     assert after == before, f"tests changed the host's runtime places: {before} -> {after}"
     assert netharness.snapshot() == network, "tests changed the machine's own network"
-    assert _loop_devices() == loops, f"tests left loop devices: {_loop_devices() - loops}"
+    left = _loop_devices(base) - loops
+    assert not left, f"tests left loop devices: {left}"
 
 
-def _loop_devices() -> set[str]:
+def _loop_devices(base: str) -> set[str]:
+    """Loop devices backed by the tests' files (VPS disks)."""
     proc = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
-    return set(proc.stdout.splitlines())
+    return {line for line in proc.stdout.splitlines() if base in line}

@@ -109,6 +109,17 @@ def test_the_host_looks_pure_v2_to_runc_and_to_the_vps(steps: Steps) -> None:
     assert steps.ok("inside").splitlines()[-1] == "cgroup2"
 
 
+def test_limits_start_only_where_the_hierarchy_offers_their_controllers(steps: Steps) -> None:
+    offered = set(steps.ok("root-controllers").split())
+    rc, _, err = steps("limited")
+    if {"memory", "pids"} <= offered:
+        assert rc == 0, err
+    else:  # a hybrid host's v2 hierarchy: v1 holds them
+        assert rc == 10, err
+        assert "cannot be applied" in err and "controller" in err and "Traceback" not in err
+    steps.ok("unlimit")
+
+
 def test_runc_makes_one_cgroup_where_vzpkg_looks(steps: Steps, group: str) -> None:
     state = json.loads(steps.ok("state"))
     assert state["cgroup_paths"] == {"": group}

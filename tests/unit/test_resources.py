@@ -111,3 +111,24 @@ def test_beancounters_from_recorded_cgroup_files(tmp_path: Path) -> None:
     v2 = usage.counters({"": str(tmp_path / "v2")})
     assert v2["numproc"].limit == usage.LONG_MAX and v2["physpages"].failcnt == 4
     assert v2["oomguarpages"].failcnt == 1
+
+
+def test_a_v2_host_without_a_controller_refuses_the_limits_that_need_it(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("hugetlb\n")  # as unified/ on a hybrid host
+    for values, key in (
+        ({"PHYSPAGES": "0:1G"}, "PHYSPAGES"),
+        ({"NUMPROC": "64"}, "NUMPROC"),
+        ({"CPULIMIT": "50"}, "CPULIMIT"),
+        ({"CPUUNITS": "2000"}, "CPUUNITS"),
+        ({"CPUMASK": "0"}, "CPUMASK"),
+    ):
+        with pytest.raises(VzError) as caught:
+            resources.check_host(101, resources.parse(values), str(tmp_path))
+        assert caught.value.code == ExitCode.CONFIG and key in caught.value.message
+        assert "offers no" in caught.value.message
+    # The default weight needs no controller; nothing at all needs none.
+    resources.check_host(101, resources.parse({"CPUUNITS": "1000"}), str(tmp_path))
+    resources.check_host(101, resources.Limits(), str(tmp_path))
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma\n")
+    everything = {"PHYSPAGES": "0:1G", "NUMPROC": "64", "CPULIMIT": "50", "CPUMASK": "0"}
+    resources.check_host(101, resources.parse(everything), str(tmp_path))

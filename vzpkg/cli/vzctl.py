@@ -98,8 +98,11 @@ def create(
         disk_options=_disk_options(diskspace, diskinodes),
     )
     ids = "privileged" if cfg.userns is None else f"host ids from {cfg.userns[0]}"
+    space = cfg.extra.get("DISKSPACE", "").partition(":")[0]
+    on_disk = f", a disk of {space}" if space and space != "unlimited" else ""
     _say(
-        f"Container {number} created from {cfg.ostemplate} ({cfg.ve_layout} layout, {ids})",
+        f"Container {number} created from {cfg.ostemplate} ({cfg.ve_layout} layout, {ids}"
+        f"{on_disk})",
         _quiet(),
     )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +163,8 @@ class Limits:
 
     @property
     def cpu_shares(self) -> int | None:
-        if self.cpuunits is None:
+        """cpu.shares; None for no CPUUNITS or the default weight, which needs no setting."""
+        if self.cpuunits is None or self.cpuunits == CPUUNITS_DEFAULT:
             return None
         return max(2, min(262144, self.cpuunits * 1024 // CPUUNITS_DEFAULT))
 
@@ -296,9 +297,34 @@ def update_args(limits: Limits) -> list[str]:
     return args
 
 
+# The cgroup v2 controller each limit needs, and the keys that set it.
+_CONTROLLERS: tuple[tuple[str, Callable[[Limits], object], str], ...] = (
+    ("memory", lambda limits: limits.ram, "PHYSPAGES/SWAPPAGES"),
+    ("pids", lambda limits: limits.numproc, "NUMPROC"),
+    ("cpu", lambda limits: limits.cpu_shares or limits.cpu_quota, "CPUUNITS/CPULIMIT/CPUS"),
+    ("cpuset", lambda limits: limits.cpumask, "CPUMASK"),
+)
+
+
 def check_host(ctid: int, limits: Limits, cgroup_root: str = "/sys/fs/cgroup") -> None:
     """What this host cannot apply, named before anything starts (exit 10): swap limits
-    without swap accounting, CPUs that do not exist."""
+    without swap accounting, on a pure cgroup v2 host a controller it does not offer (a v1
+    hierarchy may hold it), CPUs that do not exist."""
+    offered = os.path.join(cgroup_root, "cgroup.controllers")  # only a pure v2 host has it
+    if os.path.exists(offered):
+        with open(offered) as f:
+            controllers = set(f.read().split())
+        for controller, wanted, keys in _CONTROLLERS:
+            if controller not in controllers and wanted(limits):
+                raise VzError(
+                    f"CT {ctid}: {keys} cannot be applied: this host's cgroup v2 hierarchy "
+                    f"offers no {controller} controller (it offers: "
+                    f"{' '.join(sorted(controllers)) or 'none'})",
+                    ExitCode.CONFIG,
+                    hint=f"free the {controller} controller from cgroup v1 (boot with "
+                    "systemd.unified_cgroup_hierarchy=1), or remove "
+                    f"{keys.replace('/', ', ')} from CT {ctid}'s config",
+                )
     if limits.ram is not None:
         v1 = os.path.join(cgroup_root, "memory")
         if os.path.isdir(v1) and not os.path.exists(
