@@ -100,6 +100,8 @@ def test_writes_past_diskspace_fail_inside_and_a_live_raise_lets_them_through(
     assert disk["soft"] == disk["hard"] == 200 * 1024 and disk["held"] * 1024 >= written
     table = host.run("vzlist", "-H", "-o", "ctid,diskspace,diskspace.s,diskspace.h", ctid)
     assert table.stdout.split() == [ctid, str(disk["held"]), "204800", "204800"]
+    use = json.loads(vzctl(host, "status", ctid, "--json").stdout)["disk"]
+    assert use["limit"] == 200 * M and use["used"] >= written and use["inodes_used"] > 0
     # Raised on the running VPS: the next write goes through.
     vzctl(host, "set", ctid, "--diskspace", "300M", "--save")
     sh(host, ctid, "dd if=/dev/zero of=/more bs=1M count=80 2>&1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from vzpkg.cli.common import debug_option, edge, json_option, print_json, setup
 from vzpkg.ct.ids import parse_ctid
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
+
+if TYPE_CHECKING:
+    from vzpkg.ct.status import Status
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -159,6 +163,7 @@ def status(ctid: str, as_json: bool) -> None:
                 "destroying": st.destroying,
                 "userns": st.config is not None and not st.privileged,
                 **_use_of(host, st.ctid, st.running),
+                "disk": _disk_of(host, st),
             }
         )
     else:
@@ -177,6 +182,20 @@ def _use_of(host: HostConfig, ctid: int, running: bool) -> dict[str, int | None]
         "tasks": counters["numproc"]["held"],
         "memory": None if pages is None else pages * 4096,
     }
+
+
+def _disk_of(host: HostConfig, st: Status) -> dict[str, int] | None:
+    """A mounted disk's use and limit, in bytes and inodes; None without one."""
+    from vzpkg.ct import disk
+    from vzpkg.ct.common import ct_paths
+
+    if st.config is None or not st.mounted:
+        return None
+    use = disk.usage(ct_paths(host, st.ctid, st.config)[0])
+    if use is None:
+        return None
+    return {"used": use.used, "limit": use.size, "inodes_used": use.inodes_used,
+            "inodes": use.inodes}  # fmt: skip
 
 
 @main.command(context_settings=CONTEXT)
