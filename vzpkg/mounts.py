@@ -128,3 +128,16 @@ def mounts_under(path: Path) -> list[str]:
     top = os.path.realpath(path)
     points = [e.mount_point for e in read_mountinfo() if _is_at_or_below(e.mount_point, top)]
     return sorted(points, key=len, reverse=True)
+
+
+def unmount(point: Path, hint: str | None = None) -> None:
+    """Unmount everything stacked on ``point`` (nothing to do if nothing is); VzError (exit
+    51) when umount fails or something stays."""
+    from vzpkg import run  # run imports nothing of this module's users; kept lazy all the same
+    from vzpkg.errors import ExitCode, VzError
+
+    for _ in range(16):
+        if not is_mounted(point):
+            return
+        run.run(["umount", str(point)], error_code=ExitCode.UMOUNT_FAILED, error_hint=hint)
+    raise VzError(f"{point} is still mounted", ExitCode.UMOUNT_FAILED, hint=f"umount {point}")

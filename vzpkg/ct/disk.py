@@ -40,7 +40,7 @@ from pathlib import Path
 from vzpkg import checks, run
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import mkdir_mode
-from vzpkg.mounts import is_mounted, mount_of
+from vzpkg.mounts import is_mounted, mount_of, unmount
 
 IMAGE = "root.hdd"
 MOUNT_DIR = "fs"
@@ -258,15 +258,7 @@ def detach(private: Path) -> None:
     """Unmount the disk of ``private`` (its loop device goes with it); nothing to do if it is
     not mounted."""
     point = private / MOUNT_DIR
-    for _ in range(16):
-        if not is_mounted(point):
-            return
-        run.run(
-            ["umount", str(point)],
-            error_code=ExitCode.UMOUNT_FAILED,
-            error_hint=f"something still uses the VPS's disk: fuser -vm {point}",
-        )
-    raise VzError(f"{point} is still mounted", ExitCode.UMOUNT_FAILED, hint=f"umount {point}")
+    unmount(point, f"something still uses the VPS's disk: fuser -vm {point}")
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from vzpkg.fsutil import (
 )
 from vzpkg.hostconf import HostConfig
 from vzpkg.mounts import is_mounted as is_mounted  # callers ask the layout
-from vzpkg.mounts import mounts_using
+from vzpkg.mounts import mounts_using, unmount
 from vzpkg.syscalls import syncfs
 
 log = logging.getLogger("vzpkg")
@@ -649,10 +649,7 @@ def staging_path(host: HostConfig, ctid: int) -> Path:
 
 def release_staging(staging: Path) -> None:
     """Unmount and remove a VPS's idmapped view of its tree (nothing to do if there is none)."""
-    for _ in range(16):
-        if not is_mounted(staging):
-            break
-        run.run(["umount", str(staging)], error_code=ExitCode.UMOUNT_FAILED)
+    unmount(staging)
     with contextlib.suppress(FileNotFoundError, OSError):
         staging.rmdir()
 

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from vzpkg import cgroups, interrupts
 from vzpkg.ct import (
@@ -52,6 +53,7 @@ from vzpkg.guard import Guardian
 from vzpkg.hostconf import HostConfig
 
 log = logging.getLogger("vzpkg")
+T = TypeVar("T")
 
 
 def mount(host: HostConfig, ctid: int) -> None:
@@ -71,14 +73,7 @@ def _check_mountable(host: HostConfig, ctid: int, private: Path, cfg: conf.CtCon
         raise layout.missing_private(ctid, private)
     shift.refuse_if_in_progress(host, ctid)
     values = {k: v for k, v in cfg.extra.items() if k in disk.KEYS}
-    try:
-        want = disk.parse(values)
-    except VzError as e:
-        raise VzError(
-            f"CT {ctid}: {e.message}",
-            ExitCode.CONFIG,
-            hint=f"set it again: vzctl set {ctid} --diskspace SIZE --save",
-        ) from None
+    want = _saved(ctid, disk.parse, values, "--diskspace SIZE")
     if want.space is not None and not disk.has_disk(private):
         raise VzError(
             f"CT {ctid}: DISKSPACE={values['DISKSPACE']} cannot be applied: its files are not "
@@ -228,16 +223,21 @@ def limits_of(ctid: int, cfg: conf.CtConfig) -> resources.Limits:
     values = {k: v for k, v in cfg.extra.items() if k in resources.KEYS}
     if not values:
         return resources.Limits()
+    limits = _saved(ctid, resources.parse, values, "--ram/--numproc/... VALUE")
+    resources.check_host(ctid, limits)
+    return limits
+
+
+def _saved(ctid: int, parse: Callable[[dict[str, str]], T], values: dict[str, str], how: str) -> T:
+    """``parse`` of values saved in CTID.conf; a bad one refuses (exit 10) naming it."""
     try:
-        limits = resources.parse(values)
+        return parse(values)
     except VzError as e:
         raise VzError(
             f"CT {ctid}: {e.message}",
             ExitCode.CONFIG,
-            hint=f"set it again: vzctl set {ctid} --ram/--numproc/... VALUE --save",
+            hint=f"set it again: vzctl set {ctid} {how} --save",
         ) from None
-    resources.check_host(ctid, limits)
-    return limits
 
 
 def is_running(host: HostConfig) -> Callable[[int], bool]:

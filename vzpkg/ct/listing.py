@@ -57,43 +57,32 @@ def _disk(resource: str, key: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda r: _dash((r.get("disk") or {}).get(resource, {}).get(key))
 
 
+def _family(
+    names: Sequence[str],
+    suffixes: Sequence[tuple[str, str]],
+    get: Callable[[str, str], Callable[[Mapping[str, Any]], Any]],
+) -> dict[str, Field]:
+    """Fields NAME and NAME.SUFFIX for each name, 12 wide, numbers."""
+    return {
+        f"{name}{suffix}": Field(
+            f"{name}{suffix}", f"{name.upper()}{suffix.upper()}", 12, True, get(name, key)
+        )
+        for name in names
+        for suffix, key in suffixes
+    }
+
+
 # OpenVZ's beancounter fields: NAME (held), NAME.m (maxheld), .b (barrier), .l (limit), .f
-# (failcnt); memory in 4 KiB pages. A stopped VPS has none ("-").
+# (failcnt); memory in 4 KiB pages. A stopped VPS has none ("-"). Its disk fields: diskspace
+# (KiB in use, while mounted), .s (soft limit), .h (hard limit); diskinodes in inodes.
 FIELDS = {
     **FIELDS,
-    **{
-        f"{resource}{suffix}": Field(
-            f"{resource}{suffix}",
-            f"{resource.upper()}{suffix.upper()}",
-            12,
-            True,
-            _counter(resource, key),
-        )
-        for resource in ("numproc", "physpages", "swappages", "oomguarpages")
-        for suffix, key in (
-            ("", "held"),
-            (".m", "maxheld"),
-            (".b", "barrier"),
-            (".l", "limit"),
-            (".f", "failcnt"),
-        )
-    },
-}
-# OpenVZ's disk fields: diskspace (KiB in use, while mounted), .s (soft limit), .h (hard limit);
-# diskinodes the same in inodes.
-FIELDS = {
-    **FIELDS,
-    **{
-        f"{resource}{suffix}": Field(
-            f"{resource}{suffix}",
-            f"{resource.upper()}{suffix.upper()}",
-            12,
-            True,
-            _disk(resource, key),
-        )
-        for resource in ("diskspace", "diskinodes")
-        for suffix, key in (("", "held"), (".s", "soft"), (".h", "hard"))
-    },
+    **_family(
+        ("numproc", "physpages", "swappages", "oomguarpages"),
+        (("", "held"), (".m", "maxheld"), (".b", "barrier"), (".l", "limit"), (".f", "failcnt")),
+        _counter,
+    ),
+    **_family(("diskspace", "diskinodes"), (("", "held"), (".s", "soft"), (".h", "hard")), _disk),
 }
 ALIASES = {"veid": "ctid", "vpsid": "ctid", "ip_addr": "ip"}
 DEFAULT_FIELDS = ("ctid", "nproc", "status", "ip", "hostname")
