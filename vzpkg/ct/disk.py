@@ -51,7 +51,8 @@ MIN_SIZE = 32 << 20  # ext4 with a journal, and room for a little more than its 
 MAX_SIZE = 1 << 50
 BLOCK = 4096
 MOUNT_OPTIONS = "loop,nodev,discard,errors=remount-ro"
-_AMOUNT = re.compile(r"([0-9]{1,19})(\.[0-9]{1,6})?([KMGTP]?)", re.IGNORECASE)
+# ASCII: under IGNORECASE alone "k" also matches the Kelvin sign, which no suffix is.
+_AMOUNT = re.compile(r"([0-9]{1,19})(\.[0-9]{1,6})?([KMGTP]?)", re.IGNORECASE | re.ASCII)
 _SHIFT = {"": 10, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}  # no suffix: KiB, as OpenVZ
 
 
