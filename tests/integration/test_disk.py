@@ -222,3 +222,42 @@ def test_the_vps_cannot_lift_its_limit_and_no_loop_outlives_it(
     assert len(loops_of(private)) == 1
     vzctl(host, "destroy", ctid)
     assert loops_of(private) == [] and not private.exists() and mounts_in(private) == []
+
+
+def test_a_vps_whose_disk_is_full_still_stops_and_starts(host: VzHost, cts: list[str]) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--layout", "plain",
+          "--diskspace", "400M")  # fmt: skip
+    vzctl(host, "start", ctid)
+    sh(host, ctid, "dd if=/dev/zero of=/full bs=1M count=1000 2>/dev/null", code=1)
+    assert sh(host, ctid, "df -k / | tail -1").stdout.split()[3] == "0"
+    vzctl(host, "stop", ctid)
+    # vzctl's own writes at start (its guest settings) go through; the limit holds again after.
+    vzctl(host, "start", ctid)
+    sh(host, ctid, "dd if=/dev/zero of=/more bs=4k count=1 2>/dev/null", code=1)
+    assert sh(host, ctid, "df -k / | tail -1").stdout.split()[3] == "0"
+    vzctl(host, "stop", ctid)
+    vzctl(host, "mount", ctid)  # mounted first, then started: the same
+    vzctl(host, "start", ctid)
+    sh(host, ctid, "dd if=/dev/zero of=/more bs=4k count=1 2>/dev/null", code=1)
+
+
+def test_a_move_onto_a_disk_cut_short_is_destroyed_whole(host: VzHost, cts: list[str]) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--layout", "plain")
+    private = host.base / "private" / ctid
+    tmp = host.base / "private" / f"{ctid}.tmp"
+    with (private / "big").open("wb") as f:  # time for cp -a to be caught
+        for _ in range(1024):
+            f.write(b"\1" * M)
+    proc = host.popen("vzctl", "set", ctid, "--diskspace", "3G", "--save")
+    deadline = time.monotonic() + 60
+    while not mounts_in(tmp / "fs") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.kill()  # vzctl dies mid-copy; its new disk stays mounted in <private>.tmp
+    proc.wait()
+    assert mounts_in(tmp / "fs") and loops_of(tmp)
+    vzctl(host, "destroy", ctid)
+    assert mounts_in(tmp) == [] and loops_of(tmp) == []
+    assert not tmp.exists() and not private.exists()

@@ -309,6 +309,23 @@ def limit(point: Path, space: int | None) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def lifted(private: Path, space: int | None) -> Iterator[None]:
+    """The limit of the mounted disk of ``private`` lifted for the block, ``space`` again
+    after: for vzctl's own few writes into a VPS that is not running yet (its guest settings
+    at start), which a full disk must not refuse, or the VPS could never start again. Nothing
+    to do without a mounted disk."""
+    point = private / MOUNT_DIR
+    if not has_disk(private) or not is_mounted(point):
+        yield
+        return
+    limit(point, None)
+    try:
+        yield
+    finally:
+        limit(point, space)
+
+
 def room(point: Path) -> int:
     """The most a limit on the disk mounted at ``point`` can be without resizing it."""
     st = os.statvfs(point)

@@ -525,6 +525,10 @@ def destroy_private(
     for path in (private, doomed):  # a disk left mounted (a crash): ours to unmount
         if disk.has_disk(path) and is_own_private(host, number, path, as_named=private):
             disk.detach(path)
+    # A move onto a disk cut short before its swap leaves the new disk mounted in ``tmp``,
+    # marked as a disk but not yet stamped: ours too (unless it is stamped as another CT's).
+    if disk.has_disk(tmp) and places.stamp_of(tmp) in (None, number):
+        disk.detach(tmp)
     for path in (private, doomed, tmp):
         if os.path.islink(path):
             raise VzError(

@@ -117,14 +117,18 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
         if cfg.userns is not None:
             places.check_traversable(ctid, host.run_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
-            return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return)
+            return _start_mounted(
+                host, ctid, cfg, root_dir, point_of_no_return, private_dir, space
+            )
         # A start that does not get to run init unmounts again, even after kill -9.
         with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
             layout.mount_root(
                 host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
                 disk_space=space,
             )  # fmt: skip
-            return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return)
+            return _start_mounted(
+                host, ctid, cfg, root_dir, point_of_no_return, private_dir, space
+            )
 
 
 def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
@@ -144,6 +148,8 @@ def _start_mounted(
     cfg: conf.CtConfig,
     root_dir: Path,
     point_of_no_return: Callable[[], None],
+    private_dir: Path,
+    space: int | None,
 ) -> InitKind:
     if cfg.userns is None:
         log.warning(
@@ -169,7 +175,10 @@ def _start_mounted(
     bundle = bundle_dir(host, ctid)
     bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
     rendered = RenderCache(render_cache_path(host, ctid))
-    write_guest_setup(ctid, root_dir, cfg, init, rendered)
+    # Not running yet: its guest settings are written even when its disk is full (else a VPS
+    # that fills its disk could never start again), its limit set again right after.
+    with disk.lifted(private_dir, space):
+        write_guest_setup(ctid, root_dir, cfg, init, rendered)
     rendered.save()
     ids = cfg.userns
     limits = limits_of(ctid, cfg)
