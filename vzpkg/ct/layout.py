@@ -432,6 +432,8 @@ def change_disk(
             "grow with --diskspace)",
         )
     point = private / disk.MOUNT_DIR
+    if disk.is_attached(private) and not is_mounted(root):
+        disk.detach(private)  # left by a crash: the VPS itself is not mounted
     running = disk.is_attached(private)
     if want.space is not None and not running:
         with disk.attached(private) as mounted:
