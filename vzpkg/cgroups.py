@@ -130,3 +130,18 @@ def delegate(path: str, uid: int, gid: int) -> None:
     for name in DELEGATED_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.chown(os.path.join(path, name), uid, gid)
+
+
+def device_rules(devices_dir: str) -> list[str]:
+    """A v1 devices cgroup's rules as it lists them: ``c 1:3 rwm``, ``c 136:* rwm``."""
+    with open(os.path.join(devices_dir, "devices.list")) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def change_device_rules(devices_dir: str, deny: list[str], allow: list[str]) -> None:
+    """Write ``deny`` rules, then ``allow`` ones, to a v1 devices cgroup (one rule a write, as
+    the kernel takes them)."""
+    for name, rules in (("devices.deny", deny), ("devices.allow", allow)):
+        for rule in rules:
+            with open(os.path.join(devices_dir, name), "w") as f:
+                f.write(rule)

@@ -60,6 +60,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
+MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
@@ -125,18 +126,23 @@ def mount_setattr(fd: int, attr: MountAttr, flags: int = AT_EMPTY_PATH, path: st
     )
 
 
-def move_mount(fd: int, target: str | os.PathLike[str]) -> None:
-    """move_mount(2) of the detached mount ``fd`` onto ``target``."""
+def move_mount(fd: int, target: str | os.PathLike[str] | int) -> None:
+    """move_mount(2) of the detached mount ``fd`` onto ``target``: a path, or an fd (O_PATH
+    is enough) of exactly the file or directory to mount on."""
+    if isinstance(target, int):
+        to_fd, to_path, flags = target, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+    else:
+        to_fd, to_path, flags = AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH
     _check(
         _libc().syscall(
             ctypes.c_long(SYS_MOVE_MOUNT),
             ctypes.c_int(fd),
             b"",
-            ctypes.c_int(AT_FDCWD),
-            os.fsencode(target),
-            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+            ctypes.c_int(to_fd),
+            to_path,
+            ctypes.c_uint(flags),
         ),
-        target,
+        None if isinstance(target, int) else target,
     )
 
 

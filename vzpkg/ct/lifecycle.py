@@ -23,6 +23,7 @@ from typing import TypeVar
 from vzpkg import cgroups, interrupts
 from vzpkg.ct import (
     conf,
+    devices,
     disk,
     idmap,
     layout,
@@ -117,18 +118,14 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
         if cfg.userns is not None:
             places.check_traversable(ctid, host.run_dir, ExitCode.MOUNT_FAILED)
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
-            return _start_mounted(
-                host, ctid, cfg, root_dir, point_of_no_return, private_dir, space
-            )
+            return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return, private_dir, space)
         # A start that does not get to run init unmounts again, even after kill -9.
         with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
             layout.mount_root(
                 host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
                 disk_space=space,
             )  # fmt: skip
-            return _start_mounted(
-                host, ctid, cfg, root_dir, point_of_no_return, private_dir, space
-            )
+            return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return, private_dir, space)
 
 
 def _undo_start(host: HostConfig, ctid: int, root: Path, private: Path) -> None:
@@ -196,6 +193,7 @@ def _start_mounted(
         nodes=resources.device_nodes(limits),
     )
     write_bundle(bundle, oci.build_config(spec))
+    devices.record(bundle, limits.devices)
     want = net.wanted(cfg.ip_address, netconf.parse_netifs(cfg.netif or "", ctid))
     # One network change of this host's VPSs at a time: the address checks and what they
     # allow happen under one lock, so two VPSs never both take an address.

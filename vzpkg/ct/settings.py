@@ -11,9 +11,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from vzpkg import checks, run
-from vzpkg.ct import conf, disk, layout, net, netconf, resources, shift
-from vzpkg.ct.common import opened_ct, runc_of
+from vzpkg.ct import (
+    conf,
+    devices,
+    disk,
+    layout,
+    net,
+    netconf,
+    resources,
+    runcargv,
+    runcstate,
+    shift,
+)
+from vzpkg.ct.common import bundle_dir, opened_ct, runc_of
 from vzpkg.ct.guest import detect_init
+from vzpkg.ct.ids import container_id
 from vzpkg.ct.lifecycle import is_running, write_guest_setup
 from vzpkg.ct.status import exec_capture
 from vzpkg.errors import ExitCode, VzError
@@ -167,12 +179,12 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                     set_kernel_hostname(ctid, state.pid, request.hostname)
                 if request.limits:  # the VPS's limits as they now are, all of them
                     values = {k: v for k, v in live.extra.items() if k in resources.KEYS}
-                    runc_of(host).update(ctid, resources.update_args(resources.parse(values)))
+                    limits = resources.parse(values)
+                    runc_of(host).update(ctid, resources.update_args(limits))
                     if {"DEVICES", "DEVNODES"} & set(request.limits):
-                        notes.append(
-                            f"--devices and --devnodes apply at CT {ctid}'s next start"
-                            + ("" if save else " (give --save to keep them)")
-                        )
+                        note = _change_devices(host, ctid, state.pid, cfg, limits.devices)
+                        if note:
+                            notes.append(note + ("" if save else " (give --save to keep them)"))
         if request.disk:  # before CTID.conf: a refused change saves nothing
             values = {k: v for k, v in new.extra.items() if k in disk.KEYS}
             notes.append(layout.change_disk(
@@ -197,6 +209,23 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
         elif request.onboot is not None:
             notes.append("--onboot is a saved setting only: give --save to change it")
     return notes
+
+
+def _change_devices(
+    host: HostConfig, ctid: int, pid: int, cfg: conf.CtConfig, after: tuple[resources.Device, ...]
+) -> str | None:
+    """Grant the running VPS ``after`` instead of what it has; a note when that waits for its
+    next start (cgroup v2)."""
+    bundle = bundle_dir(host, ctid)
+    before = devices.recorded(bundle)
+    if before is None:  # started by an older vzctl: what its config said
+        saved = {k: v for k, v in cfg.extra.items() if k in ("DEVICES", "DEVNODES")}
+        before = resources.parse(saved).devices
+    paths = runcstate.cgroup_paths(runcargv.state_root(host.run_dir), container_id(ctid))
+    note = devices.change(ctid, paths, pid, before, after)
+    if note is None:
+        devices.record(bundle, after)
+    return note
 
 
 def _changed(
