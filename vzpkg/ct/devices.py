@@ -11,7 +11,6 @@ at the next start, and vzctl says so.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 from vzpkg import cgroups, syscalls
 from vzpkg.ct.resources import Device
 from vzpkg.errors import ExitCode, VzError
-from vzpkg.fsutil import atomic_write
+from vzpkg.fsutil import atomic_write, open_dir_beneath
 
 log = logging.getLogger("vzpkg")
 
@@ -155,31 +154,11 @@ def _in_vps(init_pid: int, action: Callable[[], None]) -> None:
         )
 
 
-def _open_dir(parts: Sequence[str], create: bool) -> int:
-    """An fd of /dev/PARTS... in this mount namespace, no symlink followed (made 0755 with
-    ``create``)."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fd)
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)  # fmt: skip
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _bind_onto(source: int, device: Device) -> None:
     """Bind the host's node ``source`` (a detached mount) onto a new file ``device.path``."""
     assert device.path is not None
     parts = device.path.strip("/").split("/")
-    directory = _open_dir(parts[:-1], create=True)
-    try:
+    with open_dir_beneath(Path("/"), "/".join(parts[:-1]), create=True) as directory:
         try:
             st = os.stat(parts[-1], dir_fd=directory, follow_symlinks=False)
         except FileNotFoundError:
@@ -196,8 +175,6 @@ def _bind_onto(source: int, device: Device) -> None:
             syscalls.move_mount(source, target)
         finally:
             os.close(target)
-    finally:
-        os.close(directory)
 
 
 def _remove_node(device: Device) -> None:
@@ -205,18 +182,13 @@ def _remove_node(device: Device) -> None:
     assert device.path is not None
     parts = device.path.strip("/").split("/")
     try:
-        directory = _open_dir(parts[:-1], create=False)
-    except FileNotFoundError:
-        return
-    try:
-        os.fchdir(directory)  # umount2 of a name here: the last component is not followed
-        try:
-            syscalls.umount(parts[-1], MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
-        except OSError as e:
-            if e.errno != errno.EINVAL:  # not a mount point
-                raise
-        os.unlink(parts[-1], dir_fd=directory)
+        with open_dir_beneath(Path("/"), "/".join(parts[:-1])) as directory:
+            os.fchdir(directory)  # umount2 of a name here: the last component is not followed
+            try:
+                syscalls.umount(parts[-1], MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # not a mount point
+                    raise
+            os.unlink(parts[-1], dir_fd=directory)
     except FileNotFoundError:
         pass
-    finally:
-        os.close(directory)
