@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     TOOL_MISSING = 11  # a required host program is not installed
     PERMISSION = 12  # must be run as root
     CT_CONFIG_MISSING = 14
+    CT_NOT_FOUND = 16  # vzpkg (vztt's code): the VPS does not exist
     INVALID_ARGUMENT = 20
     INVALID_VALUE = 21
     NOT_RUNNING = 31

@@ -188,8 +188,11 @@ def read_file_beneath(root: Path, rel: str, limit: int = GUEST_FILE_MAX) -> byte
     with open_dir_beneath(root, parent) as dfd:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, f"{rel} is not a regular file")
+            if st.st_size > limit:  # refused before a byte is read (it may grow meanwhile)
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(root / rel))
             chunks = []
             size = 0
             while chunk := os.read(fd, 1 << 16):

@@ -58,6 +58,9 @@ def edge(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             except (KeyboardInterrupt, Terminated):
                 say(f"{prog}: interrupted")
                 sys.exit(int(ExitCode.INTERRUPTED))
+            except BrokenPipeError:  # the reader went (vzpkgls CTID | head): nothing to say
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(int(ExitCode.FAILURE))
             except OSError as e:
                 _debug_traceback()
                 fail(os_error(e), prog)

@@ -59,3 +59,7 @@ def vzosname() -> None:
 
 def vzubc() -> None:
     _run("vzpkg.cli.vzubc", "vzubc")
+
+
+def vzpkg() -> None:
+    _run("vzpkg.cli.packages", "vzpkg")

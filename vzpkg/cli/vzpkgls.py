@@ -45,15 +45,22 @@ def describe(t: Template, info: CachedInfo | None) -> dict[str, Any]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("ctid", required=False)
 @click.option("-c", "--cached", is_flag=True, help="Only templates that have a cache.")
 @click.option("-l", "--long", "long_", is_flag=True, help="Columns: cache date and size.")
 @click.option("--arch", help="Only templates of this arch.")
 @json_option
 @debug_option
 @edge("vzpkgls")
-def main(cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool) -> None:
-    """List the templates that the metadata describes, one per line."""
+def main(
+    ctid: str | None, cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool
+) -> None:
+    """List the templates that the metadata describes, one per line; with CTID, the packages
+    installed in that VPS (NAME VERSION ARCH)."""
     setup(debug)
+    if ctid is not None:
+        list_installed(ctid, as_json)
+        return
     host, catalog = host_and_catalog()
     store = CacheStore(host.cache_dir)
     rows = []
@@ -84,3 +91,23 @@ def main(cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool
         else:
             when, size = "-", "-"
         click.echo(f"{row['name']:<{width}}  {when:<16}  {size:>9}  {row['summary']}")
+
+
+def list_installed(ctid: str, as_json: bool, *, names_only: bool = False) -> None:
+    """The packages installed in VPS ``ctid``, read on the host from its package database."""
+    from vzpkg.cli.common import require_root
+    from vzpkg.ct.ids import parse_ctid
+    from vzpkg.ct.lifecycle import root_for_reading
+    from vzpkg.hostconf import load_host_config
+    from vzpkg.pkgmgr.installed import installed
+
+    require_root("vzpkgls")
+    number = parse_ctid(ctid)
+    with root_for_reading(load_host_config(), number) as root:
+        family, packages = installed(root)
+    if as_json:
+        print_json({"ctid": number, "family": family,
+                    "packages": [p.as_dict() for p in packages]})  # fmt: skip
+        return
+    for p in packages:
+        click.echo(p.name if names_only else f"{p.name} {p.version} {p.arch}")

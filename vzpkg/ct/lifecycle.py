@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -66,6 +66,25 @@ def mount(host: HostConfig, ctid: int) -> None:
             host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
             disk_space=space,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def root_for_reading(host: HostConfig, ctid: int) -> Iterator[Path]:
+    """The CT's root for the host to read its files (vzpkgls CTID): as it is mounted, or
+    mounted for the block and unmounted after; under the CT's lock."""
+    with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
+        if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
+            yield root_dir
+            return
+        space = _check_mountable(host, ctid, private_dir, cfg)
+        layout.mount_root(
+            host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
+            disk_space=space,
+        )  # fmt: skip
+        try:
+            yield root_dir
+        finally:
+            layout.umount_ct(host, ctid, root_dir, private_dir)
 
 
 def _check_mountable(host: HostConfig, ctid: int, private: Path, cfg: conf.CtConfig) -> int | None:

@@ -1,0 +1,152 @@
+"""What is installed in a VPS, read on the host from its package database: dpkg's status file
+or rpm's sqlite database. Nothing of the VPS runs, and no host tool reads its files either:
+both are parsed here, as hostile input (a VPS's root writes them), read without following a
+symlink and within a size limit, the rpm database from a copy in memory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.fsutil import read_file_beneath
+
+DPKG_STATUS = "var/lib/dpkg/status"
+RPMDBS = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
+LIMIT = 256 << 20  # a package database larger than this is not read
+# rpm header tags and types (rpmtag.h)
+_NAME, _VERSION, _RELEASE, _EPOCH, _ARCH = 1000, 1001, 1002, 1003, 1022
+_INT32, _STRING = 4, 6
+_MAX_ENTRIES = 65536
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str  # [epoch:]version[-release], as the package manager shows it
+    arch: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "arch": self.arch}
+
+
+def installed(root: Path) -> tuple[str, list[Package]]:
+    """(``deb`` or ``rpm``, the packages installed in the VPS whose root is ``root``), sorted
+    by name. VzError when it has no package database, or one that cannot be read."""
+    try:
+        data = _read(root, DPKG_STATUS)
+        return "deb", sorted(parse_dpkg_status(data), key=lambda p: (p.name, p.arch))
+    except FileNotFoundError:
+        pass
+    for rel in RPMDBS:
+        try:
+            data = _read(root, rel)
+        except FileNotFoundError:
+            continue
+        try:  # what rpm has not yet moved from its write-ahead log into the database
+            wal = _read(root, rel + "-wal")
+        except FileNotFoundError:
+            wal = b""
+        return "rpm", sorted(parse_rpmdb(data, wal), key=lambda p: (p.name, p.arch))
+    raise VzError(
+        "the VPS has no package database (neither /var/lib/dpkg/status nor an rpm sqlite database)",
+        ExitCode.FAILURE,
+    )
+
+
+def _read(root: Path, rel: str) -> bytes:
+    try:
+        return read_file_beneath(root, rel, LIMIT)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise VzError(
+            f"cannot read the VPS's package database /{rel}: {e.strerror or e}",
+            ExitCode.FAILURE,
+            hint=f"it must be a regular file (no symlink is followed) of at most {LIMIT >> 20} MiB",
+        ) from None
+
+
+def parse_dpkg_status(data: bytes) -> list[Package]:
+    """The installed packages of a dpkg status file (Status: ... installed)."""
+    found = []
+    for stanza in data.decode("utf-8", errors="replace").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t") or ":" not in line:
+                continue  # a continuation line, or no field
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        status = fields.get("status", "").split()
+        if fields.get("package") and status[-1:] == ["installed"]:
+            found.append(
+                Package(
+                    fields["package"], fields.get("version", ""), fields.get("architecture", "")
+                )
+            )
+    return found
+
+
+def parse_rpmdb(data: bytes, wal: bytes = b"") -> list[Package]:
+    """The packages of an rpm sqlite database (rpm 4.16 and later) and its write-ahead log,
+    from their bytes: copied into a directory of vzpkg's own and opened there (sqlite treats
+    a damaged file as an error, and runs nothing from it: no trusted schema)."""
+    with tempfile.TemporaryDirectory(prefix="vzpkg-rpmdb.") as tmp:
+        path = Path(tmp) / "rpmdb.sqlite"
+        path.write_bytes(data)
+        if wal:
+            path.with_name("rpmdb.sqlite-wal").write_bytes(wal)
+        try:
+            connection = sqlite3.connect(path)
+        except sqlite3.Error as e:
+            raise VzError(f"the VPS's rpm database cannot be read: {e}", ExitCode.FAILURE) from None
+        try:
+            connection.execute("PRAGMA trusted_schema=OFF")
+            rows = connection.execute("SELECT blob FROM Packages").fetchall()
+        except sqlite3.Error as e:
+            raise VzError(f"the VPS's rpm database cannot be read: {e}", ExitCode.FAILURE) from None
+        finally:
+            connection.close()
+    found = []
+    for (blob,) in rows:
+        if isinstance(blob, bytes):
+            package = _header(blob)
+            if package is not None:
+                found.append(package)
+    return found
+
+
+def _header(blob: bytes) -> Package | None:
+    """Name, version and arch of one rpm header blob (as rpm stores it: entry count, data
+    length, the entries, the data); None for one that does not parse."""
+    if len(blob) < 8:
+        return None
+    count, length = struct.unpack_from(">II", blob, 0)
+    start = 8 + 16 * count
+    if count > _MAX_ENTRIES or start + length > len(blob):
+        return None
+    data = blob[start : start + length]
+    tags: dict[int, str | int] = {}
+    for i in range(count):
+        tag, kind, offset, _ = struct.unpack_from(">iIiI", blob, 8 + 16 * i)
+        if tag not in (_NAME, _VERSION, _RELEASE, _EPOCH, _ARCH) or not 0 <= offset < length:
+            continue
+        if kind == _STRING:
+            end = data.find(b"\0", offset)
+            if end >= 0:
+                tags[tag] = data[offset:end].decode("utf-8", errors="replace")
+        elif kind == _INT32 and offset + 4 <= length:
+            tags[tag] = struct.unpack_from(">I", data, offset)[0]
+    name = tags.get(_NAME)
+    if not isinstance(name, str):
+        return None
+    version = str(tags.get(_VERSION, ""))
+    if _RELEASE in tags:
+        version += f"-{tags[_RELEASE]}"
+    if _EPOCH in tags:
+        version = f"{tags[_EPOCH]}:{version}"
+    return Package(name, version, str(tags.get(_ARCH, "(none)")))
