@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -107,7 +108,7 @@ def list_installed(ctid: str, as_json: bool, *, names_only: bool = False) -> Non
         family, packages = installed(root)
     if as_json:
         print_json({"ctid": number, "family": family,
-                    "packages": [p.as_dict() for p in packages]})  # fmt: skip
+                    "packages": [dataclasses.asdict(p) for p in packages]})  # fmt: skip
         return
     for p in packages:
         click.echo(p.name if names_only else f"{p.name} {p.version} {p.arch}")

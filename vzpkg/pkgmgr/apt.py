@@ -166,12 +166,6 @@ def debootstrap_argv(
 
 def read_dpkg_status(status_file: Path) -> list[tuple[str, str, str]]:
     """(name, version, arch) of every installed package, sorted by name."""
-    from debian.deb822 import Packages
+    from vzpkg.pkgmgr.installed import parse_dpkg_status
 
-    result = []
-    with status_file.open(encoding="utf-8", errors="replace") as f:
-        for para in Packages.iter_paragraphs(f, use_apt_pkg=False):
-            if para.get("Status", "").split()[-1:] != ["installed"]:
-                continue
-            result.append((para["Package"], para["Version"], para.get("Architecture", "")))
-    return sorted(result)
+    return sorted((p.name, p.version, p.arch) for p in parse_dpkg_status(status_file.read_bytes()))

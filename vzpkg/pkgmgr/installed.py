@@ -6,12 +6,13 @@ symlink and within a size limit, the rpm database from a copy in memory.
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import struct
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from vzpkg.distro.base import InstalledPackage
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import read_file_beneath
 
@@ -24,14 +25,7 @@ _INT32, _STRING = 4, 6
 _MAX_ENTRIES = 65536
 
 
-@dataclass(frozen=True)
-class Package:
-    name: str
-    version: str  # [epoch:]version[-release], as the package manager shows it
-    arch: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "arch": self.arch}
+Package = InstalledPackage  # name, version ([epoch:]version[-release]), arch
 
 
 def installed(root: Path) -> tuple[str, list[Package]]:
@@ -72,22 +66,15 @@ def _read(root: Path, rel: str) -> bytes:
 
 
 def parse_dpkg_status(data: bytes) -> list[Package]:
-    """The installed packages of a dpkg status file (Status: ... installed)."""
+    """The installed packages of a dpkg status file (``Status: ... installed``)."""
+    from debian.deb822 import Packages  # lazy: python-debian is a large import
+
     found = []
-    for stanza in data.decode("utf-8", errors="replace").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            if line[:1] in (" ", "\t") or ":" not in line:
-                continue  # a continuation line, or no field
-            key, _, value = line.partition(":")
-            fields[key.strip().lower()] = value.strip()
-        status = fields.get("status", "").split()
-        if fields.get("package") and status[-1:] == ["installed"]:
-            found.append(
-                Package(
-                    fields["package"], fields.get("version", ""), fields.get("architecture", "")
-                )
-            )
+    text = io.StringIO(data.decode("utf-8", errors="replace"))
+    for para in Packages.iter_paragraphs(text, use_apt_pkg=False):
+        if para.get("Package") and para.get("Status", "").split()[-1:] == ["installed"]:
+            found.append(Package(para["Package"], para.get("Version", ""),
+                                 para.get("Architecture", "")))  # fmt: skip
     return found
 
 
