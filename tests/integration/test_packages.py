@@ -6,32 +6,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import VzHost, ctid_base
+from tests.integration.conftest import VzHost
 from tests.integration.test_network import vzctl
+from tests.integration import test_resources
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
+host, ctid = test_resources.host, test_resources.ctid  # the fixtures: a minimal VPS per test
 
-MINIMAL = "debian-12-x86_64-minimal"
-_next = iter(range(ctid_base(7900), 10**8))
 QUERY = r"dpkg-query -W -f '${db:Status-Status} ${Package} ${Version} ${Architecture}\n'"
-
-
-@pytest.fixture(scope="module")
-def host(vzhost: VzHost) -> VzHost:
-    return vzhost.with_cache(MINIMAL)
-
-
-@pytest.fixture
-def ctid(host: VzHost) -> Iterator[str]:
-    ctid = str(next(_next))
-    vzctl(host, "create", ctid, "--ostemplate", MINIMAL)
-    yield ctid
-    host.run("vzctl", "stop", "--fast", ctid)
-    host.run("vzctl", "destroy", ctid)
 
 
 def listed(host: VzHost, *args: str, code: int = 0) -> str:
