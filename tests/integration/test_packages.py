@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from tests.integration import test_resources
 from tests.integration.conftest import VzHost
 from tests.integration.test_network import vzctl
-from tests.integration import test_resources
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 host, ctid = test_resources.host, test_resources.ctid  # the fixtures: a minimal VPS per test
