@@ -261,3 +261,36 @@ def test_a_move_onto_a_disk_cut_short_is_destroyed_whole(host: VzHost, cts: list
     vzctl(host, "destroy", ctid)
     assert mounts_in(tmp) == [] and loops_of(tmp) == []
     assert not tmp.exists() and not private.exists()
+
+
+def test_a_disk_another_mount_namespace_still_holds_is_not_resized_under_it(
+    host: VzHost, cts: list[str]
+) -> None:
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--diskspace", "100M")
+    private = host.base / "private" / ctid
+    vzctl(host, "start", ctid)
+    # A process that copied the host's mounts (as a build's unshare --mount does).
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "120"])
+    try:
+        time.sleep(0.5)
+        stopped = vzctl(host, "stop", ctid)
+        assert "another mount namespace" in stopped.stderr
+        assert len(loops_of(private)) == 1 and mounts_in(private) == []
+        refused = vzctl(host, "set", ctid, "--diskspace", "5G", "--save", code=62)
+        assert "another mount namespace" in refused.stderr and "/proc/*/mountinfo" in refused.stderr
+        assert 'DISKSPACE="100M:100M"' in conf_of(host, ctid).read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while loops_of(private):  # the holder's namespace goes with it
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    change = vzctl(host, "set", ctid, "--diskspace", "5G", "--save")
+    assert "recovering" not in change.stdout and change.stdout == ""  # e2fsck's talk is kept
+    check = subprocess.run(["e2fsck", "-fn", str(private / "root.hdd")], capture_output=True)
+    assert check.returncode == 0, check.stdout
+    vzctl(host, "start", ctid)
+    use = json.loads(vzctl(host, "status", ctid, "--json").stdout)["disk"]
+    assert use["limit"] == 5 << 30

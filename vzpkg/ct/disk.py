@@ -33,6 +33,7 @@ import errno
 import os
 import re
 import stat
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,8 +229,7 @@ def make(private: Path, want: Disk, owner: tuple[int, int]) -> None:
             "lazy_journal_init=1"]  # fmt: skip
     if want.inodes is not None:
         argv += ["-N", str(want.inodes)]
-    run.run([*argv, str(image)], error_code=ExitCode.DQ_SET,
-            error_hint="the DISKINODES value may not fit the DISKSPACE")  # fmt: skip
+    _tool([*argv, str(image)], "the DISKINODES value may not fit the DISKSPACE")
     mkdir_mode(private / MOUNT_DIR, 0o700)
     os.setxattr(private, DISK_XATTR, b"ext4", follow_symlinks=False)
 
@@ -271,6 +271,40 @@ def attached(private: Path) -> Iterator[Path]:
     finally:
         if mounted:
             detach(private)
+
+
+def loops_of(image: Path) -> list[str]:
+    """The loop devices whose backing file is ``image``: after its mount here is gone, a
+    mount namespace that copied it (a build's ``unshare --mount``, a service's private /tmp)
+    keeps the device, and its filesystem, alive."""
+    wanted = os.path.realpath(image)
+    found = []
+    for entry in sorted(Path("/sys/block").glob("loop*")):
+        try:
+            backing = (entry / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing == wanted:
+            found.append("/dev/" + entry.name)
+    return found
+
+
+def held_elsewhere(ctid: int, private: Path, doing: str) -> None:
+    """Refuse (exit 62) ``doing`` to the image while some mount namespace still has its
+    filesystem mounted: e2fsck or resize2fs on the file under a live filesystem corrupt it."""
+    if is_attached(private):
+        return
+    devices = loops_of(image_path(private))
+    if devices:
+        raise VzError(
+            f"CT {ctid}'s disk is still mounted in another mount namespace (through "
+            f"{', '.join(devices)}), although not here: {doing} it now would corrupt it; "
+            "nothing was changed",
+            ExitCode.DQ_SET,
+            hint=f"find the holder: grep -l {devices[0].removeprefix('/dev/')} "
+            "/proc/*/mountinfo (a build or a service that copied the host's mounts); try "
+            "again once it has ended",
+        )
 
 
 def is_attached(private: Path) -> bool:
@@ -386,20 +420,22 @@ def resize(ctid: int, private: Path, space: int, *, mounted: bool) -> None:
         entry = mount_of(private / MOUNT_DIR)
         assert entry is not None
         _truncate(image, size)
-        run.run(["losetup", "--set-capacity", entry.source], error_code=ExitCode.DQ_SET)
-        run.run(["resize2fs", entry.source], error_code=ExitCode.DQ_SET,
-                error_hint="the disk keeps its old size; the kernel log says why")  # fmt: skip
+        _tool(["losetup", "--set-capacity", entry.source], "the disk keeps its old size")
+        _tool(["resize2fs", entry.source], "the disk keeps its old size; dmesg says why")
         return
-    fsck = run.run(["e2fsck", "-f", "-p", str(image)], check=False)
-    if fsck.returncode not in (0, 1):  # 1: errors corrected
-        raise VzError(
-            run.failure_message(["e2fsck", "-f", "-p", str(image)], fsck.returncode, fsck.stderr),
-            ExitCode.DQ_SET,
-            hint=f"repair it by hand: e2fsck -f {image}",
-        )
+    held_elsewhere(ctid, private, "resizing")
+    _tool(["e2fsck", "-f", "-p", str(image)], f"repair it by hand: e2fsck -f {image}", ok=(0, 1))
     _truncate(image, size)
-    run.run(["resize2fs", str(image), f"{size // 1024}K"], error_code=ExitCode.DQ_SET,
-            error_hint="the disk keeps its old size")  # fmt: skip
+    _tool(["resize2fs", str(image), f"{size // 1024}K"], "the disk keeps its old size")
+
+
+def _tool(argv: list[str], hint: str, ok: tuple[int, ...] = (0,)) -> None:
+    """Run an e2fsprogs or util-linux tool on a disk: what it says is shown only when it fails
+    (``ok``: the exit codes that are success; e2fsck's 1 is "errors corrected")."""
+    proc = run.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode not in ok:
+        raise VzError(run.failure_message(argv, proc.returncode, proc.stdout), ExitCode.DQ_SET,
+                      hint=hint)  # fmt: skip
 
 
 def _truncate(image: Path, size: int) -> None:

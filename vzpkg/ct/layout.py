@@ -435,6 +435,8 @@ def change_disk(
     if disk.is_attached(private) and not is_mounted(root):
         disk.detach(private)  # left by a crash: the VPS itself is not mounted
     running = disk.is_attached(private)
+    if not running:
+        disk.held_elsewhere(ctid, private, "changing")
     if want.space is not None and not running:
         with disk.attached(private) as mounted:
             small = want.space > disk.room(mounted)
@@ -847,6 +849,14 @@ def umount_root(
                 release_staging(staging)
             if disk.has_disk(private):
                 disk.detach(private)
+                still = disk.loops_of(disk.image_path(private))
+                if still:
+                    log.warning(
+                        "CT %s's disk is unmounted here but still mounted in another mount "
+                        "namespace (%s): its size cannot change until that ends",
+                        ctid,
+                        ", ".join(still),
+                    )
             return
         run.run(
             ["umount", str(root)],
