@@ -41,6 +41,9 @@ def test_diskspace_values(text: str, space: int | None, hard: int | None) -> Non
         ("", "is not a size"),
         ("1G:2G:3G", "is not a size"),
         ("10\u212a", "is not a size"),  # the Kelvin sign, which IGNORECASE folds to k
+        ("1G:", "empty half"),
+        (":1G", "empty half"),
+        (" ", "is empty"),
     ],
 )
 def test_bad_diskspace_is_named(text: str, why: str) -> None:

@@ -48,7 +48,10 @@ def _quiet() -> bool:
     return bool(click.get_current_context().find_root().obj.get("quiet"))
 
 
-DISKSPACE_HELP = "A disk of its own of this size (10G): writes past it fail (docs/resources.md)."
+DISKSPACE_HELP = (
+    "A disk of its own, writes stopping at SIZE (10G; a plain number is KiB; unlimited); "
+    "docs/resources.md."
+)
 
 
 @main.command(context_settings=CONTEXT)
@@ -309,7 +312,7 @@ def enter(ctid: str, command: str | None) -> None:
 )
 @click.option("--onboot", type=click.Choice(["yes", "no"]))
 @click.option("--ram", metavar="SIZE", help="Memory limit (512M, 2G, unlimited).")
-@click.option("--swap", metavar="SIZE", help="Swap beyond --ram (default none).")
+@click.option("--swap", metavar="SIZE", help="Swap beyond --ram (none unless set; basic: 1G).")
 @click.option("--cpuunits", metavar="N", help="Relative CPU weight (1000: an ordinary VPS).")
 @click.option("--cpulimit", metavar="PERCENT", help="CPU time in percent of one CPU.")
 @click.option("--cpus", metavar="N", help="At most N CPUs' worth of time.")

@@ -20,7 +20,7 @@ from vzpkg.hostconf import HostConfig, load_host_config, report_unused_keys
 
 def record(st: Status, host_root: str, private: str) -> dict[str, Any]:
     cfg = st.config
-    state = "running" if st.running else "stopped"
+    state = "running" if st.running else "mounted" if st.mounted else "stopped"
     return {
         "ctid": st.ctid,
         "nproc": st.nproc,
@@ -84,6 +84,9 @@ def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | N
     return st, row
 
 
+LONG_MAX = 9223372036854775807
+
+
 def _kib(amount: int | None) -> int | None:
     return None if amount is None else amount // 1024
 
@@ -98,16 +101,19 @@ def disk_counters(values: Mapping[str, str], private: Path) -> dict[str, dict[st
     except VzError:
         limits = disk.Disk()
     use = disk.usage(private)
+    # Set to unlimited: OpenVZ's LONG_MAX, as the beancounters show it; not set: nothing.
+    unlimited = {k: LONG_MAX for k in disk.KEYS if k in values}
+    inodes = None if use is None else use.inodes  # the disk's own count, while mounted
     return {
         "diskspace": {
             "held": None if use is None else _kib(use.used),
-            "soft": _kib(limits.space),
-            "hard": _kib(limits.space_hard),
+            "soft": _kib(limits.space) if limits.space else unlimited.get("DISKSPACE"),
+            "hard": _kib(limits.space_hard) if limits.space_hard else unlimited.get("DISKSPACE"),
         },
         "diskinodes": {
             "held": None if use is None else use.inodes_used,
-            "soft": limits.inodes or (None if use is None else use.inodes),
-            "hard": limits.inodes_hard or (None if use is None else use.inodes),
+            "soft": limits.inodes or unlimited.get("DISKINODES") or inodes,
+            "hard": limits.inodes_hard or unlimited.get("DISKINODES") or inodes,
         },
     }
 

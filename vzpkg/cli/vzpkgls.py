@@ -60,6 +60,8 @@ def main(
     installed in that VPS (NAME VERSION ARCH)."""
     setup(debug)
     if ctid is not None:
+        if cached or long_ or arch:
+            raise click.UsageError("-c, -l and --arch list templates: not with a CTID")
         list_installed(ctid, as_json)
         return
     host, catalog = host_and_catalog()

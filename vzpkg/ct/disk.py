@@ -86,6 +86,8 @@ def _amount(text: str, what: str, value: str, shift: dict[str, int] | None) -> i
 
 def _pair(value: str, what: str, shift: dict[str, int] | None) -> tuple[int | None, int | None]:
     soft_text, sep, hard_text = value.partition(":")
+    if sep and not (soft_text.strip() and hard_text.strip()):
+        raise checks.bad(what, value, "has an empty half", hint="e.g. 10G:11G")
     soft = _amount(soft_text, what, value, shift)
     hard = _amount(hard_text, what, value, shift) if sep else soft
     if soft is not None and hard is not None and hard < soft:
@@ -103,6 +105,9 @@ def parse(values: Mapping[str, str], *, from_options: bool = False) -> Disk:
         return OPTION_OF_KEY[key] if from_options else key
 
     space = hard = inodes = inodes_hard = None
+    for key in KEYS:
+        if from_options and key in values and not values[key].strip():
+            raise checks.bad(name(key), values[key], "is empty", hint="e.g. 10G or unlimited")
     if "DISKSPACE" in values:
         space, hard = _pair(values["DISKSPACE"], name("DISKSPACE"), _SHIFT)
         if space is not None and not MIN_SIZE <= space <= MAX_SIZE:

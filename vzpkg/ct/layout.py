@@ -423,7 +423,7 @@ def change_disk(
                 hint=f"vzctl stop {ctid}, then set --diskspace again",
             )
         _move_onto_disk(host, ctid, private, want, layout)
-        return f"CT {ctid}'s files moved onto a disk of {disk.show(want.space)}"
+        return f"CT {ctid}'s files moved onto a disk of {disk.human(want.space)}"
     if inodes_given and want.inodes is not None:
         raise checks.bad(
             "--diskinodes",
@@ -454,7 +454,11 @@ def change_disk(
                 hint="remove files in the VPS first, or choose a larger --diskspace",
             )
         disk.limit(mounted, want.space)
-    what = "no limit but its size" if want.space is None else f"{disk.show(want.space)}"
+    if want.space is None:
+        with disk.attached(private) as mounted:
+            what = f"no limit but its size, {disk.human(disk.room(mounted))}"
+    else:
+        what = disk.human(want.space)
     return f"CT {ctid}'s disk: {what}" + ("" if running else " (from its next start)")
 
 
@@ -761,6 +765,15 @@ def mount_root(
         if disk.has_disk(private):
             point, attached = disk.attach(private)
             disk.limit(point, disk_space)
+            if disk_space is not None and disk_space > disk.room(point):
+                log.warning(
+                    "CT %s: DISKSPACE is %s but its disk holds %s: that is its limit until "
+                    "it grows (vzctl set %s --diskspace ... --save)",
+                    number,
+                    disk.human(disk_space),
+                    disk.human(disk.room(point)),
+                    number,
+                )
         if layout == "plain":
             plain_root = disk.plain_root(private)
             if not stat.S_ISDIR(plain_root.lstat().st_mode):

@@ -214,9 +214,14 @@ def parse(values: Mapping[str, str], *, from_options: bool = False) -> Limits:
         found["numproc"] = (
             None if text.lower() == UNLIMITED else whole(text, name("NUMPROC"), 1, 1 << 22)
         )
-    found["devices"] = devices(values.get("DEVICES", ""), name("DEVICES")) + devnodes(
-        values.get("DEVNODES", ""), name("DEVNODES")
-    )
+    granted = devices(values.get("DEVICES", ""), name("DEVICES"))
+    nodes = devnodes(values.get("DEVNODES", ""), name("DEVNODES"))
+    for key, listed in (("DEVICES", granted), ("DEVNODES", nodes)):
+        seen = [(d.kind, d.major, d.minor) for d in listed]
+        if len(set(seen)) != len(seen):
+            raise checks.bad(name(key), values[key], "names one device twice",
+                             hint="give each device once, with the access it gets")  # fmt: skip
+    found["devices"] = granted + nodes
     return Limits(**found)
 
 

@@ -7,6 +7,7 @@ files and hostname at once, CTID.conf only with ``save``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -181,10 +182,13 @@ def set_params(host: HostConfig, ctid: int, request: SetRequest, *, save: bool) 
                     values = {k: v for k, v in live.extra.items() if k in resources.KEYS}
                     limits = resources.parse(values)
                     runc_of(host).update(ctid, resources.update_args(limits))
+                    notes.append(f"CT {ctid}: limits applied to the running VPS")
                     if {"DEVICES", "DEVNODES"} & set(request.limits):
                         note = _change_devices(host, ctid, state.pid, cfg, limits.devices)
                         if note:
                             notes.append(note + ("" if save else " (give --save to keep them)"))
+                        if cfg.userns is not None:
+                            notes += _unopenable(limits.devices)
         if request.disk:  # before CTID.conf: a refused change saves nothing
             values = {k: v for k, v in new.extra.items() if k in disk.KEYS}
             notes.append(layout.change_disk(
@@ -226,6 +230,25 @@ def _change_devices(
     if note is None:
         devices.record(bundle, after)
     return note
+
+
+def _unopenable(granted: tuple[resources.Device, ...]) -> list[str]:
+    """Notes for host nodes a VPS's root cannot open: in a user namespace it is "others" to the
+    host's node, which keeps the host's owner and mode."""
+    found = []
+    for device in granted:
+        if device.path is None:
+            continue
+        with contextlib.suppress(OSError):
+            mode = os.stat(device.path).st_mode & 0o777
+            need = (0o004 if "r" in device.access else 0) | (0o002 if "w" in device.access else 0)
+            if mode & need != need:
+                found.append(
+                    f"the host's {device.path} is mode {mode:04o}: the VPS's root cannot open "
+                    f"it ({device.access}); chmod o+{device.access} {device.path} on the host "
+                    "lets it"
+                )
+    return found
 
 
 def _changed(
