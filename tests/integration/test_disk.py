@@ -220,6 +220,7 @@ def test_the_vps_cannot_lift_its_limit_and_no_loop_outlives_it(
     # A mounted, never started VPS is destroyed whole.
     vzctl(host, "mount", ctid)
     assert len(loops_of(private)) == 1
+    assert host.run("vzlist", "-H", "-o", "status", ctid).stdout.strip() == "mounted"
     vzctl(host, "destroy", ctid)
     assert loops_of(private) == [] and not private.exists() and mounts_in(private) == []
 
