@@ -77,7 +77,7 @@ def test_start_leaves_no_supervisor(engine: Engine) -> None:
     assert by_pid[init][0] != ours  # reparented, not a child of ours
     # runc returns once init was released; its exec of tini may still be a moment away.
     deadline = time.monotonic() + 5
-    while by_pid[init][1][0] != "/.vzpkg/tini" and time.monotonic() < deadline:
+    while by_pid[init][1][:1] != ["/.vzpkg/tini"] and time.monotonic() < deadline:
         time.sleep(0.01)
         by_pid = {pid: (ppid, argv) for pid, ppid, argv in host_processes()}
     assert by_pid[init][1][0] == "/.vzpkg/tini"
