@@ -17,13 +17,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
-from vzpkg.mounts import MountEntry, read_mountinfo
+from vzpkg.mounts import MountEntry, MountTable, mount_on
 
 log = logging.getLogger("vzpkg")
 
@@ -316,14 +316,10 @@ def tmp_path(private: Path) -> Path:
 # --- mounts -----------------------------------------------------------------------------------
 
 
-def top_mount(root: Path, entries: Sequence[MountEntry] | None = None) -> MountEntry | None:
-    """What is mounted on ``root`` (the last of a stack of mounts there); None if nothing."""
-    point = real(root)
-    found = None
-    for entry in entries if entries is not None else read_mountinfo():
-        if entry.mount_point == point:
-            found = entry
-    return found
+def top_mount(root: Path, table: MountTable | None = None) -> MountEntry | None:
+    """What is mounted on ``root`` (the top of a stack of mounts there); None if nothing.
+    ``table``: a command's one copy of mountinfo, for a command that asks about many roots."""
+    return mount_on(root, table)
 
 
 def is_own_mount(root: Path, private: Path, entry: MountEntry) -> bool:
