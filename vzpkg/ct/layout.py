@@ -24,10 +24,13 @@ which lives in TREES_DIR where no VPS can write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import stat
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vzpkg import run, syscalls
@@ -677,9 +680,41 @@ def umount_root(
             if staging is not None:
                 release_staging(staging)
             return
-        run.run(
-            ["umount", str(root)],
-            error_code=ExitCode.UMOUNT_FAILED,
-            error_hint=f"processes may still use it: fuser -vm {root}",
-        )
+        umount_busy_retried(root)
     raise VzError(f"{root} is still mounted", ExitCode.SYSTEM, hint=f"umount {root} by hand")
+
+
+# Waits before each new try of an unmount the kernel found busy: 2 s in all. A stop unmounts
+# right after runc reports the VPS's processes gone; what they held on the root is released
+# by the kernel a little later (the last reference to a file, a working directory or a mount
+# namespace of an exiting task is dropped through deferred work: task_work, delayed mntput,
+# an RCU grace period before a namespace's mounts go), and with parallel stops on a loaded
+# host that once took long enough for a bare umount to fail (exit 51, "target is busy").
+# Milliseconds to tens of them are what that takes; 2 s covers a busy host many times over and
+# still says soon that something really uses the root (a shell whose directory is in it).
+UMOUNT_BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4)
+
+
+def umount_busy_retried(
+    root: Path,
+    waits: Sequence[float] = UMOUNT_BUSY_WAITS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Unmount the top mount on ``root`` (never through a symlink); while the kernel says it
+    is busy, try again after each of ``waits``; then refuse (UMOUNT_FAILED)."""
+    log.debug("+ umount %s", root)
+    for wait in (*waits, None):
+        try:
+            syscalls.umount(root)
+            return
+        except OSError as e:
+            if e.errno == errno.EBUSY and wait is not None:
+                log.debug("%s is busy; trying again in %s s", root, wait)
+                sleep(wait)
+                continue
+            raise VzError(
+                f"cannot unmount {root}: {e.strerror}"
+                + (f" (still after {sum(waits):.1f} s)" if e.errno == errno.EBUSY else ""),
+                ExitCode.UMOUNT_FAILED,
+                hint=f"processes may still use it: fuser -vm {root}",
+            ) from None
