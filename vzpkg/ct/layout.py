@@ -513,7 +513,12 @@ def gate_path(host: HostConfig, ctid: int) -> Path:
     VE_ROOT. The directory ``CTID.rootfs`` belongs to the VPS's root and lets only it pass
     (mode 0100): runc mounts the root as the VPS's own ids, which must get through every
     directory above it, and no other host user can. So the directories above VE_ROOT need not
-    let others pass (the default /vz/root is 0700): no host user reaches a VPS's files."""
+    let others pass (the default /vz/root is 0700): no host user reaches a VPS's files.
+
+    The gate is there only while runc sets the VPS up: once its init runs, the VPS's mount
+    namespace has a mount of its own of the root, and the start unmounts the gate (one host
+    mount less per running VPS; every mount on the host slows runc and mount(8), which read
+    the whole mount table). Its directories stay until the stop (``close_gate``)."""
     return host.run_dir / "ct" / f"{ctid}.rootfs"
 
 
@@ -556,13 +561,21 @@ def open_gate(gate: Path, root: Path, owner: tuple[int, int]) -> Path:
     return target
 
 
-def release_gate(gate: Path) -> None:
-    """Unmount and remove a VPS's gate (nothing to do if there is none)."""
+def close_gate(gate: Path) -> None:
+    """Unmount a running VPS's gate, keeping its (then empty) directories: runc exec starts
+    its helper in the root's path (the working directory it forks it in), before it enters
+    the VPS's namespaces, so the path must still be there."""
     target = gate / "root"
     for _ in range(16):
         if not is_mounted(target):
             break
         syscalls.umount(target)
+
+
+def release_gate(gate: Path) -> None:
+    """Unmount and remove a VPS's gate (nothing to do if there is none)."""
+    target = gate / "root"
+    close_gate(gate)
     with contextlib.suppress(FileNotFoundError):
         target.rmdir()
     with contextlib.suppress(FileNotFoundError):
