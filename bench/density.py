@@ -267,7 +267,27 @@ class VzpkgRuntime(Runtime):
         return problems
 
     def pool_processes(self) -> list[int]:
-        return [pid for pid in rt.process_table() if self.init_uid_ok(process_uid(pid) or -1)]
+        """Processes with ids of the pool in this run's cgroups. A process stays in its cgroup
+        (which cannot go while it has one), so one of another host configuration whose pool
+        overlaps this one (another session's VPSs) is not this run's: noted, not counted."""
+        parent = f"/{cgroup_parent(self.vzpkg.host())}/"
+        ours: list[int] = []
+        others: list[int] = []
+        for pid in rt.process_table():
+            if self.init_uid_ok(process_uid(pid) or -1):
+                try:
+                    groups = Path(f"/proc/{pid}/cgroup").read_text()
+                except OSError:
+                    continue  # gone
+                (ours if parent in groups else others).append(pid)
+        if others:
+            note = (
+                f"{len(others)} processes of another host configuration (not in {parent}) run "
+                "as ids of this run's pool: its pool overlaps this one"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+        return ours
 
 
 class LxcRuntime(Runtime):
