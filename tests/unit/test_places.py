@@ -131,6 +131,38 @@ def test_other_places_reads_again_only_what_changed(
     assert [p.ctid for p in places.places_of_others(host, 4004)] == [4002, 4003]
 
 
+def test_the_places_read_are_kept_for_the_next_command(
+    host: HostConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vzpkg.ct import conf
+
+    host.conf_dir.mkdir(parents=True)
+    host.run_dir.mkdir(parents=True)
+    for ctid in (4001, 4002):
+        conf.conf_path(host, ctid).write_text(
+            f'VE_ROOT="/srv/r/{ctid}"\nLOCAL_UID="{ctid}0000"\nLOCAL_GID="{ctid}0000"\n'
+        )
+    reads: list[int] = []
+    read = conf.read_ct_config
+
+    def counted(host: HostConfig, ctid: str | int) -> conf.CtConfig:
+        reads.append(int(ctid))
+        return read(host, ctid)
+
+    monkeypatch.setattr(conf, "read_ct_config", counted)
+    first = places.OtherPlaces(host, 4009)()
+    assert sorted(reads) == [4001, 4002]
+    reads.clear()
+    assert places.OtherPlaces(host, 4009)() == first and reads == []  # another command
+    assert places.blocks_of_others(host, 4001) == [40020000, 40020000] and reads == []
+    cache = host.run_dir / places.PLACES_CACHE
+    assert cache.stat().st_mode & 0o077 == 0
+    for damage in (b"{", b'{"4001": [[1, 2], "/x", "/y", null, null]}', b'{"4001": 5}'):
+        cache.write_bytes(damage)
+        assert places.OtherPlaces(host, 4009)() == first and sorted(reads) == [4001, 4002]
+        reads.clear()
+
+
 def test_the_ownership_mark(tmp_path: Path) -> None:
     area = tmp_path / "area"
     area.mkdir()
