@@ -241,9 +241,10 @@ def fsync_dir(path: Path) -> None:
 
 def remove_tree_safely(path: Path) -> None:
     """Detach any mount left below ``path`` (never recurse into one), then delete it."""
-    for point in mounts_under(path):
+    points = mounts_under(path)
+    for point in points:
         run.run(["umount", "--lazy", point], check=False)
-    if mounts_under(path):
+    if points and mounts_under(path):  # (mountinfo is read again only when there were some)
         raise VzError(
             f"cannot remove {path}: it still has mounts below it",
             ExitCode.SYSTEM,

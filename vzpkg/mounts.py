@@ -2,6 +2,13 @@
 
 Paths are unescaped as the kernel escapes them, and compared whole, never as string prefixes
 of each other, so /vz/root/10 is not taken for /vz/root/101.
+
+Whether something is mounted on one path is asked of the kernel for that path alone (statx:
+is it the root of a mount, and which mount): reading mountinfo costs time in proportion to the
+host's mounts (each running VPS adds three; with 3000 one read takes ~19 ms), so a command
+reads it only for what needs the whole table (who uses a directory) or a mount's details
+(what is mounted on a VPS's root), and a command that asks about many paths reads it once
+(``MountTable``).
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vzpkg import syscalls
+
 MOUNTINFO = Path("/proc/self/mountinfo")
 _MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
@@ -19,6 +28,7 @@ _MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 class MountEntry:
     """One line of mountinfo (proc(5)); paths unescaped."""
 
+    mount_id: int  # statx's stx_mnt_id of the mount's paths
     device: str  # major:minor
     fs_root: str  # the directory of the filesystem that is mounted (a bind mount's source)
     mount_point: str
@@ -47,6 +57,7 @@ def parse_mountinfo(data: bytes) -> list[MountEntry]:
             separator = fields.index(b"-", 6)  # optional fields come before it
             entries.append(
                 MountEntry(
+                    mount_id=int(fields[0]),
                     device=fields[2].decode(),
                     fs_root=_unescape(fields[3]),
                     mount_point=_unescape(fields[4]),
@@ -64,14 +75,79 @@ def read_mountinfo() -> list[MountEntry]:
     return parse_mountinfo(MOUNTINFO.read_bytes())
 
 
+class MountTable:
+    """mountinfo read once for a command that asks about many paths (vzlist: every VPS's
+    root): read when first needed, and read again when the kernel names a mount the copy
+    lacks (mounted since)."""
+
+    def __init__(self) -> None:
+        self._entries: list[MountEntry] | None = None
+        self._by_id: dict[int, MountEntry] = {}
+
+    def entries(self) -> list[MountEntry]:
+        if self._entries is None:
+            self._entries = read_mountinfo()
+            self._by_id = {entry.mount_id: entry for entry in self._entries}
+        return self._entries
+
+    def by_id(self, mount_id: int) -> MountEntry | None:
+        fresh = self._entries is None
+        self.entries()
+        if mount_id not in self._by_id and not fresh:
+            self._entries = None
+            self.entries()
+        return self._by_id.get(mount_id)
+
+
 def _real(path: Path) -> str:
     return os.path.realpath(path)
 
 
+def _mount_at(path: Path) -> int | None:
+    """The id of the mount whose root ``path`` is, as the kernel resolves ``path`` now
+    (symlinks followed, the top of mounts stacked there); 0: ``path`` is no mount's root;
+    None: the kernel cannot say (before Linux 5.8), ask mountinfo."""
+    try:
+        st = syscalls.statx(path, syscalls.STATX_MNT_ID, syscalls.AT_NO_AUTOMOUNT)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0  # nothing there to mount on
+    except OSError:
+        return None
+    if not (
+        st.stx_attributes_mask & syscalls.STATX_ATTR_MOUNT_ROOT
+        and st.stx_mask & syscalls.STATX_MNT_ID
+    ):
+        return None
+    return st.stx_mnt_id if st.stx_attributes & syscalls.STATX_ATTR_MOUNT_ROOT else 0
+
+
 def is_mounted(root: Path) -> bool:
     """Whether something is mounted exactly on ``root`` (not merely somewhere below it)."""
+    found = _mount_at(root)
+    if found is not None:
+        return found != 0
     point = _real(root)
     return any(entry.mount_point == point for entry in read_mountinfo())
+
+
+def mount_on(root: Path, table: MountTable | None = None) -> MountEntry | None:
+    """What is mounted exactly on ``root`` (of mounts stacked there, the top one: what the
+    path shows); None if nothing. mountinfo (``table``'s copy, else a fresh read) is read only
+    when something is."""
+    found = _mount_at(root)
+    if found == 0:
+        return None
+    table = table if table is not None else MountTable()
+    if found is not None:
+        entry = table.by_id(found)
+        if entry is not None:
+            return entry
+    point = _real(root)
+    top = None
+    for entry in table.entries():  # the last of a stack is the top one
+        if entry.mount_point == point:
+            top = entry
+    return top
 
 
 def _is_at_or_below(path: str, top: str) -> bool:

@@ -175,3 +175,59 @@ def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
         ),
         a,
     )
+
+
+# --- statx -------------------------------------------------------------------------------------
+
+STATX_MNT_ID = 0x00001000  # stx_mnt_id: the mount's id, as the first field of mountinfo
+STATX_ATTR_MOUNT_ROOT = 0x00002000  # the path is the root of a mount (Linux 5.8+)
+
+
+class StatxTimestamp(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("_pad", ctypes.c_int32))
+
+
+class Statx(ctypes.Structure):
+    """struct statx (linux/stat.h), 256 bytes; fields after stx_mnt_id left as padding."""
+
+    _fields_ = (
+        ("stx_mask", ctypes.c_uint32),
+        ("stx_blksize", ctypes.c_uint32),
+        ("stx_attributes", ctypes.c_uint64),
+        ("stx_nlink", ctypes.c_uint32),
+        ("stx_uid", ctypes.c_uint32),
+        ("stx_gid", ctypes.c_uint32),
+        ("stx_mode", ctypes.c_uint16),
+        ("_spare0", ctypes.c_uint16),
+        ("stx_ino", ctypes.c_uint64),
+        ("stx_size", ctypes.c_uint64),
+        ("stx_blocks", ctypes.c_uint64),
+        ("stx_attributes_mask", ctypes.c_uint64),
+        ("stx_atime", StatxTimestamp),
+        ("stx_btime", StatxTimestamp),
+        ("stx_ctime", StatxTimestamp),
+        ("stx_mtime", StatxTimestamp),
+        ("stx_rdev_major", ctypes.c_uint32),
+        ("stx_rdev_minor", ctypes.c_uint32),
+        ("stx_dev_major", ctypes.c_uint32),
+        ("stx_dev_minor", ctypes.c_uint32),
+        ("stx_mnt_id", ctypes.c_uint64),
+        ("_spare", ctypes.c_uint64 * 13),
+    )
+
+
+def statx(path: str | os.PathLike[str], mask: int, flags: int = 0, dirfd: int = AT_FDCWD) -> Statx:
+    """statx(2) (Python's os.stat has no mount id nor attributes). What the kernel filled in is
+    in ``stx_mask`` and ``stx_attributes_mask``: an older kernel leaves the newer fields out."""
+    buf = Statx()
+    _check(
+        _libc().statx(
+            ctypes.c_int(dirfd),
+            os.fsencode(path),
+            ctypes.c_int(flags),
+            ctypes.c_uint(mask),
+            ctypes.byref(buf),
+        ),
+        path,
+    )
+    return buf

@@ -336,14 +336,16 @@ def test_a_vps_cannot_make_its_own_destroy_fail(host: VzHost) -> None:
 
 
 def test_host_users_reach_no_vps_files(host: VzHost, vps: str) -> None:
-    """A host user (nobody) gets into neither a running VPS's root nor the gate runc uses,
-    even where every directory above them lets others pass (the test host's do)."""
+    """A host user (nobody) gets into neither a running VPS's root nor the gate runc used,
+    even where every directory above them lets others pass (the test host's do); once the
+    VPS runs, the gate shows nothing at all (vzctl start unmounts it)."""
     inside(host, vps, "cp /bin/true /root/suid && chmod 4755 /root/suid")
+    path = host.base / "root" / vps / "root/suid"
+    with pytest.raises(PermissionError):
+        subprocess.run([str(path)], user=65534, group=65534, extra_groups=[], check=False)
+    assert os.stat(path).st_mode & 0o4000  # root sees it: the path is right
     gate = host.base / "run" / "ct" / f"{vps}.rootfs" / "root"
-    for path in (host.base / "root" / vps / "root/suid", gate / "root/suid"):
-        with pytest.raises(PermissionError):
-            subprocess.run([str(path)], user=65534, group=65534, extra_groups=[], check=False)
-    assert os.stat(gate / "root/suid").st_mode & 0o4000  # root sees it: the path is right
+    assert not os.path.ismount(gate) and os.listdir(gate) == []
 
 
 def test_a_run_dir_a_host_user_can_write_is_refused(host: VzHost, tmp_path: Path) -> None:

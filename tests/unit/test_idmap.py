@@ -83,6 +83,16 @@ def test_a_block_overlapping_a_config_that_is_not_aligned_is_busy(host: HostConf
     assert idmap.allocate(host, 201, lambda: [BASE + 10]) == BASE + 2 * idmap.BLOCK
 
 
+def test_the_first_free_block_among_many_and_the_hosts_own_ids(
+    host: HostConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idmap, "_host_ids", lambda: {0, 1000, BASE + 2 * idmap.BLOCK + 7})
+    # A block not aligned makes blocks 0 and 1 busy, block 2 holds a host id: block 3 is free.
+    assert idmap.allocate(host, 301, lambda: [BASE + 1]) == BASE + 3 * idmap.BLOCK
+    assert idmap._any_between([1, 5, 9], 5, 6) and not idmap._any_between([1, 5, 9], 6, 9)
+    assert not idmap._any_between([], 0, 10) and idmap._any_between([1, 5, 9], 9, 10)
+
+
 def test_kernel_release_is_read_as_major_minor() -> None:
     from vzpkg.ct.idmap import kernel_release
 

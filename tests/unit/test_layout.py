@@ -71,7 +71,9 @@ def test_parse_mountinfo_unescapes_and_skips_optional_fields() -> None:
 
 
 @pytest.mark.usefixtures("fake_mountinfo")
-def test_is_mounted_matches_exactly_not_by_prefix() -> None:
+def test_is_mounted_matches_exactly_not_by_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a kernel without statx's mount attributes (before 5.8) leaves: mountinfo decides.
+    monkeypatch.setattr(mounts, "_mount_at", lambda path: None)
     assert is_mounted(Path("/vz/root/101"))
     assert is_mounted(Path("/vz/root/101/"))
     assert is_mounted(Path("/mnt/with space"))
@@ -227,3 +229,40 @@ def test_create_refuses_bad_arguments_before_touching_anything(
         create_private(host, ctid, kind, tmp_path / "x.tar.zst", sha, tmp_path / "private/101")
     assert e.value.code in (ExitCode.INVALID_VALUE, ExitCode.INVALID_ARGUMENT)
     assert not (tmp_path / "private").exists()
+
+
+def test_an_unmount_found_busy_is_tried_again_for_a_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    from vzpkg import syscalls
+
+    outcomes: list[int] = []
+    slept: list[float] = []
+
+    def umount(target: Path) -> None:
+        code = outcomes.pop(0)
+        if code:
+            raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(syscalls, "umount", umount)
+    # Busy right after the VPS's processes went, then free: unmounted, after two waits.
+    outcomes[:] = [errno.EBUSY, errno.EBUSY, 0]
+    layout.umount_busy_retried(Path("/vz/root/101"), sleep=slept.append)
+    assert outcomes == [] and slept == list(layout.UMOUNT_BUSY_WAITS[:2])
+    # Busy for good: refused once the waits (2 s in all) are over.
+    waits = layout.UMOUNT_BUSY_WAITS
+    assert 1.0 <= sum(waits) <= 3.0
+    outcomes[:] = [errno.EBUSY] * (len(waits) + 1) + [0]
+    slept.clear()
+    with pytest.raises(VzError) as e:
+        layout.umount_busy_retried(Path("/vz/root/101"), sleep=slept.append)
+    assert e.value.code == ExitCode.UMOUNT_FAILED and "busy" in e.value.message
+    assert slept == list(waits) and outcomes == [0]
+    # Any other error: refused at once.
+    outcomes[:] = [errno.EINVAL, 0]
+    slept.clear()
+    with pytest.raises(VzError) as e:
+        layout.umount_busy_retried(Path("/vz/root/101"), sleep=slept.append)
+    assert e.value.code == ExitCode.UMOUNT_FAILED and slept == [] and outcomes == [0]

@@ -4,6 +4,7 @@ above another VPS's places; and the mark that proves a private area is a VPS's o
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,88 @@ def test_a_symlink_does_not_hide_an_overlap(tmp_path: Path) -> None:
     other = Place(4001, tmp_path / "private/4001", tmp_path / "root/4001")
     with pytest.raises(VzError):
         check_apart(4014, tmp_path / "alias", tmp_path / "root/4014", [other], ExitCode.CONFIG)
+
+
+def test_symlinks_in_another_vpss_places_do_not_hide_an_overlap(tmp_path: Path) -> None:
+    # Their places are resolved with their parent directory shared: a link as the last part,
+    # a link as the parent, and a parent that does not exist (yet) must all still be seen.
+    (tmp_path / "data/4001").mkdir(parents=True)
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private/4001").symlink_to(tmp_path / "data/4001")
+    (tmp_path / "linked").symlink_to(tmp_path / "data")
+    cases = (
+        (Place(4001, tmp_path / "private/4001", tmp_path / "root/4001"), "data/4001/x"),
+        (Place(4002, tmp_path / "linked/4002", tmp_path / "root/4002"), "data/4002"),
+        (Place(4003, tmp_path / "none/yet/4003", tmp_path / "root/4003"), "none/yet/4003"),
+    )
+    for other, mine in cases:
+        with pytest.raises(VzError) as e:
+            check_apart(4014, tmp_path / mine, tmp_path / "root/4014", [other], ExitCode.CONFIG)
+        assert f"CT {other.ctid}" in e.value.message
+    others = [other for other, _ in cases]
+    check_apart(4014, tmp_path / "data/4014", tmp_path / "root/4014", others, ExitCode.CONFIG)
+
+
+def test_other_places_reads_again_only_what_changed(
+    host: HostConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vzpkg.ct import conf
+
+    host.conf_dir.mkdir(parents=True)
+    for ctid in (4001, 4002, 4003):
+        conf.conf_path(host, ctid).write_text(f'VE_ROOT="/srv/r/{ctid}"\n')
+    reads: list[int] = []
+    read = conf.read_ct_config
+
+    def counted(host: HostConfig, ctid: str | int) -> conf.CtConfig:
+        reads.append(int(ctid))
+        return read(host, ctid)
+
+    monkeypatch.setattr(conf, "read_ct_config", counted)
+    others = places.OtherPlaces(host, 4002)
+    assert [p.ctid for p in others()] == [4001, 4003] and sorted(reads) == [4001, 4003]
+    reads.clear()
+    assert [p.root for p in others()] == [Path("/srv/r/4001"), Path("/srv/r/4003")]
+    assert reads == []
+    conf.write_ct_config(host, 4003, replace(read(host, 4003), ve_root="/srv/moved/4003"))
+    conf.conf_path(host, 4004).write_text('VE_ROOT="/srv/r/4004"\n')  # made meanwhile
+    conf.conf_path(host, 4001).unlink()  # destroyed meanwhile
+    reads.clear()
+    assert [p.root for p in others()] == [Path("/srv/moved/4003"), Path("/srv/r/4004")]
+    assert sorted(reads) == [4003, 4004]
+    assert [p.ctid for p in places.places_of_others(host, 4004)] == [4002, 4003]
+
+
+def test_the_places_read_are_kept_for_the_next_command(
+    host: HostConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vzpkg.ct import conf
+
+    host.conf_dir.mkdir(parents=True)
+    host.run_dir.mkdir(parents=True)
+    for ctid in (4001, 4002):
+        conf.conf_path(host, ctid).write_text(
+            f'VE_ROOT="/srv/r/{ctid}"\nLOCAL_UID="{ctid}0000"\nLOCAL_GID="{ctid}0000"\n'
+        )
+    reads: list[int] = []
+    read = conf.read_ct_config
+
+    def counted(host: HostConfig, ctid: str | int) -> conf.CtConfig:
+        reads.append(int(ctid))
+        return read(host, ctid)
+
+    monkeypatch.setattr(conf, "read_ct_config", counted)
+    first = places.OtherPlaces(host, 4009)()
+    assert sorted(reads) == [4001, 4002]
+    reads.clear()
+    assert places.OtherPlaces(host, 4009)() == first and reads == []  # another command
+    assert places.blocks_of_others(host, 4001) == [40020000, 40020000] and reads == []
+    cache = host.run_dir / places.PLACES_CACHE
+    assert cache.stat().st_mode & 0o077 == 0
+    for damage in (b"{", b'{"4001": [[1, 2], "/x", "/y", null, null]}', b'{"4001": 5}'):
+        cache.write_bytes(damage)
+        assert places.OtherPlaces(host, 4009)() == first and sorted(reads) == [4001, 4002]
+        reads.clear()
 
 
 def test_the_ownership_mark(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from vzpkg.ct.ids import parse_ctid
 from vzpkg.ct.status import Status, running_state, status
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig, load_host_config, report_unused_keys
+from vzpkg.mounts import MountTable
 
 
 def record(st: Status, host_root: str, private: str) -> dict[str, Any]:
@@ -54,12 +55,14 @@ def _netifs(ctid: int, text: str | None) -> list[dict[str, str | None]]:
     ]
 
 
-def _record_of(host: HostConfig, ctid: int) -> tuple[Status, dict[str, Any]] | None:
+def _record_of(
+    host: HostConfig, ctid: int, mounts: MountTable
+) -> tuple[Status, dict[str, Any]] | None:
     """The row of one CT. A CT whose CTID.conf cannot be read is still listed (from runc's
     view: running or not, its processes) with a warning naming the problem; the others are
     unaffected."""
     try:
-        st = status(host, ctid)
+        st = status(host, ctid, mounts)
     except VzError as e:
         say(f"vzlist: CT {ctid}: its settings are unknown: {e.message}")
         try:
@@ -162,8 +165,9 @@ def main(
     report_unused_keys(host)
     numbers = [parse_ctid(c) for c in ctids] or conf.list_ctids(host)
     records = []
+    mounts = MountTable()  # one read of the host's mount table for all rows, not one per row
     for number in numbers:
-        entry = _record_of(host, number)
+        entry = _record_of(host, number, mounts)
         if entry is None:
             continue
         st, row = entry

@@ -105,7 +105,8 @@ def create(
         disk_of = disk.parse(
             {k: v for k, v in cfg.extra.items() if k in disk.KEYS}
         )  # a bad value in the sample: named (exit 21) before anything is made
-        private_dir, root_dir = check_new_places(host, ctid, cfg)
+        others = places.OtherPlaces(host, ctid)  # each ask re-reads only what changed
+        private_dir, root_dir = check_new_places(host, ctid, cfg, others)
         # Two creates naming the same place (each holding only its own CT's lock) must not
         # both take it: the places themselves are locked (in a fixed order) until the end.
         with contextlib.ExitStack() as held:
@@ -123,7 +124,7 @@ def create(
                     )
                 )
             # Again, now that nobody else can take them.
-            check_new_places(host, ctid, cfg)
+            check_new_places(host, ctid, cfg, others)
             if userns is False or (userns is None and base.local_uid == 0):
                 cfg = replace(cfg, local_uid=0, local_gid=0)
                 log.warning(
@@ -132,7 +133,9 @@ def create(
                     ctid,
                 )
             else:
-                block = idmap.allocate(host, ctid, lambda: places.blocks_of_others(host, ctid))
+                block = idmap.allocate(
+                    host, ctid, lambda: places.blocks_of_others(host, ctid, others)
+                )
                 cfg = replace(cfg, local_uid=block, local_gid=block)
                 held.callback(idmap.release, host, ctid)
                 if chosen == "overlay":
@@ -177,13 +180,14 @@ def _overlay_or_private_copy(host: HostConfig, ctid: int) -> str:
     return "plain"
 
 
-def check_new_places(host: HostConfig, ctid: int, cfg: conf.CtConfig) -> tuple[Path, Path]:
+def check_new_places(
+    host: HostConfig, ctid: int, cfg: conf.CtConfig, others: places.OtherPlaces
+) -> tuple[Path, Path]:
     """The new CT's private area and root, refused (exit 21, nothing made) when either is a
-    host system directory or vzpkg's, overlaps another VPS's, or is in use already."""
+    host system directory or vzpkg's, overlaps another VPS's (``others``, asked afresh), or is
+    in use already."""
     private, root = checked_paths(host, ctid, cfg, ExitCode.INVALID_VALUE)
-    places.check_apart(
-        ctid, private, root, places.places_of_others(host, ctid), ExitCode.INVALID_VALUE
-    )
+    places.check_apart(ctid, private, root, others(), ExitCode.INVALID_VALUE)
     if layout.is_mounted(root):
         raise VzError(
             f"CT {ctid}: the root {root} is in use: something is mounted there; nothing was done",

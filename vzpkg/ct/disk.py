@@ -41,7 +41,7 @@ from pathlib import Path
 from vzpkg import checks, run
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import mkdir_mode
-from vzpkg.mounts import is_mounted, mount_of, unmount
+from vzpkg.mounts import is_mounted, mount_on, unmount
 
 IMAGE = "root.hdd"
 MOUNT_DIR = "fs"
@@ -323,8 +323,8 @@ def used(point: Path) -> int:
 
 
 def _sysfs(point: Path) -> Path:
-    entry = mount_of(point)
-    if entry is None or entry.mount_point != os.path.realpath(point) or entry.fstype != "ext4":
+    entry = mount_on(point)
+    if entry is None or entry.fstype != "ext4":
         raise VzError(f"{point} is not a mounted disk", ExitCode.SYSTEM)
     return Path("/sys/fs/ext4") / os.path.basename(entry.source) / "reserved_clusters"
 
@@ -422,7 +422,7 @@ def resize(ctid: int, private: Path, space: int, *, mounted: bool) -> None:
                 ExitCode.DQ_SET,
                 hint=f"vzctl stop {ctid}, set --diskspace again, vzctl start {ctid}",
             )
-        entry = mount_of(private / MOUNT_DIR)
+        entry = mount_on(private / MOUNT_DIR)
         assert entry is not None
         _truncate(image, size)
         _tool(["losetup", "--set-capacity", entry.source], "the disk keeps its old size")

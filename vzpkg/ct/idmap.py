@@ -17,6 +17,7 @@ plain private area, whose files the kernel then owns by the block).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import grp
 import os
@@ -158,13 +159,16 @@ def allocate(host: HostConfig, ctid: int, taken: Callable[[], Iterable[int]]) ->
             for r in _read_subid(path)
             if not _is_pool(r, host) and not _holds_pool(r, host)
         ]
-        host_ids = _host_ids()
+        # Sorted, so that each candidate is one bisection, not a pass over every VPS's block
+        # (1000 VPSs: 0.2 s).
+        near = sorted(busy)
+        host_ids = sorted(_host_ids())
         base = host.userns_pool_base
         while base + BLOCK <= host.userns_pool_base + host.userns_pool_size:
             if (
-                not any(base - BLOCK < other < base + BLOCK for other in busy)
+                not _any_between(near, base - BLOCK + 1, base + BLOCK)
                 and not any(r.overlaps(base, BLOCK) for r in foreign)
-                and not any(base <= i < base + BLOCK for i in host_ids)
+                and not _any_between(host_ids, base, base + BLOCK)
             ):
                 directory = _reservation_dir(host)
                 directory.mkdir(mode=0o700, exist_ok=True)
@@ -176,6 +180,12 @@ def allocate(host: HostConfig, ctid: int, taken: Callable[[], Iterable[int]]) ->
         ExitCode.CONFIG,
         hint="raise USERNS_POOL_SIZE, or destroy VPSs you no longer need",
     )
+
+
+def _any_between(ordered: Sequence[int], low: int, high: int) -> bool:
+    """Whether sorted ``ordered`` holds a value in [low, high)."""
+    at = bisect.bisect_left(ordered, low)
+    return at < len(ordered) and ordered[at] < high
 
 
 def release(host: HostConfig, ctid: int) -> None:

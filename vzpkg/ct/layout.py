@@ -24,11 +24,13 @@ which lives in TREES_DIR where no VPS can write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from vzpkg import checks, run, syscalls
@@ -671,7 +673,12 @@ def gate_path(host: HostConfig, ctid: int) -> Path:
     VE_ROOT. The directory ``CTID.rootfs`` belongs to the VPS's root and lets only it pass
     (mode 0100): runc mounts the root as the VPS's own ids, which must get through every
     directory above it, and no other host user can. So the directories above VE_ROOT need not
-    let others pass (the default /vz/root is 0700): no host user reaches a VPS's files."""
+    let others pass (the default /vz/root is 0700): no host user reaches a VPS's files.
+
+    The gate is there only while runc sets the VPS up: once its init runs, the VPS's mount
+    namespace has a mount of its own of the root, and the start unmounts the gate (one host
+    mount less per running VPS; every mount on the host slows runc and mount(8), which read
+    the whole mount table). Its directories stay until the stop (``close_gate``)."""
     return host.run_dir / "ct" / f"{ctid}.rootfs"
 
 
@@ -714,13 +721,21 @@ def open_gate(gate: Path, root: Path, owner: tuple[int, int]) -> Path:
     return target
 
 
-def release_gate(gate: Path) -> None:
-    """Unmount and remove a VPS's gate (nothing to do if there is none)."""
+def close_gate(gate: Path) -> None:
+    """Unmount a running VPS's gate, keeping its (then empty) directories: runc exec starts
+    its helper in the root's path (the working directory it forks it in), before it enters
+    the VPS's namespaces, so the path must still be there."""
     target = gate / "root"
     for _ in range(16):
         if not is_mounted(target):
             break
         syscalls.umount(target)
+
+
+def release_gate(gate: Path) -> None:
+    """Unmount and remove a VPS's gate (nothing to do if there is none)."""
+    target = gate / "root"
+    close_gate(gate)
     with contextlib.suppress(FileNotFoundError):
         target.rmdir()
     with contextlib.suppress(FileNotFoundError):
@@ -871,9 +886,41 @@ def umount_root(
                         ", ".join(still),
                     )
             return
-        run.run(
-            ["umount", str(root)],
-            error_code=ExitCode.UMOUNT_FAILED,
-            error_hint=f"processes may still use it: fuser -vm {root}",
-        )
+        umount_busy_retried(root)
     raise VzError(f"{root} is still mounted", ExitCode.SYSTEM, hint=f"umount {root} by hand")
+
+
+# Waits before each new try of an unmount the kernel found busy: 2 s in all. A stop unmounts
+# right after runc reports the VPS's processes gone; what they held on the root is released
+# by the kernel a little later (the last reference to a file, a working directory or a mount
+# namespace of an exiting task is dropped through deferred work: task_work, delayed mntput,
+# an RCU grace period before a namespace's mounts go), and with parallel stops on a loaded
+# host that once took long enough for a bare umount to fail (exit 51, "target is busy").
+# Milliseconds to tens of them are what that takes; 2 s covers a busy host many times over and
+# still says soon that something really uses the root (a shell whose directory is in it).
+UMOUNT_BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4)
+
+
+def umount_busy_retried(
+    root: Path,
+    waits: Sequence[float] = UMOUNT_BUSY_WAITS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Unmount the top mount on ``root`` (never through a symlink); while the kernel says it
+    is busy, try again after each of ``waits``; then refuse (UMOUNT_FAILED)."""
+    log.debug("+ umount %s", root)
+    for wait in (*waits, None):
+        try:
+            syscalls.umount(root)
+            return
+        except OSError as e:
+            if e.errno == errno.EBUSY and wait is not None:
+                log.debug("%s is busy; trying again in %s s", root, wait)
+                sleep(wait)
+                continue
+            raise VzError(
+                f"cannot unmount {root}: {e.strerror}"
+                + (f" (still after {sum(waits):.1f} s)" if e.errno == errno.EBUSY else ""),
+                ExitCode.UMOUNT_FAILED,
+                hint=f"processes may still use it: fuser -vm {root}",
+            ) from None

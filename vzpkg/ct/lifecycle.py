@@ -240,6 +240,12 @@ def _start_mounted(
         except BaseException:
             net.teardown(host.run_dir, ctid)
             raise
+    # The VPS has its own mount of its root now (runc's, in its mount namespace, which the
+    # host's unmount does not reach: the gate is a private mount): the gate has done its job.
+    try:
+        layout.close_gate(layout.gate_path(host, ctid))
+    except OSError as e:
+        log.warning("CT %s: its gate stays mounted until it stops: %s", ctid, e)
     return init
 
 

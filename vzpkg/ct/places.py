@@ -15,16 +15,19 @@ mounted, unmounted or removed there, vzpkg checks that the place
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vzpkg import fsutil
 from vzpkg.ct import disk
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
-from vzpkg.mounts import MountEntry, read_mountinfo
+from vzpkg.mounts import MountEntry, MountTable, mount_on
 
 log = logging.getLogger("vzpkg")
 
@@ -151,58 +154,176 @@ def check_apart(
 ) -> None:
     """Refuse when this VPS's private area and root overlap each other or any place of
     ``others`` (equal, inside or above)."""
-    mine = (("private area", private), ("root", root))
-    if _relation(real(root), real(private)) is not None:
+    mine = (("private area", private, real(private)), ("root", root, real(root)))
+    if _relation(mine[1][2], mine[0][2]) is not None:
         raise VzError(
             f"CT {ctid}: its root {root} and private area {private} overlap",
             code,
             hint="VE_ROOT (where the VPS is mounted) and VE_PRIVATE (its files) must be apart",
         )
+    resolve = _Resolver()
     for other in others:
-        for what, path in mine:
-            for their_what, theirs in (("private area", other.private), ("root", other.root)):
-                relation = _relation(real(path), real(theirs))
+        theirs = (
+            ("private area", other.private, resolve(other.private)),
+            ("root", other.root, resolve(other.root)),
+        )
+        for what, path, where in mine:
+            for their_what, their_path, their_where in theirs:
+                relation = _relation(where, their_where)
                 if relation is not None:
                     raise VzError(
-                        f"CT {ctid}: the {what} {path} {relation} the {their_what} {theirs} "
+                        f"CT {ctid}: the {what} {path} {relation} the {their_what} {their_path} "
                         f"of CT {other.ctid}; nothing was done",
                         code,
                         hint="every VPS needs a private area and a root of its own",
                     )
 
 
+class _Resolver:
+    """``real`` for the many places of other VPSs, which mostly share their parent directory
+    (/vz/private/101, /vz/private/102 ...): the parent is resolved once, and a path whose last
+    part is no symlink is its resolved parent joined with that part, which is what realpath
+    would say (one lstat instead of one per part)."""
+
+    def __init__(self) -> None:
+        self._parents: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        text = os.path.normpath(path)
+        parent, name = os.path.split(text)
+        if not name or name in (".", ".."):
+            return real(path)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(text).st_mode)
+        except FileNotFoundError:
+            is_link = False
+        except OSError:
+            return real(path)
+        if is_link:
+            return real(path)
+        if parent not in self._parents:
+            self._parents[parent] = real(Path(parent))
+        return os.path.join(self._parents[parent], name)
+
+
 def places_of_others(host: HostConfig, ctid: int) -> list[Place]:
     """The places of every other VPS that has a CTID.conf. A configuration that does not
     parse (a typo in another key, bytes that are not UTF-8) is read leniently for VE_PRIVATE
     and VE_ROOT alone: one broken file must not hide a VPS's places from the check."""
-    from vzpkg.ct import conf  # conf needs nothing from here; imported late to stay light
-
-    places = []
-    for other in conf.list_ctids(host):
-        if other == ctid:
-            continue
-        place: Place | None
-        try:
-            cfg = conf.read_ct_config(host, other)
-            ids = cfg.userns
-            place = Place(
-                other,
-                conf.private_path(host, other, cfg),
-                conf.root_path(host, other, cfg),
-                None if ids is None else ids[0],
-                None if ids is None else ids[1],
-            )
-        except VzError:
-            place = _place_of_broken(host, other)
-        if place is not None:
-            places.append(place)
-    return places
+    return OtherPlaces(host, ctid)()
 
 
-def blocks_of_others(host: HostConfig, ctid: int) -> list[int]:
-    """The first host uid and gid of every other VPS's user namespace block, read afresh."""
+PLACES_CACHE = "places.json"  # in RUN_DIR: the places read from each CTID.conf, by version
+
+
+class OtherPlaces:
+    """``places_of_others`` for a command that asks more than once (create: before and after
+    it takes its places' locks, and the user namespace blocks under the pool's lock). Every
+    ask lists CONF_DIR and stats each CTID.conf afresh, so a VPS made, changed or destroyed
+    since is seen; a file that is unchanged since it was last read (the same inode, size,
+    mtime and ctime) is not read and parsed again (1000 of them take ~100 ms). What was read
+    is kept in RUN_DIR (root's alone) for the next command: a missing or damaged copy only
+    costs the reading again."""
+
+    def __init__(self, host: HostConfig, ctid: int) -> None:
+        self.host = host
+        self.ctid = ctid
+        self._cache = host.run_dir / PLACES_CACHE
+        self._known = _load_places(self._cache)
+
+    def __call__(self) -> list[Place]:
+        from vzpkg.ct import conf  # conf needs nothing from here; imported late to stay light
+
+        places = []
+        known = {}
+        for other in conf.list_ctids(self.host):
+            if other == self.ctid:
+                if other in self._known:
+                    known[other] = self._known[other]  # kept for the next command's asks
+                continue
+            try:
+                st = os.stat(conf.conf_path(self.host, other))
+                version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            except OSError:
+                version = None  # gone meanwhile: read as before, which says what it finds
+            cached = self._known.get(other)
+            if version is not None and cached is not None and cached[0] == version:
+                place = cached[1]
+            else:
+                place = _place_of(self.host, other)  # stat first: a change after it is seen
+            if version is not None:
+                known[other] = (version, place)
+            if place is not None:
+                places.append(place)
+        if known != self._known:
+            self._known = known
+            _save_places(self._cache, known)
+        return places
+
+
+_Known = dict[int, tuple[tuple[int, int, int, int], Place | None]]
+
+
+def _load_places(path: Path) -> _Known:
+    try:
+        data = json.loads(path.read_bytes())
+        known: _Known = {}
+        for key, (version, private, root, uid, gid) in data.items():
+            numbers = tuple(int(n) for n in version)
+            if len(numbers) != 4 or not all(
+                isinstance(v, (int, type(None))) and not isinstance(v, bool) for v in (uid, gid)
+            ):
+                raise ValueError(key)
+            place = None
+            if private is not None:
+                place = Place(int(key), Path(str(private)), Path(str(root)), uid, gid)
+            known[int(key)] = ((numbers[0], numbers[1], numbers[2], numbers[3]), place)
+        return known
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}  # none yet, or damaged: every CTID.conf is read
+
+
+def _save_places(path: Path, known: _Known) -> None:
+    data = {
+        str(ctid): [
+            list(version),
+            *(
+                (None, None, None, None)
+                if place is None
+                else (str(place.private), str(place.root), place.userns_base, place.userns_gid)
+            ),
+        ]
+        for ctid, (version, place) in known.items()
+    }
+    try:
+        if path.parent.is_dir():  # RUN_DIR is made by the commands that need it
+            fsutil.atomic_write(path, json.dumps(data).encode(), 0o600)
+    except OSError as e:
+        log.debug("cannot keep the places read in %s: %s", path, e)
+
+
+def _place_of(host: HostConfig, other: int) -> Place | None:
+    from vzpkg.ct import conf
+
+    try:
+        cfg = conf.read_ct_config(host, other)
+        ids = cfg.userns
+        return Place(
+            other,
+            conf.private_path(host, other, cfg),
+            conf.root_path(host, other, cfg),
+            None if ids is None else ids[0],
+            None if ids is None else ids[1],
+        )
+    except VzError:
+        return _place_of_broken(host, other)
+
+
+def blocks_of_others(host: HostConfig, ctid: int, others: OtherPlaces | None = None) -> list[int]:
+    """The first host uid and gid of every other VPS's user namespace block, read afresh
+    (``others``: the command's ``OtherPlaces``, which reads only what changed)."""
     blocks = []
-    for other in places_of_others(host, ctid):
+    for other in (others or OtherPlaces(host, ctid))():
         blocks += [b for b in (other.userns_base, other.userns_gid) if b]
     return blocks
 
@@ -317,14 +438,10 @@ def tmp_path(private: Path) -> Path:
 # --- mounts -----------------------------------------------------------------------------------
 
 
-def top_mount(root: Path, entries: Sequence[MountEntry] | None = None) -> MountEntry | None:
-    """What is mounted on ``root`` (the last of a stack of mounts there); None if nothing."""
-    point = real(root)
-    found = None
-    for entry in entries if entries is not None else read_mountinfo():
-        if entry.mount_point == point:
-            found = entry
-    return found
+def top_mount(root: Path, table: MountTable | None = None) -> MountEntry | None:
+    """What is mounted on ``root`` (the top of a stack of mounts there); None if nothing.
+    ``table``: a command's one copy of mountinfo, for a command that asks about many roots."""
+    return mount_on(root, table)
 
 
 def is_own_mount(root: Path, private: Path, entry: MountEntry) -> bool:

@@ -16,6 +16,7 @@ from vzpkg.ct.guest import resolve_in_root
 from vzpkg.ct.runcargv import vps_exec_argv as exec_argv
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
+from vzpkg.mounts import MountTable
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class Status:
         )
 
 
-def status(host: HostConfig, ctid: int) -> Status:
+def status(host: HostConfig, ctid: int, mounts: MountTable | None = None) -> Status:
     """The CT's status. A CT without CTID.conf does not exist; an unreadable CTID.conf raises
-    (its VzError says why)."""
+    (its VzError says why). ``mounts``: one copy of the mount table for a command that asks
+    for many CTs' status (vzlist), rather than a read per mounted CT."""
     try:
         cfg: conf.CtConfig | None = conf.read_ct_config(host, ctid)
     except VzError as e:
@@ -62,7 +64,7 @@ def status(host: HostConfig, ctid: int) -> Status:
     if not running and os.path.exists(net.state_path(host.run_dir, ctid)):
         _network_of_dead_init(host, ctid)
     condition = layout.condition(private_dir)
-    entry = places.top_mount(root_dir)
+    entry = places.top_mount(root_dir, mounts)
     mounted = entry is not None and places.is_own_mount(root_dir, private_dir, entry)
     return Status(
         ctid, condition == "present", mounted, running, nproc, cfg, condition == "destroying"
