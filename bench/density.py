@@ -10,7 +10,7 @@ Each runtime grows one set of containers to each count in turn (100, then 200 mo
 more; one container at a time: create all of a step, then start all of it), measures them at
 every count, and at the end stops and destroys them all, one at a time, timing each command:
   vzpkg    vzctl create CTID --ostemplate debian-12-x86_64-minimal (the defaults: overlay
-           layout, a user namespace, the basic sample: no resource limits), vzctl start, vzctl
+           layout, a user namespace, the basic sample's limits), vzctl start, vzctl
            stop, vzctl destroy. An anchor VPS (--ctid-base, never started) keeps the shared
            template tree; the VPSs are --ctid-base + 1 on. With --limits, a second pass whose
            VPSs get `vzctl set CTID <those options> --save` before their start.

@@ -70,8 +70,9 @@ def saved_disk(host: VzHost, ctid: str) -> list[str]:
     return re.findall(r"^DISKSPACE=.*$", conf_of(host, ctid).read_text(), re.MULTILINE)
 
 
-def row(host: VzHost, ctid: str) -> dict[str, dict[str, int | None]]:
-    return json.loads(host.run("vzlist", "-j", ctid).stdout)[0]["disk"]
+def row(host: VzHost, ctid: str) -> dict[str, dict[str, int]]:
+    disk: dict[str, dict[str, int]] = json.loads(host.run("vzlist", "-j", ctid).stdout)[0]["disk"]
+    return disk
 
 
 def test_writes_past_diskspace_fail_inside_and_a_live_raise_lets_them_through(
