@@ -61,11 +61,9 @@ def mount(host: HostConfig, ctid: int) -> None:
     with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             raise VzError(f"CT {ctid} is already mounted", ExitCode.MOUNTED)
-        space = _check_mountable(host, ctid, private_dir, cfg)
-        layout.mount_root(
-            host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
-            disk_space=space,
-        )  # fmt: skip
+        _mount_root(
+            host, ctid, cfg, private_dir, root_dir, _check_mountable(host, ctid, private_dir, cfg)
+        )
 
 
 @contextlib.contextmanager
@@ -76,15 +74,22 @@ def root_for_reading(host: HostConfig, ctid: int) -> Iterator[Path]:
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             yield root_dir
             return
-        space = _check_mountable(host, ctid, private_dir, cfg)
-        layout.mount_root(
-            host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
-            disk_space=space,
-        )  # fmt: skip
+        _mount_root(
+            host, ctid, cfg, private_dir, root_dir, _check_mountable(host, ctid, private_dir, cfg)
+        )
         try:
             yield root_dir
         finally:
             layout.umount_ct(host, ctid, root_dir, private_dir)
+
+
+def _mount_root(
+    host: HostConfig, ctid: int, cfg: conf.CtConfig, private: Path, root: Path, space: int | None
+) -> None:
+    """Mount the CT's root as its config says (layout, user namespace, disk limit)."""
+    layout.mount_root(
+        host, ctid, private, root, layout=cfg.ve_layout, userns=cfg.userns, disk_space=space
+    )
 
 
 def _check_mountable(host: HostConfig, ctid: int, private: Path, cfg: conf.CtConfig) -> int | None:
@@ -140,10 +145,7 @@ def _start(host: HostConfig, ctid: int, point_of_no_return: Callable[[], None]) 
             return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return, private_dir, space)
         # A start that does not get to run init unmounts again, even after kill -9.
         with Guardian(lambda seen: _undo_start(host, ctid, root_dir, private_dir)):
-            layout.mount_root(
-                host, ctid, private_dir, root_dir, layout=cfg.ve_layout, userns=cfg.userns,
-                disk_space=space,
-            )  # fmt: skip
+            _mount_root(host, ctid, cfg, private_dir, root_dir, space)
             return _start_mounted(host, ctid, cfg, root_dir, point_of_no_return, private_dir, space)
 
 
