@@ -739,16 +739,7 @@ def main() -> None:
         help=f"a second vzpkg pass, each VPS with `vzctl set CTID OPTIONS --save` before its "
         f"start (default OPTIONS: '{LIMITS}'; give others as --limits='...')",
     )
-    parser.add_argument(
-        "--build-cache", action="store_true", help="build the cache even if caches/ has one"
-    )
-    parser.add_argument(
-        "--cache-from",
-        type=Path,
-        default=REPO / "caches",
-        metavar="DIR",
-        help="where to copy the cache from, read only (default: the checkout's caches/)",
-    )
+    rt.add_cache_options(parser)
     parser.add_argument(
         "--ctid-base",
         type=int,

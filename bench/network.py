@@ -1145,16 +1145,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--build-cache", action="store_true", help="build the cache even if caches/ has one"
-    )
-    parser.add_argument(
-        "--cache-from",
-        type=Path,
-        default=REPO / "caches",
-        metavar="DIR",
-        help="where to copy the cache from, read only (default: the checkout's caches/)",
-    )
+    rt.add_cache_options(parser)
     parser.add_argument(
         "--ctid-base",
         type=int,

@@ -1108,12 +1108,8 @@ def report(r: Results, rounds: int, count: int, versions_line: str) -> None:
         print("lxc: " + "; ".join(r.lxc_notes))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--vps", type=int, default=5, help="idle VPSs per kind for memory")
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    """--build-cache and --cache-from, as every bench takes them (obtain_cache uses them)."""
     parser.add_argument(
         "--build-cache", action="store_true", help="build the cache even if caches/ has one"
     )
@@ -1124,6 +1120,15 @@ def main() -> None:
         metavar="DIR",
         help="where to copy the cache from, read only (default: the checkout's caches/)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--vps", type=int, default=5, help="idle VPSs per kind for memory")
+    add_cache_options(parser)
     parser.add_argument(
         "--ctid-base",
         type=int,
