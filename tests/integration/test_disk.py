@@ -65,6 +65,14 @@ def size_of(host: VzHost, ctid: str, path: str) -> int:
     return int(sh(host, ctid, f"stat -c %s {path}").stdout)
 
 
+def running_on_a_disk(host: VzHost, cts: list[str], size: str) -> tuple[str, Path]:
+    """A new VPS with a disk of ``size``, started; its CTID and private area."""
+    ctid = new_ct(cts)
+    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--diskspace", size)
+    vzctl(host, "start", ctid)
+    return ctid, host.base / "private" / ctid
+
+
 def saved_disk(host: VzHost, ctid: str) -> list[str]:
     """The DISKSPACE lines of CTID.conf (the sample's comment aside)."""
     return re.findall(r"^DISKSPACE=.*$", conf_of(host, ctid).read_text(), re.MULTILINE)
@@ -201,10 +209,7 @@ def test_bad_disk_values_change_nothing(host: VzHost, cts: list[str]) -> None:
 def test_the_vps_cannot_lift_its_limit_and_no_loop_outlives_it(
     host: VzHost, cts: list[str]
 ) -> None:
-    ctid = new_ct(cts)
-    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--diskspace", "100M")
-    private = host.base / "private" / ctid
-    vzctl(host, "start", ctid)
+    ctid, private = running_on_a_disk(host, cts, "100M")
     (device,) = [line.split(":")[0] for line in loops_of(private)]
     knob = f"/sys/fs/ext4/{os.path.basename(device)}/reserved_clusters"
     reserve = Path(knob).read_text()
@@ -269,10 +274,7 @@ def test_a_move_onto_a_disk_cut_short_is_destroyed_whole(host: VzHost, cts: list
 def test_a_disk_another_mount_namespace_still_holds_is_not_resized_under_it(
     host: VzHost, cts: list[str]
 ) -> None:
-    ctid = new_ct(cts)
-    vzctl(host, "create", ctid, "--ostemplate", MINIMAL, "--diskspace", "100M")
-    private = host.base / "private" / ctid
-    vzctl(host, "start", ctid)
+    ctid, private = running_on_a_disk(host, cts, "100M")
     # A process that copied the host's mounts (as a build's unshare --mount does).
     holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "120"])
     try:
