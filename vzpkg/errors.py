@@ -21,9 +21,11 @@ class ExitCode(enum.IntEnum):
     TOOL_MISSING = 11  # a required host program is not installed
     PERMISSION = 12  # must be run as root
     CT_CONFIG_MISSING = 14
+    PKG_NOT_RUNNING = 15  # vzpkg (vztt's code): the VPS is not running
     CT_NOT_FOUND = 16  # vzpkg (vztt's code): the VPS does not exist
     INVALID_ARGUMENT = 20
     INVALID_VALUE = 21
+    PKG_TEMPLATE_NOT_FOUND = 24  # vzpkg (vztt's code): the VPS's template is unknown
     NOT_RUNNING = 31
     RUNNING = 32
     STOP_FAILED = 33
@@ -39,6 +41,7 @@ class ExitCode(enum.IntEnum):
     DESTROY_FAILED = 52
     NOTENOUGH_QUOTA_LIMITS = 55  # a disk smaller than the files on it
     DQ_SET = 62  # a VPS's disk could not be made or resized (vzctl: setting the quota failed)
+    PKGMGR_FAILED = 70  # vzpkg (vztt's code): the package manager failed
     IP_IN_USE = 78  # an address another running VPS holds
     TEMPLATE_NOT_FOUND = 91  # unknown template name, or no cache for it
     # vzpkg's own

@@ -13,8 +13,12 @@ from typing import Any, NoReturn
 
 
 def _run(module: str, prog: str) -> None:
+    _run_command(module, "main", prog)
+
+
+def _run_command(module: str, name: str, prog: str) -> None:
     try:
-        run_click(importlib.import_module(module).main, prog)
+        run_click(getattr(importlib.import_module(module), name), prog)
     except (KeyboardInterrupt, RuntimeError) as e:
         from vzpkg.interrupts import caused_by_interrupt
 
@@ -63,3 +67,7 @@ def vzubc() -> None:
 
 def vzpkg() -> None:
     _run("vzpkg.cli.packages", "vzpkg")
+
+
+def vzapt() -> None:
+    _run_command("vzpkg.cli.packages", "vzapt", "vzapt")

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vzpkg import cgroups, syscalls
+from vzpkg.ct import inside
 from vzpkg.ct.resources import Device
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import atomic_write, open_dir_beneath
 
 log = logging.getLogger("vzpkg")
 
-MNT_DETACH = 2
+MNT_DETACH = inside.MNT_DETACH
 
 
 RECORD = "devices.json"  # in the VPS's bundle: what it was granted at start and since
@@ -114,44 +115,7 @@ def _bind_node(init_pid: int, device: Device) -> None:
 
 
 def _in_vps(init_pid: int, action: Callable[[], None]) -> None:
-    """Run ``action`` in a child that has entered the user namespace (as its root: it can do
-    no more than the VPS's root) and the mount namespace of the VPS whose init is
-    ``init_pid``; its error, if any, raised here."""
-    userns = os.open(f"/proc/{init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    own = os.stat("/proc/self/ns/user").st_ino == os.fstat(userns).st_ino  # privileged VPS
-    ns = os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    read, write = os.pipe()
-    try:
-        pid = os.fork()
-        if pid == 0:  # the child: one system call after another, then _exit
-            code = 0
-            try:
-                os.close(read)
-                if not own:
-                    syscalls.enter_userns(userns)
-                syscalls.setns(ns, syscalls.CLONE_NEWNS)
-                action()
-            except BaseException as e:  # reported to the parent
-                os.write(write, str(e).encode()[:4000] or b"failed")
-                code = 1
-            os._exit(code)
-        os.close(write)
-        write = -1
-        message = b""
-        while chunk := os.read(read, 4096):
-            message += chunk
-        _, status = os.waitpid(pid, 0)
-    finally:
-        os.close(ns)
-        os.close(userns)
-        os.close(read)
-        if write >= 0:
-            os.close(write)
-    if status != 0:
-        raise VzError(
-            f"cannot change a device node inside the VPS: {message.decode(errors='replace')}",
-            ExitCode.SYSTEM,
-        )
+    inside.in_vps(init_pid, action, "change a device node")
 
 
 def _bind_onto(source: int, device: Device) -> None:

@@ -111,7 +111,7 @@ class Debian(Family):
 
     # -- building --------------------------------------------------------------------------
 
-    def _keyring_dir(self, workdir: Path) -> tuple[Path, Path]:
+    def keyring_dir(self, workdir: Path) -> tuple[Path, Path]:
         """A directory holding exactly the template's keys, so apt trusts nothing else."""
         keydir = workdir / "trusted.gpg.d"
         keydir.mkdir(mode=0o755)
@@ -135,7 +135,7 @@ class Debian(Family):
         with tempfile.TemporaryDirectory(prefix="keys-", dir=root.parent) as tmp:
             # apt reads the keys as its unprivileged sandbox user: they must be world-readable.
             os.chmod(tmp, 0o755)
-            keydir, first_key = self._keyring_dir(Path(tmp))
+            keydir, first_key = self.keyring_dir(Path(tmp))
             if tool == "mmdebstrap":
                 argv = apt.mmdebstrap_argv(
                     suite=suite,

@@ -169,3 +169,161 @@ def read_dpkg_status(status_file: Path) -> list[tuple[str, str, str]]:
     from vzpkg.pkgmgr.installed import parse_dpkg_status
 
     return sorted((p.name, p.version, p.arch) for p in parse_dpkg_status(status_file.read_bytes()))
+
+
+# -- packages in a running VPS (vzpkg install/update/remove, vzapt) ---------------------------
+
+# The fields of a dpkg status stanza that apt's resolver reads; everything else a VPS wrote
+# there stays out of the copy the host's apt-get reads. (Installed-Size and the relations are
+# part of apt's version hash: without them apt takes an installed version for another one.)
+STATUS_FIELDS = (
+    "Package", "Status", "Priority", "Essential", "Protected", "Architecture", "Multi-Arch",
+    "Version", "Installed-Size", "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests", "Conflicts",
+    "Breaks", "Replaces", "Enhances",
+)  # fmt: skip
+_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*\Z")
+_VERSION = re.compile(r"[A-Za-z0-9.+~:-]+\Z")
+_ARCH = re.compile(r"[a-z0-9-]+\Z")
+_WORD = re.compile(r"[a-z-]+\Z")
+_RELATIONS = re.compile(r"[A-Za-z0-9.+~:<>=|,()\[\]! _-]*\Z")
+
+
+def sanitize_dpkg_status(data: bytes) -> tuple[bytes, int]:
+    """A dpkg status file the host's apt-get can read without trusting the VPS that wrote it:
+    only ``STATUS_FIELDS``, each value on one line of the characters its syntax allows; a
+    stanza with anything else is left out. Returns (the file, how many stanzas were left out)."""
+    from debian.deb822 import Deb822  # lazy: python-debian is a large import
+
+    out: list[str] = []
+    dropped = 0
+    for para in Deb822.iter_paragraphs(data.decode("utf-8", errors="replace").splitlines()):
+        fields = {k: " ".join(str(v).split()) for k, v in para.items() if k in STATUS_FIELDS}
+        ok = (
+            _NAME.match(fields.get("Package", ""))
+            and _VERSION.match(fields.get("Version", "0"))
+            and _ARCH.match(fields.get("Architecture", "all"))
+            and all(_WORD.match(w) for w in fields.get("Status", "").split() or ["-"])
+            and len(fields.get("Status", "").split()) == 3
+            and all(_RELATIONS.match(v) for v in fields.values())
+        )
+        if not ok:
+            dropped += 1
+            continue
+        out.append("".join(f"{k}: {fields[k]}\n" for k in STATUS_FIELDS if k in fields))
+    return "\n".join(out).encode(), dropped
+
+
+def host_apt_conf(
+    *,
+    sources: Path,
+    keys: Path,
+    lists: Path,
+    archives: Path,
+    status: Path,
+    scratch: Path,
+    arch: str,
+    options: Sequence[str] = (),
+) -> str:
+    """An APT_CONFIG for the host's apt-get that sees a VPS: the template's sources and keys
+    only (nothing of the host's /etc/apt), the shared lists and packages of its template, a
+    copy of its dpkg status; ``scratch`` (empty, private) takes what else apt writes."""
+    values = {
+        "Dir::Etc::main": "/dev/null",
+        "Dir::Etc::parts": f"{scratch}/none",
+        "Dir::Etc::sourcelist": str(sources),
+        "Dir::Etc::sourceparts": f"{scratch}/none",
+        "Dir::Etc::trusted": f"{scratch}/none.gpg",
+        "Dir::Etc::trustedparts": str(keys),
+        "Dir::Etc::preferences": "/dev/null",
+        "Dir::Etc::preferencesparts": f"{scratch}/none",
+        "Dir::State": f"{scratch}/state",
+        "Dir::State::lists": str(lists),
+        "Dir::State::status": str(status),
+        "Dir::Cache": f"{scratch}/cache",
+        "Dir::Cache::archives": str(archives),
+        "Dir::Log": f"{scratch}/log",
+        "APT::Architecture": arch,
+        "Acquire::Languages": "none",
+        "Acquire::AllowInsecureRepositories": "false",
+        "Acquire::AllowDowngradeToInsecureRepositories": "false",
+        "APT::Get::AllowUnauthenticated": "false",
+    }
+    lines = [f'{k} "{v}";' for k, v in values.items()]
+    lines.append(f'APT::Architectures {{ "{arch}"; }};')
+    lines += [f"{opt};" for opt in options]  # host_aptopts: 'Key "value"'
+    return "\n".join(lines) + "\n"
+
+
+# Where a VPS sees the shared lists and packages, and its own transaction directory.
+VPS_APT_DIR = "/run/vzpkg/apt"  # read-only: sources.list, lists/
+VPS_POOL_DIR = "/run/vzpkg/pool"  # read-only: the template's .debs
+VPS_TX_DIR = "/run/vzpkg/tx"  # the VPS's own: symlinks to what this transaction installs
+
+# What both sides resolve with, so that the VPS's apt-get wants exactly what the host fetched.
+RESOLVER_OPTIONS = ("APT::Install-Recommends=true", "APT::Install-Suggests=false")
+
+
+def vps_apt_argv(args: Sequence[str], debs: Sequence[str]) -> list[str]:
+    """The command run inside the VPS: link this transaction's packages (``debs``, file names
+    in the pool) into its own directory, then its own apt-get with ``args``, given the shared
+    lists and told never to download (the host did, with the template's keys)."""
+    options = [
+        f"Dir::Etc::SourceList={VPS_APT_DIR}/sources.list",
+        f"Dir::Etc::SourceParts={VPS_APT_DIR}/none",
+        f"Dir::State::Lists={VPS_APT_DIR}/lists",
+        f"Dir::Cache::Archives={VPS_TX_DIR}",
+        "Dir::Cache::pkgcache=",
+        "Dir::Cache::srcpkgcache=",
+        "Debug::SetupAPTPartialDirectory::AssumeGood=true",
+        "DPkg::Lock::Timeout=300",
+        "Dpkg::Options::=--force-confdef",
+        "Dpkg::Options::=--force-confold",
+        *RESOLVER_OPTIONS,
+    ]
+    script = (
+        f"rm -rf {VPS_TX_DIR} && mkdir -p {VPS_TX_DIR}/partial && "
+        f'cd {VPS_POOL_DIR} && for f in "$@"; do [ "$f" = -- ] && break; '
+        f'ln -s "{VPS_POOL_DIR}/$f" {VPS_TX_DIR}/; shift; done; shift; cd / && '
+        'DEBIAN_FRONTEND=noninteractive exec apt-get "$@"'
+    )
+    argv = ["/bin/sh", "-c", script, "vzpkg", *debs, "--"]
+    argv += [f"-o{opt}" for opt in options]
+    return [*argv, "-y", *args]  # nobody is there to answer
+
+
+@dataclass(frozen=True)
+class Change:
+    """One package of a transaction: ``old`` None when it is installed new, ``new`` None when
+    it is removed."""
+
+    name: str
+    arch: str
+    old: str | None
+    new: str | None
+
+
+_INST = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) .*\[(\S+)\]\)", re.MULTILINE)
+_REMV = re.compile(r"^Remv (\S+)(?: \[(\S+)\])?", re.MULTILINE)
+
+
+def parse_simulation(text: str) -> list[Change]:
+    """The changes ``apt-get -s`` prints (Inst and Remv lines), in its order."""
+    changes = []
+    for m in _INST.finditer(text):
+        name, _, arch = m.group(1).partition(":")
+        changes.append(Change(name, arch or m.group(4), m.group(2), m.group(3)))
+    for m in _REMV.finditer(text):
+        name, _, arch = m.group(1).partition(":")
+        changes.append(Change(name, arch, m.group(2), None))
+    return changes
+
+
+def deb_file_name(change: Change) -> str:
+    """The file apt keeps the new version of ``change`` in (``:`` of an epoch quoted)."""
+    assert change.new is not None
+    return f"{change.name}_{change.new.replace(':', '%3a')}_{change.arch}.deb"
+
+
+def apt_errors(text: str) -> list[str]:
+    """apt's own error lines (``E: ...``), without the prefix."""
+    return [line[3:].strip() for line in text.splitlines() if line.startswith("E: ")]

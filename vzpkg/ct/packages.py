@@ -1,0 +1,503 @@
+"""Packages in a running VPS: ``vzpkg install|update|remove|info``, ``vzapt``.
+
+The VPS needs no route to a mirror, and nothing of it runs on the host:
+
+1. On the host, apt-get resolves and downloads with the repositories and keys of the VPS's
+   template only (signatures checked, fail-closed), into the package cache that every VPS of
+   that template shares (PKGCACHE_DIR/<os>-<version>-<arch>, the one cache builds use), against
+   a sanitised copy of the VPS's dpkg status (``apt.sanitize_dpkg_status``).
+2. The lists and packages are shown to the VPS read-only at /run/vzpkg (files the host's root
+   owns: a VPS in a user namespace cannot change them); a privileged VPS, whose root is the
+   host's, gets copies instead.
+3. The VPS's own apt-get, run inside it (runc exec: its namespaces, ids, cgroup and limits),
+   installs them, told never to download; maintainer scripts run there and nowhere else.
+4. What changed is read back on the host from its dpkg status.
+
+Every transaction holds the CT's lock and the template's package-cache lock (builds of the
+template take it too). A killed vzpkg leaves no lock: both are flocks, and the VPS's apt-get
+waits for a dpkg lock a vzpkg it outlived still holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vzpkg import fsutil, lock, run
+from vzpkg.ct import inside
+from vzpkg.ct.common import opened_ct, runc_of
+from vzpkg.ct.ids import container_id
+from vzpkg.ct.runcargv import exec_argv, find_runc, state_root
+from vzpkg.distro.base import InstalledPackage
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig
+from vzpkg.metadata.model import DEB_ARCH, Template
+from vzpkg.pkgmgr import apt
+from vzpkg.pkgmgr.installed import DPKG_STATUS, LIMIT, parse_dpkg_status
+
+LISTS_MAX_AGE = 3600  # seconds: lists younger than this are used as they are (dnf's expiry)
+STAMP = "updated"  # in the shared apt directory: the sources its lists were fetched for
+
+# apt-get's commands that need the template's lists, and those that download packages.
+_NEED_LISTS = {"install", "upgrade", "dist-upgrade", "full-upgrade", "reinstall", "update"}
+_DOWNLOAD = {"install", "upgrade", "dist-upgrade", "full-upgrade", "reinstall"}
+_KNOWN = _NEED_LISTS | {"remove", "purge", "autoremove", "check", "clean", "autoclean"}
+
+Say = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What to do: ``args`` are apt-get's (``install hello``), ``check_only`` resolves only."""
+
+    args: tuple[str, ...]
+    check_only: bool = False
+    refresh: bool = False
+    show_output: Callable[[str], None] | None = None  # apt's own lines; None keeps them
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    ctid: int
+    template: str
+    changes: tuple[apt.Change, ...]
+    check_only: bool
+    fetched: int  # packages downloaded for this transaction (0: all in the shared cache)
+
+    def as_json(self) -> dict[str, object]:
+        def entry(c: apt.Change) -> dict[str, object]:
+            if c.old is None:
+                return {"name": c.name, "arch": c.arch, "version": c.new}
+            if c.new is None:
+                return {"name": c.name, "arch": c.arch, "version": c.old}
+            return {"name": c.name, "arch": c.arch, "from": c.old, "to": c.new}
+
+        return {
+            "ctid": self.ctid,
+            "template": self.template,
+            "check_only": self.check_only,
+            "source": "host package cache",
+            "fetched": self.fetched,
+            "installed": [entry(c) for c in self.changes if c.old is None],
+            "upgraded": [entry(c) for c in self.changes if c.old and c.new],
+            "removed": [entry(c) for c in self.changes if c.new is None],
+        }
+
+
+def command_of(args: Sequence[str]) -> str:
+    """apt-get's command word in ``args`` (the first that is not an option)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("-o", "-c", "-t", "--option", "--config-file", "--target-release"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    raise VzError("no apt-get command given", ExitCode.INVALID_ARGUMENT,
+                  hint="vzapt CTID install PACKAGE...")  # fmt: skip
+
+
+def transaction(
+    host: HostConfig, ctid: int, template_of: Callable[[str], Template], request: Request, say: Say
+) -> Outcome:
+    """Run ``request`` in running VPS ``ctid``; what changed in it."""
+    command = command_of(request.args)
+    if command not in _KNOWN:
+        raise VzError(f"apt-get {command} is not run through vzapt", ExitCode.INVALID_ARGUMENT,
+                      hint=f"commands: {', '.join(sorted(_KNOWN))}")  # fmt: skip
+    with opened_ct(host, ctid, ExitCode.FAILURE) as (cfg, _, root):
+        pid = running_init(host, ctid)
+        template = vps_template(ctid, cfg.ostemplate, template_of)
+        shared = SharedCache(host, template)
+        with shared.locked():
+            shared.prepare(say)
+            if command in _NEED_LISTS:
+                shared.refresh_lists(say, force=request.refresh or command == "update")
+            if command == "update":
+                return Outcome(ctid, template.name, (), request.check_only, 0)
+            before = _status(root)
+            with tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
+                scratch = Path(tmp)
+                host_apt = shared.host_apt(scratch, before)
+                plan = host_apt.simulate(request.args)
+                if request.check_only:
+                    return Outcome(ctid, template.name, tuple(plan), True, 0)
+                fetched = 0
+                if command in _DOWNLOAD and any(c.new for c in plan):
+                    fetched = host_apt.download(request.args, plan, say)
+                debs = [apt.deb_file_name(c) for c in plan if c.new is not None]
+                views = shared.views(pid, scratch, debs)
+                say(f"CT {ctid}: running apt-get {' '.join(request.args)} inside")
+                _run_inside(host, ctid, pid, views, apt.vps_apt_argv(request.args, debs), request)
+            after = _status(root)
+    return Outcome(ctid, template.name, tuple(diff(before, after)), False, fetched)
+
+
+def package_info(
+    host: HostConfig,
+    ctid: int,
+    template_of: Callable[[str], Template],
+    names: Sequence[str],
+    say: Say,
+) -> list[dict[str, str | None]]:
+    """What the template's repositories say of each of ``names`` (its candidate version) and
+    the version VPS ``ctid`` has, if any; the VPS need not run."""
+    status, shared = _reading(host, ctid, template_of, say)
+    installed = {p.name: p.version for p in parse_dpkg_status(status)}
+    found = []
+    with shared.locked(), tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
+        host_apt = shared.host_apt(Path(tmp), status)
+        for name in names:
+            fields = host_apt.show(name)
+            summary = fields.get("Description", "").partition("\n")[0]
+            found.append({
+                "name": name,
+                "installed": installed.get(name),
+                "candidate": fields.get("Version"),
+                "arch": fields.get("Architecture"),
+                "section": fields.get("Section"),
+                "size": fields.get("Size"),
+                "installed_size_kib": fields.get("Installed-Size"),
+                "depends": fields.get("Depends"),
+                "homepage": fields.get("Homepage"),
+                "summary": summary or None,
+            })  # fmt: skip
+    return found
+
+
+def available(
+    host: HostConfig, ctid: int, template_of: Callable[[str], Template], say: Say
+) -> list[dict[str, str]]:
+    """Every package the template's repositories offer (name, candidate version, arch)."""
+    status, shared = _reading(host, ctid, template_of, say)
+    with shared.locked(), tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
+        return shared.host_apt(Path(tmp), status).available()
+
+
+def _reading(
+    host: HostConfig, ctid: int, template_of: Callable[[str], Template], say: Say
+) -> tuple[bytes, SharedCache]:
+    """The VPS's dpkg status (read as vzpkgls reads it) and its template's cache, with lists."""
+    from vzpkg.ct.conf import read_ct_config
+    from vzpkg.ct.lifecycle import root_for_reading
+
+    template = vps_template(ctid, read_ct_config(host, ctid).ostemplate, template_of)
+    with root_for_reading(host, ctid) as root:
+        status = _status(root)
+    shared = SharedCache(host, template)
+    with shared.locked():
+        shared.prepare(say)
+        shared.refresh_lists(say, force=False)
+    return status, shared
+
+
+def running_init(host: HostConfig, ctid: int) -> int:
+    state = runc_of(host).state(ctid)
+    if state is None or state.status != "running" or state.pid <= 0:
+        raise VzError(f"CT {ctid} is not running", ExitCode.PKG_NOT_RUNNING,
+                      hint=f"vzctl start {ctid}")  # fmt: skip
+    return state.pid
+
+
+def vps_template(ctid: int, name: str | None, template_of: Callable[[str], Template]) -> Template:
+    """The template the VPS was created from: its repositories and keys are the VPS's."""
+    if not name:
+        raise VzError(f"CT {ctid} has no OSTEMPLATE in its config: its repositories and keys "
+                      "are unknown", ExitCode.PKG_TEMPLATE_NOT_FOUND,
+                      hint=f"set it: vzctl set {ctid} --ostemplate NAME --save")  # fmt: skip
+    try:
+        template = template_of(name)
+    except VzError as e:
+        if e.code != ExitCode.TEMPLATE_NOT_FOUND:
+            raise
+        raise VzError(f"CT {ctid}'s template {name} is not in the metadata: its repositories "
+                      "and keys are unknown", ExitCode.PKG_TEMPLATE_NOT_FOUND,
+                      hint="vzpkgls lists the templates of the metadata") from None  # fmt: skip
+    if template.family != "deb":
+        raise VzError(
+            f"CT {ctid} ({template.name}): packages in running {template.family}-family VPSs "
+            "are not supported yet (docs/packages.md says why)",
+            ExitCode.PKGMGR_FAILED,
+        )
+    return template
+
+
+def _status(root: Path) -> bytes:
+    try:
+        return fsutil.read_file_beneath(root, DPKG_STATUS, LIMIT)
+    except OSError as e:
+        raise VzError(f"cannot read the VPS's /{DPKG_STATUS}: {e.strerror or e}",
+                      ExitCode.PKGMGR_FAILED) from None  # fmt: skip
+
+
+def diff(before: bytes, after: bytes) -> list[apt.Change]:
+    """What a transaction changed, from the VPS's dpkg status before and after it."""
+
+    def table(data: bytes) -> dict[tuple[str, str], InstalledPackage]:
+        return {(p.name, p.arch): p for p in parse_dpkg_status(data)}
+
+    old, new = table(before), table(after)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        was, now = old.get(key), new.get(key)
+        if was is None or now is None or was.version != now.version:
+            changes.append(apt.Change(key[0], key[1], was.version if was else None,
+                                      now.version if now else None))  # fmt: skip
+    return changes
+
+
+class SharedCache:
+    """The template's package cache: ``pool`` (.debs, shared with cache builds) and ``apt``
+    (sources.list, keys, lists), both the host root's and world-readable."""
+
+    def __init__(self, host: HostConfig, template: Template) -> None:
+        from vzpkg.cache.build import pkgcache_key
+        from vzpkg.distro.base import family_for
+        from vzpkg.distro.debian import Debian, host_aptopts
+
+        self.key = pkgcache_key(template)
+        self.base = host.pkgcache_dir
+        self.pool = host.pkgcache_dir / self.key
+        self.apt = host.pkgcache_dir / f"{self.key}.apt"
+        self.host = host
+        self.template = template
+        family = family_for(template, host)
+        assert isinstance(family, Debian)
+        self.family = family
+        self.sources = ("\n".join(family.source_lines()) + "\n").encode()
+        self.options = host_aptopts()
+        self.arch = DEB_ARCH[template.arch]
+
+    def locked(self) -> contextlib.AbstractContextManager[Path]:
+        wait = f"{self.template.name}: waiting for its package cache"
+        return lock.locked(self.host.lock_dir, f"pkgcache-{self.key}", timeout=-1, on_wait=wait)
+
+    def prepare(self, say: Say) -> None:
+        """The directories, world-readable (a VPS reads them as nobody), and the template's
+        sources and keys as the metadata says now."""
+        for directory in (self.base, self.pool, self.apt, self.apt / "lists"):
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.chmod(directory, 0o755)
+        (self.apt / "lists" / "partial").mkdir(exist_ok=True)
+        if _read(self.apt / "sources.list") != self.sources:
+            fsutil.atomic_write(self.apt / "sources.list", self.sources, 0o644)
+        keys = self.apt / "trusted.gpg.d"
+        with tempfile.TemporaryDirectory(prefix="keys.", dir=self.apt) as tmp:
+            fresh, _ = self.family.keyring_dir(Path(tmp))
+            if not keys.is_dir() or _tree_digest(keys) != _tree_digest(fresh):
+                old = self.apt / f".old-keys.{os.getpid()}"
+                if keys.is_dir():
+                    keys.rename(old)
+                fresh.rename(keys)
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _stamp(self) -> bytes:
+        return hashlib.sha256(self.sources + _tree_digest(self.apt / "trusted.gpg.d")).digest()
+
+    def refresh_lists(self, say: Say, *, force: bool) -> None:
+        """``apt-get update`` of the shared lists, unless they are younger than
+        LISTS_MAX_AGE and were fetched for these sources and keys."""
+        stamp = self.apt / STAMP
+        try:
+            fresh = (
+                not force
+                and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE
+                and stamp.read_bytes() == self._stamp()
+            )
+        except OSError:
+            fresh = False
+        if fresh:
+            return
+        say(f"{self.template.name}: refreshing the package lists")
+        with tempfile.TemporaryDirectory(prefix="vzpkg-update.", dir=self.base) as tmp:
+            empty = Path(tmp) / "status"
+            empty.write_bytes(b"")
+            conf = self._conf(Path(tmp), empty)
+            proc = run.run(["apt-get", "-q", "update", "-o", "APT::Update::Error-Mode=any"],
+                           env={"APT_CONFIG": str(conf)}, stdout=-1, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            from vzpkg.distro.debian import diagnose_apt
+
+            text = (proc.stdout + proc.stderr).decode(errors="replace")
+            found = diagnose_apt(text.splitlines())
+            if found is not None:
+                code, message, hint = found
+                raise VzError(f"{self.template.name}: {message}", code, hint=hint)
+            raise VzError(
+                f"{self.template.name}: the package lists could not be refreshed: "
+                + ("; ".join(apt.apt_errors(text)) or f"apt-get update exit {proc.returncode}"),
+                ExitCode.UPSTREAM,
+                hint="is the mirror reachable? (the host's apt configuration names it)",
+            )
+        fsutil.atomic_write(stamp, self._stamp(), 0o644)
+
+    def _conf(self, scratch: Path, status: Path) -> Path:
+        conf = scratch / "apt.conf"
+        conf.write_text(
+            apt.host_apt_conf(
+                sources=self.apt / "sources.list", keys=self.apt / "trusted.gpg.d",
+                lists=self.apt / "lists", archives=self.pool, status=status, scratch=scratch,
+                arch=self.arch, options=self.options,
+            )
+        )  # fmt: skip
+        return conf
+
+    def host_apt(self, scratch: Path, status: bytes) -> HostApt:
+        clean, dropped = apt.sanitize_dpkg_status(status)
+        path = scratch / "status"
+        path.write_bytes(clean)
+        return HostApt(self._conf(scratch, path), self.pool, dropped)
+
+    def views(self, pid: int, scratch: Path, debs: Sequence[str]) -> dict[str, Path]:
+        """What the VPS is shown: the shared directories, or for a privileged VPS copies of
+        what this transaction needs in ``scratch``."""
+        if not inside.shares_host_ids(pid):
+            return {apt.VPS_APT_DIR: self.apt, apt.VPS_POOL_DIR: self.pool}
+        copy_apt, copy_pool = scratch / "apt", scratch / "pool"
+        copy_apt.mkdir()
+        shutil.copy2(self.apt / "sources.list", copy_apt)
+        shutil.copytree(self.apt / "lists", copy_apt / "lists", symlinks=True)
+        copy_pool.mkdir()
+        for name in debs:
+            shutil.copy2(self.pool / name, copy_pool)
+        return {apt.VPS_APT_DIR: copy_apt, apt.VPS_POOL_DIR: copy_pool}
+
+
+class HostApt:
+    """The host's apt-get, seeing one VPS (APT_CONFIG ``conf``)."""
+
+    def __init__(self, conf: Path, pool: Path, dropped: int) -> None:
+        self.env = {"APT_CONFIG": str(conf)}
+        self.pool = pool
+        self.dropped = dropped
+
+    def _run(self, args: Sequence[str]) -> tuple[int, str]:
+        opts = [f"-o{o}" for o in apt.RESOLVER_OPTIONS]
+        proc = run.run(["apt-get", "-q", *opts, *args], env=self.env, stdout=-1, check=False)
+        return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
+
+    def show(self, name: str) -> dict[str, str]:
+        """apt-cache's record of ``name``'s candidate version."""
+        from debian.deb822 import Deb822
+
+        proc = run.run(["apt-cache", "show", "--no-all-versions", "--", name], env=self.env,
+                       stdout=-1, check=False)  # fmt: skip
+        text = (proc.stdout + proc.stderr).decode(errors="replace")
+        if proc.returncode != 0 or not proc.stdout.strip():
+            raise VzError(f"no package {name} in the template's repositories",
+                          ExitCode.PKGMGR_FAILED,
+                          hint="vzpkg list --available CTID shows what they offer") if (
+                "No packages found" in text or proc.returncode == 0
+            ) else self._failure(text, proc.returncode)  # fmt: skip
+        return dict(Deb822(proc.stdout.decode(errors="replace").splitlines()))
+
+    def available(self) -> list[dict[str, str]]:
+        proc = run.run(["apt-cache", "dumpavail"], env=self.env, stdout=-1, check=False)
+        if proc.returncode != 0:
+            raise self._failure(proc.stderr.decode(errors="replace"), proc.returncode)
+        found: dict[tuple[str, str], dict[str, str]] = {}
+        entry: dict[str, str] = {}
+        for line in [*proc.stdout.decode(errors="replace").splitlines(), ""]:
+            if not line:
+                if "name" in entry:
+                    found.setdefault((entry["name"], entry.get("arch", "")), {
+                        "name": entry["name"], "version": entry.get("version", ""),
+                        "arch": entry.get("arch", "")})  # fmt: skip
+                entry = {}
+            elif line.startswith("Package: "):
+                entry["name"] = line[9:].strip()
+            elif line.startswith("Version: "):
+                entry["version"] = line[9:].strip()
+            elif line.startswith("Architecture: "):
+                entry["arch"] = line[14:].strip()
+        return sorted(found.values(), key=lambda p: (p["name"], p["arch"]))
+
+    def simulate(self, args: Sequence[str]) -> list[apt.Change]:
+        code, text = self._run(["-s", *args])
+        if code != 0:
+            raise self._failure(text, code)
+        return apt.parse_simulation(text)
+
+    def download(self, args: Sequence[str], plan: Sequence[apt.Change], say: Say) -> int:
+        """Fetch what ``plan`` installs into the shared pool; how many were not there yet."""
+        wanted = [apt.deb_file_name(c) for c in plan if c.new is not None]
+        missing = [name for name in wanted if not (self.pool / name).is_file()]
+        if missing:
+            say(f"downloading {len(missing)} package{'s' * (len(missing) != 1)}")
+            code, text = self._run(["-y", "-d", *args])
+            if code != 0:
+                raise self._failure(text, code)
+        absent = [name for name in wanted if not (self.pool / name).is_file()]
+        if absent:
+            raise VzError(f"apt-get did not leave {', '.join(absent)} in {self.pool}",
+                          ExitCode.PKGMGR_FAILED)  # fmt: skip
+        return len(missing)
+
+    def _failure(self, text: str, code: int) -> VzError:
+        from vzpkg.distro.debian import diagnose_apt
+
+        found = diagnose_apt(text.splitlines())
+        if found is not None:
+            return VzError(found[1], found[0], hint=found[2])
+        errors = apt.apt_errors(text) or [f"apt-get exit {code}"]
+        hint = None
+        if any("Unable to locate package" in e for e in errors):
+            hint = "vzpkg list --available CTID shows what the template's repositories offer"
+        if self.dropped:
+            errors.append(f"{self.dropped} entries of the VPS's dpkg status were unreadable "
+                          "and left out")  # fmt: skip
+        return VzError("; ".join(errors), ExitCode.PKGMGR_FAILED, hint=hint)
+
+
+def _run_inside(
+    host: HostConfig,
+    ctid: int,
+    pid: int,
+    views: dict[str, Path],
+    argv: Sequence[str],
+    request: Request,
+) -> None:
+    inside.unbind(pid, views)  # what a killed vzpkg left
+    inside.bind_read_only(pid, views)
+    try:
+        runc = exec_argv(find_runc(), state_root(host.run_dir), container_id(ctid), argv)
+        lines: list[str] = []
+        show = request.show_output
+
+        def keep(line: str) -> None:
+            lines.append(line)
+            if show is not None:
+                show(line)
+
+        try:
+            run.run_streaming(runc, on_line=keep, name=f"apt-get in CT {ctid}")
+        except VzError as e:
+            errors = apt.apt_errors("\n".join(lines))
+            if not errors or show is None:
+                raise VzError(e.message, ExitCode.PKGMGR_FAILED) from None
+            first = e.message.splitlines()[0]
+            raise VzError(f"{first}: {'; '.join(errors)}", ExitCode.PKGMGR_FAILED) from None
+    finally:
+        inside.unbind(pid, views)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _tree_digest(directory: Path) -> bytes:
+    h = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.digest()
