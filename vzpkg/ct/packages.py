@@ -136,7 +136,8 @@ def transaction(
                 debs = [apt.deb_file_name(c) for c in plan if c.new is not None]
                 views = shared.views(pid, scratch, debs)
                 say(f"CT {ctid}: running apt-get {' '.join(request.args)} inside")
-                _run_inside(host, ctid, pid, views, apt.vps_apt_argv(request.args, debs), request)
+                argv = apt.vps_apt_argv(request.args, debs, scratch.name.rpartition(".")[2])
+                _run_inside(host, ctid, pid, views, argv, request)
             after = _status(root)
     return Outcome(ctid, template.name, tuple(diff(before, after)), False, fetched)
 
@@ -427,19 +428,42 @@ class HostApt:
         return apt.parse_simulation(text)
 
     def download(self, args: Sequence[str], plan: Sequence[apt.Change], say: Say) -> int:
-        """Fetch what ``plan`` installs into the shared pool; how many were not there yet."""
-        wanted = [apt.deb_file_name(c) for c in plan if c.new is not None]
-        missing = [name for name in wanted if not (self.pool / name).is_file()]
+        """Fetch what ``plan`` installs into the shared pool; how many were not there yet.
+        A file there is used only if it has the size and SHA256 the signed lists give it."""
+        wanted = {apt.deb_file_name(c): c for c in plan if c.new is not None}
+        sums = self.checksums([f"{c.name}:{c.arch}={c.new}" for c in wanted.values()])
+        missing = []
+        for name, change in wanted.items():
+            if not _matches(self.pool / name, sums.get((change.name, change.new or ""))):
+                missing.append(name)
+                (self.pool / name).unlink(missing_ok=True)  # apt trusts a file of the right size
         if missing:
             say(f"downloading {len(missing)} package{'s' * (len(missing) != 1)}")
             code, text = self._run(["-y", "-d", *args])
             if code != 0:
                 raise self._failure(text, code)
-        absent = [name for name in wanted if not (self.pool / name).is_file()]
-        if absent:
-            raise VzError(f"apt-get did not leave {', '.join(absent)} in {self.pool}",
-                          ExitCode.PKGMGR_FAILED)  # fmt: skip
+        for name, change in wanted.items():
+            if not _matches(self.pool / name, sums.get((change.name, change.new or ""))):
+                raise VzError(
+                    f"{name} in {self.pool} does not match the template's signed package lists",
+                    ExitCode.SIGNATURE,
+                    hint="remove it; the next vzpkg install fetches it again",
+                )
         return len(missing)
+
+    def checksums(self, specs: Sequence[str]) -> dict[tuple[str, str], tuple[int, str]]:
+        """(size, SHA256) of each ``name:arch=version`` in ``specs``, from the signed lists."""
+        if not specs:
+            return {}
+        proc = run.run(["apt-cache", "show", "--no-all-versions", "--", *specs], env=self.env,
+                       stdout=-1, check=False)  # fmt: skip
+        found: dict[tuple[str, str], tuple[int, str]] = {}
+        for stanza in proc.stdout.decode(errors="replace").split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line[:40])
+            with contextlib.suppress(KeyError, ValueError):
+                key = (fields["Package"], fields["Version"])
+                found[key] = (int(fields["Size"]), fields["SHA256"].strip().lower())
+        return found
 
     def _failure(self, text: str, code: int) -> VzError:
         from vzpkg.distro.debian import diagnose_apt
@@ -465,7 +489,7 @@ def _run_inside(
     argv: Sequence[str],
     request: Request,
 ) -> None:
-    inside.unbind(pid, views)  # what a killed vzpkg left
+    # On top of what a killed vzpkg left (its apt-get may still run); all go at the end.
     inside.bind_read_only(pid, views)
     try:
         runc = exec_argv(find_runc(), state_root(host.run_dir), container_id(ctid), argv)
@@ -487,6 +511,23 @@ def _run_inside(
             raise VzError(f"{first}: {'; '.join(errors)}", ExitCode.PKGMGR_FAILED) from None
     finally:
         inside.unbind(pid, views)
+
+
+def _matches(path: Path, expected: tuple[int, str] | None) -> bool:
+    """Whether ``path`` is a regular file of the size and SHA256 ``expected``."""
+    if expected is None:
+        return False
+    try:
+        with open(path, "rb", opener=_no_follow) as f:
+            if os.fstat(f.fileno()).st_size != expected[0]:
+                return False
+            return hashlib.file_digest(f, "sha256").hexdigest() == expected[1]
+    except OSError:
+        return False
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _read(path: Path) -> bytes | None:

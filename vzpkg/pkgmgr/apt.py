@@ -178,8 +178,8 @@ def read_dpkg_status(status_file: Path) -> list[tuple[str, str, str]]:
 # part of apt's version hash: without them apt takes an installed version for another one.)
 STATUS_FIELDS = (
     "Package", "Status", "Priority", "Essential", "Protected", "Architecture", "Multi-Arch",
-    "Version", "Installed-Size", "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests", "Conflicts",
-    "Breaks", "Replaces", "Enhances",
+    "Version", "Installed-Size", "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests",
+    "Conflicts", "Breaks", "Replaces", "Enhances",
 )  # fmt: skip
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*\Z")
 _VERSION = re.compile(r"[A-Za-z0-9.+~:-]+\Z")
@@ -240,6 +240,10 @@ def host_apt_conf(
         "Dir::State::lists": str(lists),
         "Dir::State::status": str(status),
         "Dir::Cache": f"{scratch}/cache",
+        # The lists' part of apt's binary cache, kept beside them (apt checks it against
+        # them): each run then merges only the VPS's status instead of parsing every list.
+        "Dir::Cache::srcpkgcache": str(lists.parent / "srcpkgcache.bin"),
+        "Dir::Cache::pkgcache": "",
         "Dir::Cache::archives": str(archives),
         "Dir::Log": f"{scratch}/log",
         "APT::Architecture": arch,
@@ -254,24 +258,26 @@ def host_apt_conf(
     return "\n".join(lines) + "\n"
 
 
-# Where a VPS sees the shared lists and packages, and its own transaction directory.
+# Where a VPS sees the shared lists and packages, and its own transaction directories.
 VPS_APT_DIR = "/run/vzpkg/apt"  # read-only: sources.list, lists/
 VPS_POOL_DIR = "/run/vzpkg/pool"  # read-only: the template's .debs
-VPS_TX_DIR = "/run/vzpkg/tx"  # the VPS's own: symlinks to what this transaction installs
+VPS_TX_PREFIX = "/run/vzpkg/tx."  # the VPS's own: symlinks to what one transaction installs
 
 # What both sides resolve with, so that the VPS's apt-get wants exactly what the host fetched.
 RESOLVER_OPTIONS = ("APT::Install-Recommends=true", "APT::Install-Suggests=false")
 
 
-def vps_apt_argv(args: Sequence[str], debs: Sequence[str]) -> list[str]:
+def vps_apt_argv(args: Sequence[str], debs: Sequence[str], token: str) -> list[str]:
     """The command run inside the VPS: link this transaction's packages (``debs``, file names
-    in the pool) into its own directory, then its own apt-get with ``args``, given the shared
+    in the pool) into a directory of its own (``token`` names it: an apt-get that a killed
+    vzpkg left running keeps its own), then the VPS's apt-get with ``args``, given the shared
     lists and told never to download (the host did, with the template's keys)."""
+    tx = VPS_TX_PREFIX + token
     options = [
         f"Dir::Etc::SourceList={VPS_APT_DIR}/sources.list",
         f"Dir::Etc::SourceParts={VPS_APT_DIR}/none",
         f"Dir::State::Lists={VPS_APT_DIR}/lists",
-        f"Dir::Cache::Archives={VPS_TX_DIR}",
+        f"Dir::Cache::Archives={tx}",
         "Dir::Cache::pkgcache=",
         "Dir::Cache::srcpkgcache=",
         "Debug::SetupAPTPartialDirectory::AssumeGood=true",
@@ -281,14 +287,17 @@ def vps_apt_argv(args: Sequence[str], debs: Sequence[str]) -> list[str]:
         *RESOLVER_OPTIONS,
     ]
     script = (
-        f"rm -rf {VPS_TX_DIR} && mkdir -p {VPS_TX_DIR}/partial && "
-        f'cd {VPS_POOL_DIR} && for f in "$@"; do [ "$f" = -- ] && break; '
-        f'ln -s "{VPS_POOL_DIR}/$f" {VPS_TX_DIR}/; shift; done; shift; cd / && '
-        'DEBIAN_FRONTEND=noninteractive exec apt-get "$@"'
+        # Directories of transactions whose vzpkg was killed, once they are surely over.
+        f"find {VPS_TX_PREFIX.rpartition('/')[0]} -maxdepth 1 -name 'tx.*' -mmin +360 "
+        "-exec rm -rf {} + 2>/dev/null; "
+        f'tx={tx}; rm -rf "$tx" && mkdir -p "$tx/partial" || exit 100; '
+        f'for f; do [ "$f" = -- ] && break; ln -s "{VPS_POOL_DIR}/$f" "$tx/" || exit 100; '
+        "shift; done; shift; cd / && "
+        'DEBIAN_FRONTEND=noninteractive apt-get "$@"; rc=$?; rm -rf "$tx"; exit $rc'
     )
     argv = ["/bin/sh", "-c", script, "vzpkg", *debs, "--"]
     argv += [f"-o{opt}" for opt in options]
-    return [*argv, "-y", *args]  # nobody is there to answer
+    return [*argv, "--no-download", "-y", *args]  # nobody is there to answer
 
 
 @dataclass(frozen=True)

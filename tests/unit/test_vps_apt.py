@@ -1,0 +1,144 @@
+"""The pure parts of packages in a running Debian VPS (vzpkg.pkgmgr.apt, vzpkg.ct.packages): the
+sanitised dpkg status the host's apt-get reads, apt-get's simulation, the command run inside,
+what a transaction changed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vzpkg.ct.packages import Outcome, command_of, diff
+from vzpkg.errors import VzError
+from vzpkg.pkgmgr.apt import (
+    Change,
+    apt_errors,
+    deb_file_name,
+    parse_simulation,
+    sanitize_dpkg_status,
+    vps_apt_argv,
+)
+
+STATUS = b"""\
+Package: hello
+Status: install ok installed
+Priority: optional
+Architecture: amd64
+Version: 2.10-3
+Installed-Size: 277
+Depends: libc6 (>= 2.34)
+Description: example package based on GNU hello
+ The GNU hello program.
+Conffiles:
+ /etc/x 0123
+
+Package: evil
+Status: install ok installed
+Architecture: amd64
+Version: 1.0
+Depends: libc6,
+ foo "$(touch /pwned)"
+
+Package: Bad_Name
+Status: install ok installed
+Version: 1
+
+Package: folded
+Status: deinstall ok config-files
+Architecture: all
+Version: 1:2.0~rc1+dfsg-1
+Depends: a | b,
+ c (<< 3)
+"""
+
+
+def test_the_status_copy_keeps_what_apt_resolves_with_and_nothing_else() -> None:
+    clean, dropped = sanitize_dpkg_status(STATUS)
+    text = clean.decode()
+    assert dropped == 2  # a relation with shell in it, a name dpkg would not take
+    assert "evil" not in text and "Bad_Name" not in text and "pwned" not in text
+    assert "Description" not in text and "Conffiles" not in text
+    assert "Installed-Size: 277\n" in text  # part of apt's version hash
+    assert "Depends: a | b, c (<< 3)\n" in text  # folded onto one line
+    assert "Status: deinstall ok config-files\n" in text
+
+
+def test_a_status_of_any_bytes_never_breaks_the_copy() -> None:
+    clean, dropped = sanitize_dpkg_status(b"\xff\xfe\0Package: x\n\n\n:::\n" + b"A" * 10000)
+    assert b"\0" not in clean
+    assert dropped >= 1
+
+
+def test_apt_get_simulation_is_read_as_changes() -> None:
+    text = (
+        "NOTE: This is only a simulation!\n"
+        "Remv old-thing [1.0-1]\n"
+        "Inst libfoo1 (1.2-3 Debian:12.15/oldstable [amd64])\n"
+        "Inst bar [1:2.0-1] (1:2.1-1 Debian-Security:12/oldstable-security [amd64]) []\n"
+        "Inst baz:i386 (3 Debian:12 [i386])\n"
+        "Conf libfoo1 (1.2-3 Debian:12.15/oldstable [amd64])\n"
+    )
+    assert parse_simulation(text) == [
+        Change("libfoo1", "amd64", None, "1.2-3"),
+        Change("bar", "amd64", "1:2.0-1", "1:2.1-1"),
+        Change("baz", "i386", None, "3"),
+        Change("old-thing", "", "1.0-1", None),
+    ]
+    assert deb_file_name(Change("bar", "amd64", None, "1:2.1-1")) == "bar_1%3a2.1-1_amd64.deb"
+    assert apt_errors("W: x\nE: Unable to locate package nope\n") == [
+        "Unable to locate package nope"
+    ]
+
+
+def test_the_command_inside_links_only_its_packages_and_never_downloads() -> None:
+    argv = vps_apt_argv(["install", "hello"], ["hello_2.10-3_amd64.deb"], "abc")
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert "-oDir::Cache::Archives=/run/vzpkg/tx.abc" in argv
+    assert argv[-4:] == ["--no-download", "-y", "install", "hello"]
+    assert "-oDpkg::Options::=--force-confold" in argv  # no question about a changed conffile
+    assert "-oDir::Etc::SourceList=/run/vzpkg/apt/sources.list" in argv
+
+
+def test_the_script_inside_runs_as_written(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / "pool").mkdir()
+    (root / "pool" / "a_1_all.deb").write_text("deb")
+    argv = vps_apt_argv(["install", "a"], ["a_1_all.deb"], "t1")
+    script = argv[2].replace("/run/vzpkg", str(root)).replace("apt-get", "echo apt-get")
+    script = script.replace('rm -rf "$tx"; exit', 'ls "$tx"; exit')
+    out = subprocess.run(["sh", "-c", script, *argv[3:]], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("apt-get -oDir::Etc::SourceList=") and lines[0].endswith(
+        "--no-download -y install a"
+    )
+    assert lines[1:] == ["a_1_all.deb", "partial"]
+    assert (root / "tx.t1" / "a_1_all.deb").read_text() == "deb"
+
+
+def test_apt_get_command_word() -> None:
+    assert command_of(["-y", "-o", "X=1", "install", "a"]) == "install"
+    assert command_of(["--no-install-recommends", "purge", "a"]) == "purge"
+    with pytest.raises(VzError):
+        command_of(["-y"])
+
+
+def test_what_a_transaction_changed_comes_from_the_status_before_and_after() -> None:
+    before = b"Package: a\nStatus: install ok installed\nVersion: 1\nArchitecture: all\n\n" + (
+        b"Package: b\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n"
+    )
+    after = b"Package: a\nStatus: install ok installed\nVersion: 2\nArchitecture: all\n\n" + (
+        b"Package: c\nStatus: install ok installed\nVersion: 5\nArchitecture: amd64\n\n"
+        b"Package: b\nStatus: deinstall ok config-files\nVersion: 1\nArchitecture: amd64\n"
+    )
+    changes = diff(before, after)
+    assert changes == [
+        Change("a", "all", "1", "2"),
+        Change("b", "amd64", "1", None),
+        Change("c", "amd64", None, "5"),
+    ]
+    report = Outcome(101, "debian-12-x86_64-minimal", tuple(changes), False, 0).as_json()
+    assert report["installed"] == [{"name": "c", "arch": "amd64", "version": "5"}]
+    assert report["upgraded"] == [{"name": "a", "arch": "all", "from": "1", "to": "2"}]
+    assert report["removed"] == [{"name": "b", "arch": "amd64", "version": "1"}]
