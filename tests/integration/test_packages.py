@@ -171,7 +171,7 @@ def test_install_update_remove_in_a_running_debian_vps(host: VzHost, ctid: str) 
     assert any(line.startswith("hello 2.") for line in listed_now)
     # Nothing of the transaction stays inside: no view of the cache, no transaction directory.
     assert not vps_mounts(host, ctid, "/run/vzpkg")
-    assert inside(host, ctid, "ls /run/vzpkg").split() == ["apt", "pool"]
+    assert inside(host, ctid, "ls /run/vzpkg").split() == ["pool"]
     # -n: what would change, and nothing changes.
     before = status_sum(host, ctid)
     assert "would install sl " in pkg(host, "install", "-n", ctid, "sl")
@@ -319,8 +319,8 @@ def test_a_cut_download_leaves_the_vps_as_it_was(host: VzHost, ctid: str, tmp_pa
         env = _second_config(host, tmp_path, mirrors)
         vzctl(host, "start", ctid)
         before = status_sum(host, ctid)
-        error = pkg(host, "install", ctid, "hello", code=70, env=env)
-        assert "hello" in error and "Traceback" not in error
+        error = pkg(host, "install", ctid, "hello", code=206, env=env)
+        assert "hello_" in error and "cut after" in error
         assert status_sum(host, ctid) == before
         assert not list((tmp_path / "pkgcache" / "debian-12-x86_64").glob("*.deb"))
         assert not vps_mounts(host, ctid, "/run/vzpkg")
@@ -361,7 +361,13 @@ exit 3
 """
 
 
-def test_a_hostile_apt_get_and_dpkg_change_nothing_on_the_host(host: VzHost, ctid: str) -> None:
+@pytest.mark.parametrize("userns", ["yes", "no"])
+def test_a_hostile_apt_get_and_dpkg_change_nothing_on_the_host(
+    host: VzHost, ctid: str, userns: str
+) -> None:
+    if userns == "no":  # a privileged VPS: its root is the host's, so it is given copies
+        vzctl(host, "destroy", ctid)
+        vzctl(host, "create", ctid, "--ostemplate", test_resources.MINIMAL, "--userns", "no")
     vzctl(host, "start", ctid)
     pkg(host, "install", ctid, "hello")  # the lists and the package are in the shared cache
     pkg(host, "remove", ctid, "hello")

@@ -13,8 +13,10 @@ from vzpkg.ct.packages import Outcome, command_of, diff
 from vzpkg.errors import VzError
 from vzpkg.pkgmgr.apt import (
     Change,
+    Fetch,
+    Marks,
     apt_errors,
-    deb_file_name,
+    parse_print_uris,
     parse_simulation,
     sanitize_dpkg_status,
     vps_apt_argv,
@@ -85,36 +87,61 @@ def test_apt_get_simulation_is_read_as_changes() -> None:
         Change("baz", "i386", None, "3"),
         Change("old-thing", "", "1.0-1", None),
     ]
-    assert deb_file_name(Change("bar", "amd64", None, "1:2.1-1")) == "bar_1%3a2.1-1_amd64.deb"
     assert apt_errors("W: x\nE: Unable to locate package nope\n") == [
         "Unable to locate package nope"
     ]
 
 
-def test_the_command_inside_links_only_its_packages_and_never_downloads() -> None:
-    argv = vps_apt_argv(["install", "hello"], ["hello_2.10-3_amd64.deb"], "abc")
+def test_the_command_inside_sees_no_repository_and_sets_the_marks() -> None:
+    marks = Marks(manual=("hello",), auto=("libfoo1",), keep=("libc6",))
+    argv = vps_apt_argv(["install", "/run/vzpkg/pool/hello_2.10-3_amd64.deb"], "abc", marks)
     assert argv[:2] == ["/bin/sh", "-c"]
-    assert "-oDir::Cache::Archives=/run/vzpkg/tx.abc" in argv
-    assert argv[-4:] == ["--no-download", "-y", "install", "hello"]
+    assert "-oDir::Etc::SourceList=/run/vzpkg/tx.abc/sources.list" in argv
+    assert "-oDir::State::Lists=/run/vzpkg/tx.abc/lists" in argv
     assert "-oDpkg::Options::=--force-confold" in argv  # no question about a changed conffile
-    assert "-oDir::Etc::SourceList=/run/vzpkg/apt/sources.list" in argv
+    assert argv[-3:] == ["-y", "install", "/run/vzpkg/pool/hello_2.10-3_amd64.deb"]
+    with pytest.raises(ValueError):
+        Marks(manual=("x; touch /pwned",))
 
 
 def test_the_script_inside_runs_as_written(tmp_path: Path) -> None:
-    root = tmp_path
-    (root / "pool").mkdir()
-    (root / "pool" / "a_1_all.deb").write_text("deb")
-    argv = vps_apt_argv(["install", "a"], ["a_1_all.deb"], "t1")
-    script = argv[2].replace("/run/vzpkg", str(root)).replace("apt-get", "echo apt-get")
-    script = script.replace('rm -rf "$tx"; exit', 'ls "$tx"; exit')
-    out = subprocess.run(["sh", "-c", script, *argv[3:]], capture_output=True, text=True)
+    """The script, run by a real sh with apt-get and apt-mark stubs that log their words."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("apt-get", "apt-mark"):
+        stub = bin_dir / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/log\n'
+                        '[ "$1" = showauto ] && echo libc6\nexit 0\n')  # fmt: skip
+        stub.chmod(0o755)
+    marks = Marks(manual=("a",), auto=("b",), keep=("libc6", "zlib1g"))
+    argv = vps_apt_argv(["install", "/p/a_1_all.deb"], "t1", marks)
+    script = argv[2].replace("/run/vzpkg", str(tmp_path))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", script, *argv[3:]], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0].startswith("apt-get -oDir::Etc::SourceList=") and lines[0].endswith(
-        "--no-download -y install a"
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[0] == "apt-mark showauto libc6 zlib1g"
+    assert log[1].startswith("apt-get -oDir::Etc::SourceList=") and log[1].endswith(
+        "-y install /p/a_1_all.deb"
     )
-    assert lines[1:] == ["a_1_all.deb", "partial"]
-    assert (root / "tx.t1" / "a_1_all.deb").read_text() == "deb"
+    assert log[2:] == ["apt-mark manual a", "apt-mark auto b libc6"]
+    assert not (tmp_path / "tx.t1").exists()  # the transaction's directory goes at the end
+
+
+def test_print_uris_is_read_as_files_to_fetch() -> None:
+    text = (
+        "Reading package lists...\n"
+        "'http://deb.example/debian/pool/main/h/hello/hello_2.10-3_amd64.deb' "
+        "hello_2.10-3_amd64.deb 53080 SHA256:" + "ab" * 32 + "\n"
+        "'http://deb.example/debian/pool/main/b/bar/bar_1%3a2.1-1_all.deb' "
+        "bar_1%3a2.1-1_all.deb 7 SHA256:" + "01" * 32 + "\n"
+    )
+    first, second = parse_print_uris(text)
+    assert first == Fetch("http://deb.example/debian/pool/main/h/hello/hello_2.10-3_amd64.deb",
+                          "hello_2.10-3_amd64.deb", 53080, "ab" * 32)  # fmt: skip
+    assert second.name_version_arch == ("bar", "1:2.1-1", "all")
+    with pytest.raises(ValueError):
+        parse_print_uris("'http://x/../y.deb' ../../etc/passwd.deb 1 SHA256:" + "00" * 32)
 
 
 def test_apt_get_command_word() -> None:

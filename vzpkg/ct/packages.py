@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -91,18 +92,38 @@ class Outcome:
         }
 
 
+_WITH_VALUE = ("-o", "-c", "-t", "--option", "--config-file", "--target-release")
+
+
+def split_args(args: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    """apt-get's ``args`` as (command, options, package words)."""
+    command = None
+    options: list[str] = []
+    words: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg in _WITH_VALUE:
+            options += [arg, next(it, "")]
+        elif arg.startswith("-"):
+            options.append(arg)
+        elif command is None:
+            command = arg
+        else:
+            words.append(arg)
+    if command is None:
+        raise VzError("no apt-get command given", ExitCode.INVALID_ARGUMENT,
+                      hint="vzapt CTID install PACKAGE...")  # fmt: skip
+    return command, options, words
+
+
 def command_of(args: Sequence[str]) -> str:
     """apt-get's command word in ``args`` (the first that is not an option)."""
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in ("-o", "-c", "-t", "--option", "--config-file", "--target-release"):
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    raise VzError("no apt-get command given", ExitCode.INVALID_ARGUMENT,
-                  hint="vzapt CTID install PACKAGE...")  # fmt: skip
+    return split_args(args)[0]
+
+
+def requested_name(word: str) -> str:
+    """The package a word of ``apt-get install`` names (``name=1.0``, ``name/suite``)."""
+    return re.split(r"[=/]", word, maxsplit=1)[0]
 
 
 def transaction(
@@ -127,19 +148,45 @@ def transaction(
             with tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
                 scratch = Path(tmp)
                 host_apt = shared.host_apt(scratch, before)
-                plan = host_apt.simulate(request.args)
                 if request.check_only:
+                    plan = host_apt.simulate(request.args)
                     return Outcome(ctid, template.name, tuple(plan), True, 0)
                 fetched = 0
-                if command in _DOWNLOAD and any(c.new for c in plan):
-                    fetched = host_apt.download(request.args, plan, say)
-                debs = [apt.deb_file_name(c) for c in plan if c.new is not None]
-                views = shared.views(pid, scratch, debs)
-                say(f"CT {ctid}: running apt-get {' '.join(request.args)} inside")
-                argv = apt.vps_apt_argv(request.args, debs, scratch.name.rpartition(".")[2])
-                _run_inside(host, ctid, pid, views, argv, request)
+                args, marks, files = list(request.args), apt.Marks(), []
+                if command in _DOWNLOAD:
+                    fetches = host_apt.resolve(request.args)
+                    fetched = host_apt.fetch(fetches, say)
+                    files = [f.file for f in fetches]
+                    args, marks = _as_files(request.args, fetches, before)
+                token = scratch.name.rpartition(".")[2]
+                if args:
+                    views = shared.views(pid, scratch, files)
+                    say(f"CT {ctid}: apt-get {' '.join(request.args)}, inside")
+                    argv = apt.vps_apt_argv(args, token, marks)
+                    _run_inside(host, ctid, pid, views, argv, request)
             after = _status(root)
     return Outcome(ctid, template.name, tuple(diff(before, after)), False, fetched)
+
+
+def _as_files(
+    args: Sequence[str], fetches: Sequence[apt.Fetch], status: bytes
+) -> tuple[list[str], apt.Marks]:
+    """apt-get's ``args`` for the VPS: install the files the host fetched (whatever the
+    command was), with its options; and the marks apt-get would have left."""
+    command, options, words = split_args(args)
+    installed = {p.name for p in parse_dpkg_status(status)}
+    requested = {requested_name(w) for w in words} if command in ("install", "reinstall") else set()
+    names = [f.name_version_arch[0] for f in fetches]
+    marks = apt.Marks(
+        manual=tuple(sorted(n.partition(":")[0] for n in requested)),
+        auto=tuple(sorted(n for n in names if n not in installed and n not in requested)),
+        keep=tuple(sorted(n for n in names if n in installed and n not in requested)),
+    )
+    if not fetches:
+        return ([], marks) if not marks.manual else (["check"], marks)
+    extra = ["--reinstall"] if command == "reinstall" else []
+    files = [f"{apt.VPS_POOL_DIR}/{f.file}" for f in fetches]
+    return ["install", *options, *extra, *files], marks
 
 
 def package_info(
@@ -275,6 +322,8 @@ class SharedCache:
         self.family = family
         self.sources = ("\n".join(family.source_lines()) + "\n").encode()
         self.options = host_aptopts()
+        self.proxy = next((o.split('"')[1] for o in self.options
+                           if o.startswith("Acquire::http::Proxy ")), None)  # fmt: skip
         self.arch = DEB_ARCH[template.arch]
 
     def locked(self) -> contextlib.AbstractContextManager[Path]:
@@ -355,30 +404,29 @@ class SharedCache:
         clean, dropped = apt.sanitize_dpkg_status(status)
         path = scratch / "status"
         path.write_bytes(clean)
-        return HostApt(self._conf(scratch, path), self.pool, dropped)
+        return HostApt(self._conf(scratch, path), self.pool, dropped, self.proxy)
 
-    def views(self, pid: int, scratch: Path, debs: Sequence[str]) -> dict[str, Path]:
-        """What the VPS is shown: the shared directories, or for a privileged VPS copies of
-        what this transaction needs in ``scratch``."""
+    def views(self, pid: int, scratch: Path, files: Sequence[str]) -> dict[str, Path]:
+        """What the VPS is shown: the shared pool, or for a privileged VPS copies of the
+        files this transaction installs."""
         if not inside.shares_host_ids(pid):
-            return {apt.VPS_APT_DIR: self.apt, apt.VPS_POOL_DIR: self.pool}
-        copy_apt, copy_pool = scratch / "apt", scratch / "pool"
-        copy_apt.mkdir()
-        shutil.copy2(self.apt / "sources.list", copy_apt)
-        shutil.copytree(self.apt / "lists", copy_apt / "lists", symlinks=True)
-        copy_pool.mkdir()
-        for name in debs:
-            shutil.copy2(self.pool / name, copy_pool)
-        return {apt.VPS_APT_DIR: copy_apt, apt.VPS_POOL_DIR: copy_pool}
+            return {apt.VPS_POOL_DIR: self.pool}
+        copies = scratch / "pool"
+        copies.mkdir()
+        for name in files:
+            shutil.copy2(self.pool / name, copies)
+        return {apt.VPS_POOL_DIR: copies}
 
 
 class HostApt:
     """The host's apt-get, seeing one VPS (APT_CONFIG ``conf``)."""
 
-    def __init__(self, conf: Path, pool: Path, dropped: int) -> None:
+    def __init__(self, conf: Path, pool: Path, dropped: int, proxy: str | None) -> None:
         self.env = {"APT_CONFIG": str(conf)}
+        self.scratch = conf.parent
         self.pool = pool
         self.dropped = dropped
+        self.proxy = proxy
 
     def _run(self, args: Sequence[str]) -> tuple[int, str]:
         opts = [f"-o{o}" for o in apt.RESOLVER_OPTIONS]
@@ -427,43 +475,31 @@ class HostApt:
             raise self._failure(text, code)
         return apt.parse_simulation(text)
 
-    def download(self, args: Sequence[str], plan: Sequence[apt.Change], say: Say) -> int:
-        """Fetch what ``plan`` installs into the shared pool; how many were not there yet.
-        A file there is used only if it has the size and SHA256 the signed lists give it."""
-        wanted = {apt.deb_file_name(c): c for c in plan if c.new is not None}
-        sums = self.checksums([f"{c.name}:{c.arch}={c.new}" for c in wanted.values()])
-        missing = []
-        for name, change in wanted.items():
-            if not _matches(self.pool / name, sums.get((change.name, change.new or ""))):
-                missing.append(name)
-                (self.pool / name).unlink(missing_ok=True)  # apt trusts a file of the right size
-        if missing:
-            say(f"downloading {len(missing)} package{'s' * (len(missing) != 1)}")
-            code, text = self._run(["-y", "-d", *args])
-            if code != 0:
-                raise self._failure(text, code)
-        for name, change in wanted.items():
-            if not _matches(self.pool / name, sums.get((change.name, change.new or ""))):
-                raise VzError(
-                    f"{name} in {self.pool} does not match the template's signed package lists",
-                    ExitCode.SIGNATURE,
-                    hint="remove it; the next vzpkg install fetches it again",
-                )
-        return len(missing)
+    def resolve(self, args: Sequence[str]) -> list[apt.Fetch]:
+        """The package files ``args`` install, with their size and SHA256 from the signed
+        lists (``apt-get --print-uris`` against an empty archive directory: all of them)."""
+        empty = self.scratch / "archives"
+        (empty / "partial").mkdir(parents=True, exist_ok=True)
+        code, text = self._run(["--print-uris", "-y", f"-oDir::Cache::Archives={empty}",
+                                "-oAcquire::ForceHash=SHA256", *args])  # fmt: skip
+        if code != 0:
+            raise self._failure(text, code)
+        try:
+            return apt.parse_print_uris(text)
+        except ValueError as e:
+            raise VzError(str(e), ExitCode.PKGMGR_FAILED) from None
 
-    def checksums(self, specs: Sequence[str]) -> dict[tuple[str, str], tuple[int, str]]:
-        """(size, SHA256) of each ``name:arch=version`` in ``specs``, from the signed lists."""
-        if not specs:
-            return {}
-        proc = run.run(["apt-cache", "show", "--no-all-versions", "--", *specs], env=self.env,
-                       stdout=-1, check=False)  # fmt: skip
-        found: dict[tuple[str, str], tuple[int, str]] = {}
-        for stanza in proc.stdout.decode(errors="replace").split("\n\n"):
-            fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line[:40])
-            with contextlib.suppress(KeyError, ValueError):
-                key = (fields["Package"], fields["Version"])
-                found[key] = (int(fields["Size"]), fields["SHA256"].strip().lower())
-        return found
+    def fetch(self, fetches: Sequence[apt.Fetch], say: Say) -> int:
+        """Put every file of ``fetches`` in the shared pool, checked against its size and
+        SHA256 (a file already there is used only if it matches); how many were fetched."""
+        missing = [f for f in fetches if not _matches(self.pool / f.file, f)]
+        if missing:
+            total = sum(f.size for f in missing)
+            say(f"downloading {len(missing)} package{'s' * (len(missing) != 1)} "
+                f"({total / 2**20:.1f} MiB)")  # fmt: skip
+            for f in missing:
+                _download(f, self.pool, self.proxy)
+        return len(missing)
 
     def _failure(self, text: str, code: int) -> VzError:
         from vzpkg.distro.debian import diagnose_apt
@@ -513,17 +549,61 @@ def _run_inside(
         inside.unbind(pid, views)
 
 
-def _matches(path: Path, expected: tuple[int, str] | None) -> bool:
-    """Whether ``path`` is a regular file of the size and SHA256 ``expected``."""
-    if expected is None:
-        return False
+def _matches(path: Path, fetch: apt.Fetch) -> bool:
+    """Whether ``path`` is a regular file of ``fetch``'s size and SHA256."""
     try:
         with open(path, "rb", opener=_no_follow) as f:
-            if os.fstat(f.fileno()).st_size != expected[0]:
+            if os.fstat(f.fileno()).st_size != fetch.size:
                 return False
-            return hashlib.file_digest(f, "sha256").hexdigest() == expected[1]
+            return hashlib.file_digest(f, "sha256").hexdigest() == fetch.sha256
     except OSError:
         return False
+
+
+def _download(fetch: apt.Fetch, pool: Path, proxy: str | None) -> None:
+    """``fetch`` into ``pool``: a temp file there, its size and SHA256 checked, then renamed
+    in place; nothing is left of it when it fails."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    if not fetch.uri.startswith(("http://", "https://")):
+        raise VzError(f"{fetch.file}: vzpkg fetches over http(s) only, not {fetch.uri}",
+                      ExitCode.UPSTREAM)  # fmt: skip
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})
+    )
+    fd, tmp = tempfile.mkstemp(prefix=".fetch.", dir=pool)
+    try:
+        h = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "wb") as out, opener.open(fetch.uri, timeout=60) as answer:
+            while chunk := answer.read(1 << 20):
+                size += len(chunk)
+                if size > fetch.size:
+                    break
+                h.update(chunk)
+                out.write(chunk)
+        if size < fetch.size:
+            raise VzError(f"{fetch.file} from {fetch.uri}: the download was cut after {size} of "
+                          f"{fetch.size} bytes; nothing was installed", ExitCode.UPSTREAM,
+                          hint="try again; is the mirror reachable?")  # fmt: skip
+        if size != fetch.size or h.hexdigest() != fetch.sha256:
+            raise VzError(
+                f"{fetch.file} from {fetch.uri} is not the file the template's signed lists "
+                "describe (size or SHA256 differ); nothing was installed",
+                ExitCode.SIGNATURE,
+                hint="if it persists, the mirror serves something else than it signed",
+            )
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, pool / fetch.file)
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+        raise VzError(f"{fetch.file} could not be downloaded from {fetch.uri}: "
+                      f"{getattr(e, 'reason', None) or e}", ExitCode.UPSTREAM,
+                      hint="is the mirror reachable? nothing was installed") from None  # fmt: skip
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _no_follow(path: str, flags: int) -> int:

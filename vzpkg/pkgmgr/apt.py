@@ -258,46 +258,100 @@ def host_apt_conf(
     return "\n".join(lines) + "\n"
 
 
-# Where a VPS sees the shared lists and packages, and its own transaction directories.
-VPS_APT_DIR = "/run/vzpkg/apt"  # read-only: sources.list, lists/
-VPS_POOL_DIR = "/run/vzpkg/pool"  # read-only: the template's .debs
-VPS_TX_PREFIX = "/run/vzpkg/tx."  # the VPS's own: symlinks to what one transaction installs
+# Where a VPS sees the shared packages (read-only), and its own transaction directories.
+VPS_POOL_DIR = "/run/vzpkg/pool"
+VPS_TX_PREFIX = "/run/vzpkg/tx."
 
-# What both sides resolve with, so that the VPS's apt-get wants exactly what the host fetched.
+# How the host resolves for a VPS (the VPS's apt-get then installs exactly those files).
 RESOLVER_OPTIONS = ("APT::Install-Recommends=true", "APT::Install-Suggests=false")
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?\Z")
 
 
-def vps_apt_argv(args: Sequence[str], debs: Sequence[str], token: str) -> list[str]:
-    """The command run inside the VPS: link this transaction's packages (``debs``, file names
-    in the pool) into a directory of its own (``token`` names it: an apt-get that a killed
-    vzpkg left running keeps its own), then the VPS's apt-get with ``args``, given the shared
-    lists and told never to download (the host did, with the template's keys)."""
+@dataclass(frozen=True)
+class Marks:
+    """apt's marks to set once the VPS's apt-get has installed the files: what the user asked
+    for is manual (as ``apt-get install NAME`` makes it), what came along is automatic, and an
+    upgraded package keeps the mark it had (installing a file would make it manual)."""
+
+    manual: tuple[str, ...] = ()
+    auto: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (*self.manual, *self.auto, *self.keep):
+            if not PACKAGE_NAME.match(name):
+                raise ValueError(f"not a package name: {name!r}")
+
+
+def vps_apt_argv(args: Sequence[str], token: str, marks: Marks = Marks()) -> list[str]:
+    """The command run inside the VPS: its own apt-get with ``args`` (package files in
+    VPS_POOL_DIR, or a removal), seeing no repository at all (an empty sources list and lists
+    directory of its own, in a transaction directory ``token`` names: an apt-get a killed vzpkg
+    left running keeps its own), so that it resolves against its dpkg status and the files
+    only, and can download nothing; then ``marks``."""
     tx = VPS_TX_PREFIX + token
     options = [
-        f"Dir::Etc::SourceList={VPS_APT_DIR}/sources.list",
-        f"Dir::Etc::SourceParts={VPS_APT_DIR}/none",
-        f"Dir::State::Lists={VPS_APT_DIR}/lists",
-        f"Dir::Cache::Archives={tx}",
+        f"Dir::Etc::SourceList={tx}/sources.list",
+        f"Dir::Etc::SourceParts={tx}/lists",
+        f"Dir::State::Lists={tx}/lists",
+        f"Dir::Cache::Archives={tx}/archives",
         "Dir::Cache::pkgcache=",
         "Dir::Cache::srcpkgcache=",
-        "Debug::SetupAPTPartialDirectory::AssumeGood=true",
+        "APT::Sandbox::User=root",  # it copies the files in as root: it is the VPS's root
         "DPkg::Lock::Timeout=300",
         "Dpkg::Options::=--force-confdef",
         "Dpkg::Options::=--force-confold",
-        *RESOLVER_OPTIONS,
     ]
+    words = " ".join  # the names are checked (Marks): nothing to quote
+    keep = f"was=$(apt-mark showauto {words(marks.keep)}); " if marks.keep else "was=; "
+    after = []
+    if marks.manual:
+        after.append(f"apt-mark manual {words(marks.manual)} >/dev/null")
+    if marks.auto or marks.keep:
+        auto = f"set -- {words(marks.auto)} $was"
+        after.append(f'{auto}; [ $# = 0 ] || apt-mark auto "$@" >/dev/null')
     script = (
         # Directories of transactions whose vzpkg was killed, once they are surely over.
         f"find {VPS_TX_PREFIX.rpartition('/')[0]} -maxdepth 1 -name 'tx.*' -mmin +360 "
         "-exec rm -rf {} + 2>/dev/null; "
-        f'tx={tx}; rm -rf "$tx" && mkdir -p "$tx/partial" || exit 100; '
-        f'for f; do [ "$f" = -- ] && break; ln -s "{VPS_POOL_DIR}/$f" "$tx/" || exit 100; '
-        "shift; done; shift; cd / && "
-        'DEBIAN_FRONTEND=noninteractive apt-get "$@"; rc=$?; rm -rf "$tx"; exit $rc'
-    )
-    argv = ["/bin/sh", "-c", script, "vzpkg", *debs, "--"]
-    argv += [f"-o{opt}" for opt in options]
-    return [*argv, "--no-download", "-y", *args]  # nobody is there to answer
+        f'tx={tx}; rm -rf "$tx" && mkdir -p "$tx/lists/partial" "$tx/archives/partial" && '
+        ': > "$tx/sources.list" || exit 100; cd / && ' + keep
+        + 'DEBIAN_FRONTEND=noninteractive apt-get "$@"; rc=$?; '
+        + (f'[ $rc = 0 ] && {{ {"; ".join(after)}; }}; ' if after else "")
+        + 'rm -rf "$tx"; exit $rc'
+    )  # fmt: skip
+    argv = ["/bin/sh", "-c", script, "vzpkg"]
+    return [*argv, *(f"-o{opt}" for opt in options), "-y", *args]  # nobody is there to answer
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One package file a transaction needs, as ``apt-get --print-uris`` gives it: where it
+    is, its name in the pool, and its size and SHA256 from the signed lists."""
+
+    uri: str
+    file: str
+    size: int
+    sha256: str
+
+    @property
+    def name_version_arch(self) -> tuple[str, str, str]:
+        name, version, arch = self.file.removesuffix(".deb").split("_")
+        return name, version.replace("%3a", ":"), arch
+
+
+_URI = re.compile(r"^'([^']+)' (\S+\.deb) (\d+) SHA256:([0-9a-f]{64})$", re.MULTILINE)
+_DEB_FILE = re.compile(r"[a-z0-9][a-z0-9+.-]*_[A-Za-z0-9.+~%-]+_[a-z0-9-]+\.deb\Z")
+
+
+def parse_print_uris(text: str) -> list[Fetch]:
+    """The package files ``apt-get --print-uris -o Acquire::ForceHash=SHA256`` lists."""
+    found = []
+    for m in _URI.finditer(text):
+        if not _DEB_FILE.match(m.group(2)):
+            raise ValueError(f"apt-get named a package file vzpkg does not take: {m.group(2)!r}")
+        found.append(Fetch(m.group(1), m.group(2), int(m.group(3)), m.group(4)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -325,12 +379,6 @@ def parse_simulation(text: str) -> list[Change]:
         name, _, arch = m.group(1).partition(":")
         changes.append(Change(name, arch, m.group(2), None))
     return changes
-
-
-def deb_file_name(change: Change) -> str:
-    """The file apt keeps the new version of ``change`` in (``:`` of an epoch quoted)."""
-    assert change.new is not None
-    return f"{change.name}_{change.new.replace(':', '%3a')}_{change.arch}.deb"
 
 
 def apt_errors(text: str) -> list[str]:
