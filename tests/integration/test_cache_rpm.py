@@ -229,6 +229,12 @@ def test_vps_from_the_rpm_fixture_cache(rpmhost: VzHost) -> None:
         assert rpmhost.run("vzctl", "exec", "201", "hostname").stdout.strip() == "rpmct"
         release = rpmhost.run("vzctl", "exec", "201", "cat /etc/os-release").stdout
         assert "ID=vzfix" in release
+        # Packages: listed from its rpm database; not installed, and the refusal says why.
+        listed = rpmhost.run("vzpkgls", "201").stdout.split()
+        assert "busybox" in listed and "vzfix-extra" not in listed
+        proc = rpmhost.run("vzpkg", "install", "201", "vzfix-extra")
+        assert proc.returncode == 70 and "no rpm or dnf in it" in proc.stderr, proc.stderr
+        assert "vzfix-extra" not in rpmhost.run("vzpkgls", "201").stdout.split()
         proc = rpmhost.run("vzctl", "stop", "201")
         assert proc.returncode == 0, proc.stderr
     finally:

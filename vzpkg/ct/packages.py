@@ -137,6 +137,7 @@ def transaction(
     with opened_ct(host, ctid, ExitCode.FAILURE) as (cfg, _, root):
         pid = running_init(host, ctid)
         template = vps_template(ctid, cfg.ostemplate, template_of)
+        refuse_other_families(ctid, template, root)
         shared = SharedCache(host, template)
         with shared.locked():
             shared.prepare(say)
@@ -239,6 +240,7 @@ def _reading(
 
     template = vps_template(ctid, read_ct_config(host, ctid).ostemplate, template_of)
     with root_for_reading(host, ctid) as root:
+        refuse_other_families(ctid, template, root)
         status = _status(root)
     shared = SharedCache(host, template)
     with shared.locked():
@@ -269,13 +271,25 @@ def vps_template(ctid: int, name: str | None, template_of: Callable[[str], Templ
         raise VzError(f"CT {ctid}'s template {name} is not in the metadata: its repositories "
                       "and keys are unknown", ExitCode.PKG_TEMPLATE_NOT_FOUND,
                       hint="vzpkgls lists the templates of the metadata") from None  # fmt: skip
-    if template.family != "deb":
-        raise VzError(
-            f"CT {ctid} ({template.name}): packages in running {template.family}-family VPSs "
-            "are not supported yet (docs/packages.md says why)",
-            ExitCode.PKGMGR_FAILED,
-        )
     return template
+
+
+def refuse_other_families(ctid: int, template: Template, root: Path) -> None:
+    """Only Debian-family VPSs take transactions yet; an rpm-family one is refused, saying
+    whether it could install a package at all."""
+    if template.family == "deb":
+        return
+    from vzpkg.ct.guest import resolve_in_root  # symlinks resolved within the VPS's root
+
+    has_rpm = any(resolve_in_root(root, where) for where in ("/usr/bin/rpm", "/usr/bin/dnf"))
+    why = (
+        "there is no rpm or dnf in it, so nothing inside could install a package (and vzpkg "
+        "never installs into a VPS with the host's rpm: its scriptlets would run as host root)"
+        if not has_rpm
+        else "transactions in rpm-family VPSs are not supported yet"
+    )
+    raise VzError(f"CT {ctid} ({template.name}): {why}", ExitCode.PKGMGR_FAILED,
+                  hint="see docs/packages.md, rpm-family VPSs")  # fmt: skip
 
 
 def _status(root: Path) -> bytes:
