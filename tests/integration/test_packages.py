@@ -187,9 +187,11 @@ def test_install_update_remove_in_a_running_debian_vps(host: VzHost, ctid: str) 
     name, older, newer = two_versions(host)
     done = transaction(host, "install", ctid, f"{name}={older}")
     assert [(e["name"], e["version"]) for e in done["installed"]] == [(name, older)]
-    assert f"would upgrade {name} {older} -> {newer}" in pkg(host, "update", "-n", ctid)
-    done = transaction(host, "update", ctid, name)
+    assert f"would upgrade {name} {older} -> {newer}" in pkg(host, "update", "-n", ctid, name)
+    inside(host, ctid, f"apt-mark auto {name}")
+    done = transaction(host, "update", ctid)  # everything: apt-get upgrade --with-new-pkgs
     assert {"name": name, "arch": "amd64", "from": older, "to": newer} in done["upgraded"]
+    assert name in inside(host, ctid, "apt-mark showauto").split()  # its mark kept
     assert f"{name} {newer} amd64" in listed(host, "vzpkgls", ctid).splitlines()
     # remove: what depends on it goes too (cowsay is not there: only hello).
     done = transaction(host, "remove", ctid, "hello")

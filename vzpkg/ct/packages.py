@@ -92,6 +92,7 @@ class Outcome:
         }
 
 
+_UPGRADE_ONLY = ("--with-new-pkgs", "--without-new-pkgs")
 _WITH_VALUE = ("-o", "-c", "-t", "--option", "--config-file", "--target-release")
 
 
@@ -185,6 +186,7 @@ def _as_files(
     )
     if not fetches:
         return ([], marks) if not marks.manual else (["check"], marks)
+    options = [o for o in options if o not in _UPGRADE_ONLY]  # apt-get install refuses them
     extra = ["--reinstall"] if command == "reinstall" else []
     files = [f"{apt.VPS_POOL_DIR}/{f.file}" for f in fetches]
     return ["install", *options, *extra, *files], marks
