@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vzpkg.ct.packages import Outcome, command_of, diff
+from vzpkg.ct.packages import Outcome, as_files, command_of, diff
 from vzpkg.errors import VzError
 from vzpkg.pkgmgr.apt import (
     Change,
@@ -169,3 +169,25 @@ def test_what_a_transaction_changed_comes_from_the_status_before_and_after() -> 
     assert report["installed"] == [{"name": "c", "arch": "amd64", "version": "5"}]
     assert report["upgraded"] == [{"name": "a", "arch": "all", "from": "1", "to": "2"}]
     assert report["removed"] == [{"name": "b", "arch": "amd64", "version": "1"}]
+
+
+def test_the_vps_installs_the_files_with_the_marks_apt_get_would_leave() -> None:
+    status = b"Package: libc6\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n"
+    fetches = [
+        Fetch("http://m/l.deb", "libc6_2_amd64.deb", 1, "00" * 32),
+        Fetch("http://m/h.deb", "hello_2.10-3_amd64.deb", 1, "00" * 32),
+        Fetch("http://m/d.deb", "libdep1_1_amd64.deb", 1, "00" * 32),
+    ]
+    args, marks = as_files(["-o", "X=1", "install", "hello=2.10-3", "--no-install-recommends"],
+                            fetches, status)  # fmt: skip
+    assert args == [
+        "install", "-o", "X=1", "--no-install-recommends", "/run/vzpkg/pool/libc6_2_amd64.deb",
+        "/run/vzpkg/pool/hello_2.10-3_amd64.deb", "/run/vzpkg/pool/libdep1_1_amd64.deb",
+    ]  # fmt: skip
+    assert marks == Marks(manual=("hello",), auto=("libdep1",), keep=("libc6",))
+    args, marks = as_files(["upgrade", "--with-new-pkgs"], fetches[:1], status)
+    assert args == ["install", "/run/vzpkg/pool/libc6_2_amd64.deb"]  # install takes no such option
+    assert marks == Marks(keep=("libc6",))
+    # Nothing to fetch: apt-get install NAME of what is there only marks it manual.
+    assert as_files(["install", "libc6"], [], status) == (["check"], Marks(manual=("libc6",)))
+    assert as_files(["upgrade"], [], status) == ([], Marks())

@@ -159,7 +159,7 @@ def transaction(
                     fetches = host_apt.resolve(request.args)
                     fetched = host_apt.fetch(fetches, say)
                     files = [f.file for f in fetches]
-                    args, marks = _as_files(request.args, fetches, before)
+                    args, marks = as_files(request.args, fetches, before)
                 token = scratch.name.rpartition(".")[2]
                 if args:
                     views = shared.views(pid, scratch, files)
@@ -170,7 +170,7 @@ def transaction(
     return Outcome(ctid, template.name, tuple(diff(before, after)), False, fetched)
 
 
-def _as_files(
+def as_files(
     args: Sequence[str], fetches: Sequence[apt.Fetch], status: bytes
 ) -> tuple[list[str], apt.Marks]:
     """apt-get's ``args`` for the VPS: install the files the host fetched (whatever the
