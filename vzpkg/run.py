@@ -137,9 +137,11 @@ def spawn(
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
     userns_fd: int | None = None,
+    own_process_group: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a program that runs alongside us (e.g. tar feeding a compressor). With
-    ``userns_fd`` it runs as root of that user namespace (a VPS's ids, not the host's)."""
+    ``userns_fd`` it runs as root of that user namespace (a VPS's ids, not the host's);
+    ``own_process_group``: the terminal's ^C does not reach it."""
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s%s", shlex.join(args), "" if userns_fd is None else " (in the VPS's ids)")
 
@@ -159,6 +161,7 @@ def spawn(
                 stdout=stdout,
                 stderr=stderr,
                 preexec_fn=prepare,  # runs before subprocess closes the other fds
+                process_group=0 if own_process_group else None,
             )
     except FileNotFoundError:
         raise _not_found(args[0]) from None

@@ -64,6 +64,8 @@ MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+MS_PRIVATE = 1 << 18  # a propagation type (mount_setattr's propagation field)
 MOUNT_ATTR_IDMAP = 0x00100000
 UMOUNT_NOFOLLOW = 0x00000008
 # x86_64 (and every architecture that uses the generic table for them: these came late enough

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -171,7 +172,7 @@ def test_install_update_remove_in_a_running_debian_vps(host: VzHost, ctid: str) 
     assert any(line.startswith("hello 2.") for line in listed_now)
     # Nothing of the transaction stays inside: no view of the cache, no transaction directory.
     assert not vps_mounts(host, ctid, "/run/vzpkg")
-    assert inside(host, ctid, "ls /run/vzpkg").split() == ["pool"]
+    assert inside(host, ctid, "ls /run/vzpkg").split() == []
     # -n: what would change, and nothing changes.
     before = status_sum(host, ctid)
     assert "would install sl " in pkg(host, "install", "-n", ctid, "sl")
@@ -199,9 +200,10 @@ def test_install_update_remove_in_a_running_debian_vps(host: VzHost, ctid: str) 
     assert "hello" not in listed(host, "vzpkgls", ctid).split()
     # vzapt: apt-get's own semantics.
     proc = host.run("vzapt", ctid, "install", "--no-install-recommends", "sl")
-    assert proc.returncode == 0 and "Setting up sl" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "Setting up sl" in proc.stderr, proc.stderr
+    assert proc.stdout.startswith(f"CT {ctid}: ") and "installed" in proc.stdout
     proc = host.run("vzapt", ctid, "purge", "sl")
-    assert proc.returncode == 0 and "Removing sl" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "Removing sl" in proc.stderr, proc.stderr
     assert "sl" not in listed(host, "vzpkgls", ctid).split()
 
 
@@ -378,8 +380,42 @@ def test_a_hostile_apt_get_and_dpkg_change_nothing_on_the_host(
     shared = (pool(host), host.pkgcache_dir / "debian-12-x86_64.apt")
     before = snapshot(*shared)
     error = pkg(host, "install", ctid, "hello", code=70)
-    assert "apt-get in CT" in error and "exit code 3" in error
+    assert "apt-get in CT" in error and "(exit 3)" in error
     assert snapshot(*shared) == before
     assert not list(host.pkgcache_dir.rglob("MARK*"))
     assert inside(host, ctid, "ls /MARK-INSIDE").strip() == "/MARK-INSIDE"  # it did run
     assert not vps_mounts(host, ctid, "/run/vzpkg")
+
+
+def test_a_failing_maintainer_script_is_reported_and_can_be_finished(
+    host: VzHost, ctid: str
+) -> None:
+    vzctl(host, "start", ctid)
+    # figlet's postinst registers an alternative: a directory in its place makes it fail.
+    inside(host, ctid, "mkdir -p /etc/alternatives/figlet/in-the-way")
+    error = pkg(host, "install", ctid, "figlet", code=70)
+    assert "dpkg returned an error code" in error and "dpkg --audit" in error
+    assert inside(host, ctid, "dpkg-query -W -f '${db:Status-Abbrev}' figlet").strip() == "iF"
+    assert "figlet" in inside(host, ctid, "apt-mark showmanual").split()  # marked all the same
+    # Half done blocks the next install (as apt-get's own run would), with the same hint.
+    assert "dpkg --audit" in pkg(host, "install", ctid, "sl", code=70)
+    inside(host, ctid, "rm -r /etc/alternatives/figlet")
+    proc = host.run("vzapt", ctid, "install", "-f")
+    assert proc.returncode == 0, proc.stderr
+    assert inside(host, ctid, "dpkg --audit; echo rc=$?").strip() == "rc=0"
+    assert "figlet 2." in listed(host, "vzpkgls", ctid)
+
+
+def test_an_interrupt_once_apt_get_runs_lets_it_finish(host: VzHost, ctid: str) -> None:
+    vzctl(host, "start", ctid)
+    pkg(host, "install", "-n", ctid, "cowsay")  # the lists are there
+    victim = host.popen("vzpkg", "install", ctid, "cowsay")
+    assert victim.stderr is not None
+    for line in victim.stderr:
+        if "Unpacking" in line:
+            break
+    victim.send_signal(signal.SIGINT)
+    _, error = victim.communicate(timeout=300)
+    assert victim.returncode == 130 and "was let finish" in error, error
+    assert inside(host, ctid, "dpkg --audit; echo rc=$?").strip() == "rc=0"
+    assert "cowsay" in listed(host, "vzpkg", "list", "-q", ctid).split()

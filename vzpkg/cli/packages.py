@@ -5,7 +5,6 @@ manager failed."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,7 +51,7 @@ def _vps_errors() -> Iterator[None]:
 def list_(ctid: str, as_json: bool, quiet: bool, available: bool, debug: bool) -> None:
     """The packages installed in VPS CTID (NAME VERSION ARCH), read on the host from its
     package database; a stopped VPS is mounted for the reading. With --available, the
-    packages its template's repositories offer (the VPS must run)."""
+    packages its template's repositories offer."""
     setup(debug)
     if available:
         _list_available(ctid, as_json, quiet)
@@ -60,56 +59,63 @@ def list_(ctid: str, as_json: bool, quiet: bool, available: bool, debug: bool) -
     from vzpkg.cli.vzpkgls import list_installed
 
     with _vps_errors():
-        list_installed(ctid, as_json, names_only=quiet)
+        list_installed(ctid, as_json, names_only=quiet, wait=True)
 
 
-common_options: list[Callable[[Callable[..., None]], Callable[..., None]]] = [
-    click.option("-n", "--check-only", is_flag=True, help="What would change; nothing changes."),
-    click.option("-q", "--quiet", is_flag=True, help="No apt-get output, no progress."),
-    click.option("--refresh", is_flag=True, help="Fetch the package lists even if they are fresh."),
-    json_option,
-    debug_option,
-]
+def _options(*, refresh: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    check = "Print what would change; nothing changes."
+    quiet = "No apt-get output and no progress: the result only."
+    fresh = "Fetch the package lists even if they are fresh (under an hour)."
+    options = [
+        click.option("-n", "--check-only", is_flag=True, help=check),
+        click.option("-q", "--quiet", is_flag=True, help=quiet),
+        json_option,
+        debug_option,
+    ]
+    if refresh:
+        options.insert(2, click.option("--refresh", is_flag=True, help=fresh))
 
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            func = option(func)
+        return func
 
-def _options(func: Callable[..., None]) -> Callable[..., None]:
-    for option in reversed(common_options):
-        func = option(func)
-    return func
+    return decorate
 
 
 @main.command()
 @click.argument("ctid")
 @click.argument("packages", nargs=-1, required=True)
-@_options
+@_options(refresh=True)
 @edge("vzpkg")
 def install(ctid: str, packages: tuple[str, ...], **opts: Any) -> None:
-    """Install PACKAGES (and what they need) in running VPS CTID."""
+    """Install PACKAGES (and what they need) in running VPS CTID. A package may be given as
+    NAME, NAME=VERSION or NAME/SUITE, as to apt-get."""
     _transaction(ctid, ["install", *_names(packages)], **opts)
 
 
 @main.command()
 @click.argument("ctid")
 @click.argument("packages", nargs=-1)
-@_options
+@_options(refresh=False)
 @edge("vzpkg")
 def update(ctid: str, packages: tuple[str, ...], **opts: Any) -> None:
     """Upgrade PACKAGES in running VPS CTID, or every package when none is named (new
-    dependencies are installed, nothing is removed). The lists are always fetched anew."""
+    dependencies are installed, nothing is removed). The package lists are fetched anew."""
     args = ["install", "--only-upgrade", *_names(packages)] if packages else [
         "upgrade", "--with-new-pkgs"]  # fmt: skip
-    opts["refresh"] = True
-    _transaction(ctid, args, **opts)
+    _transaction(ctid, args, refresh=True, **opts)
 
 
 @main.command()
 @click.argument("ctid")
 @click.argument("packages", nargs=-1, required=True)
-@_options
+@_options(refresh=False)
 @edge("vzpkg")
 def remove(ctid: str, packages: tuple[str, ...], **opts: Any) -> None:
-    """Remove PACKAGES (and what depends on them) from running VPS CTID."""
-    _transaction(ctid, ["remove", *_names(packages)], **opts)
+    """Remove PACKAGES (and what depends on them) from running VPS CTID; their
+    configuration files stay, as with apt-get remove (vzapt CTID purge takes them too)."""
+    _transaction(ctid, ["remove", *_names(packages)], refresh=False, **opts)
 
 
 @main.command()
@@ -122,6 +128,7 @@ def info(ctid: str, packages: tuple[str, ...], as_json: bool, debug: bool) -> No
     """What the template's repositories say of PACKAGES, and whether VPS CTID has them."""
     setup(debug)
     from vzpkg.ct.packages import package_info
+    from vzpkg.pkgmgr.installed import printable
 
     host, catalog, number = _context(ctid)
     with _vps_errors():
@@ -133,7 +140,7 @@ def info(ctid: str, packages: tuple[str, ...], as_json: bool, debug: bool) -> No
         if i:
             click.echo()
         for key, value in entry.items():
-            click.echo(f"{key}: {value if value is not None else '-'}")
+            click.echo(printable(f"{key}: {value if value is not None else '-'}"))
 
 
 def _names(packages: Sequence[str]) -> list[str]:
@@ -157,43 +164,57 @@ def _context(ctid: str) -> tuple[HostConfig, Catalog, int]:
 
 def _transaction(
     ctid: str, args: list[str], *, check_only: bool, quiet: bool, refresh: bool, as_json: bool,
-    debug: bool, prog: str = "vzpkg",
+    debug: bool, prog: str = "vzpkg", apt_words: bool = False,
 ) -> None:  # fmt: skip
+    """Run apt-get ``args`` for VPS ``ctid``: apt-get's output and the progress on stderr, the
+    result on stdout (``apt_words``: a simulation in apt-get's own words, as vzapt -s)."""
     setup(debug)
     from vzpkg.ct.packages import Request, transaction
 
-    host, catalog, number = _context(ctid)
-    out = sys.stderr if as_json else sys.stdout
-    show = None if quiet else (lambda line: print(line, file=out, flush=True))
+    def show(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     note = (lambda text: None) if quiet else (lambda text: say(f"{prog}: {text}"))
-    request = Request(tuple(args), check_only=check_only, refresh=refresh, show_output=show)
-    with _vps_errors():
-        outcome = transaction(host, number, catalog.get, request, note)
-    _report(outcome, as_json, quiet)
-
-
-def _report(outcome: Outcome, as_json: bool, quiet: bool) -> None:
+    request = Request(tuple(args), check_only=check_only, refresh=refresh,
+                      show_output=None if quiet else show)  # fmt: skip
+    try:
+        host, catalog, number = _context(ctid)
+        with _vps_errors():
+            outcome = transaction(host, number, catalog.get, request, note)
+    except VzError as e:
+        if as_json:  # a script gets an answer on stdout too
+            print_json({"ctid": ctid, "error": e.message, "code": int(e.code)})
+        raise
     if as_json:
         print_json(outcome.as_json())
-        return
-    if quiet:
-        return
-    changes = outcome.changes
+    elif apt_words and outcome.check_only:
+        click.echo(outcome.simulation, nl=False)
+    else:
+        _report(outcome)
+
+
+_VERBS = {"installed": "install", "upgraded": "upgrade", "downgraded": "downgrade",
+          "reinstalled": "reinstall", "removed": "remove"}  # fmt: skip
+
+
+def _report(outcome: Outcome) -> None:
+    kinds = outcome.kinds()
     if outcome.check_only:
-        if not changes:
+        if not outcome.changes:
             click.echo(f"CT {outcome.ctid}: nothing would change")
-        for c in changes:
-            if c.old is None:
-                click.echo(f"would install {c.name} {c.new} {c.arch}")
-            elif c.new is None:
-                click.echo(f"would remove {c.name} {c.old}")
-            else:
-                click.echo(f"would upgrade {c.name} {c.old} -> {c.new}")
+        for kind, changes in kinds.items():
+            for c in changes:
+                if c.old and c.new and c.old != c.new:
+                    click.echo(f"would {_VERBS[kind]} {c.name} {c.old} -> {c.new}")
+                else:
+                    click.echo(f"would {_VERBS[kind]} {c.name} {c.new or c.old} {c.arch}".rstrip())
         return
-    counts = json.loads(json.dumps(outcome.as_json()))
-    say(f"CT {outcome.ctid}: {len(counts['installed'])} installed, {len(counts['upgraded'])} "
-        f"upgraded, {len(counts['removed'])} removed; {outcome.fetched} downloaded, the rest "
-        "from the shared cache")  # fmt: skip
+    done = ", ".join(f"{len(v)} {k}" for k, v in kinds.items() if v) or "nothing changed"
+    files = ""
+    if outcome.files:
+        files = (f"; {outcome.fetched} of {outcome.files} package files downloaded, the rest "
+                 "from the shared cache")  # fmt: skip
+    click.echo(f"CT {outcome.ctid}: {done}{files}")
 
 
 def _list_available(ctid: str, as_json: bool, quiet: bool) -> None:
@@ -216,9 +237,11 @@ def _list_available(ctid: str, as_json: bool, quiet: bool) -> None:
 def vzapt(ctid: str, args: tuple[str, ...]) -> None:
     """apt-get ARGS in running VPS CTID, with apt-get's semantics: packages are fetched on
     the host (the template's repositories and keys, the shared cache), the VPS's own apt-get
-    installs them. vzapt CTID update refreshes the template's lists on the host."""
+    installs them; nobody is asked (-y). Commands: install, reinstall, upgrade, dist-upgrade,
+    full-upgrade, remove, purge, autoremove, check, clean, autoclean; update refreshes the
+    template's lists on the host. -s prints apt-get's simulation and changes nothing."""
     debug = "--debug" in args
     args = tuple(a for a in args if a != "--debug")
-    check = "-s" in args or "--simulate" in args or "--dry-run" in args
+    check = bool({"-s", "--simulate", "--dry-run", "--just-print", "--no-act"} & set(args))
     _transaction(ctid, list(args), check_only=check, quiet=False, refresh=False, as_json=False,
-                 debug=debug, prog="vzapt")  # fmt: skip
+                 debug=debug, prog="vzapt", apt_words=True)  # fmt: skip

@@ -96,21 +96,23 @@ def main(
         click.echo(f"{row['name']:<{width}}  {when:<16}  {size:>9}  {row['summary']}")
 
 
-def list_installed(ctid: str, as_json: bool, *, names_only: bool = False) -> None:
+def list_installed(
+    ctid: str, as_json: bool, *, names_only: bool = False, wait: bool = False
+) -> None:
     """The packages installed in VPS ``ctid``, read on the host from its package database."""
     from vzpkg.cli.common import require_root
     from vzpkg.ct.ids import parse_ctid
     from vzpkg.ct.lifecycle import root_for_reading
     from vzpkg.hostconf import load_host_config
-    from vzpkg.pkgmgr.installed import installed
+    from vzpkg.pkgmgr.installed import installed, printable
 
     require_root("vzpkgls")
     number = parse_ctid(ctid)
-    with root_for_reading(load_host_config(), number) as root:
+    with root_for_reading(load_host_config(), number, wait=wait) as root:
         family, packages = installed(root)
     if as_json:
         print_json({"ctid": number, "family": family,
                     "packages": [dataclasses.asdict(p) for p in packages]})  # fmt: skip
         return
     for p in packages:
-        click.echo(p.name if names_only else f"{p.name} {p.version} {p.arch}")
+        click.echo(printable(p.name if names_only else f"{p.name} {p.version} {p.arch}"))

@@ -57,9 +57,12 @@ def render_cache_path(host: HostConfig, ctid: int) -> Path:
 
 
 @contextlib.contextmanager
-def ct_locked(host: HostConfig, ctid: int) -> Iterator[None]:
-    """The CT's lock: every state-changing action holds it; a second one is refused (exit 9)."""
-    with lock.locked(host.lock_dir, f"ct-{ctid}", what=f"CT {ctid}", hint=CT_LOCK_HINT):
+def ct_locked(host: HostConfig, ctid: int, *, wait: bool = False) -> Iterator[None]:
+    """The CT's lock: every state-changing action holds it; a second one is refused (exit 9),
+    or with ``wait`` waits for it (vzpkg's transactions, as yum waits for its lock)."""
+    waiting = f"CT {ctid}: waiting for the command that holds it" if wait else None
+    with lock.locked(host.lock_dir, f"ct-{ctid}", what=f"CT {ctid}", hint=CT_LOCK_HINT,
+                     timeout=-1 if wait else 0, on_wait=waiting):  # fmt: skip
         yield
 
 
@@ -81,13 +84,13 @@ def checked_paths(
 
 @contextlib.contextmanager
 def opened_ct(
-    host: HostConfig, ctid: int, code: ExitCode = ExitCode.CONFIG
+    host: HostConfig, ctid: int, code: ExitCode = ExitCode.CONFIG, *, wait: bool = False
 ) -> Iterator[tuple[conf.CtConfig, Path, Path]]:
     """The CT locked, with its configuration and its checked places (private area, root):
     how every state-changing action begins. Refused (``code``) when a place is a host system
     directory or vzpkg's, or when the private area is not provably this CT's (a config
     pointing at another VPS's area, whatever is mounted where)."""
-    with ct_locked(host, ctid):
+    with ct_locked(host, ctid, wait=wait):
         cfg = conf.read_ct_config(host, ctid)
         private, root = checked_paths(host, ctid, cfg, code)
         if layout.condition(private) == "present" and not layout.is_own_private(

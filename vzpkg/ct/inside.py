@@ -6,6 +6,7 @@ following a symlink (the VPS's root owns its tree)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -16,8 +17,13 @@ from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import open_dir_beneath
 
 MNT_DETACH = 2
-# A read-only view for a VPS: no set-id program, no device node through it.
-READ_ONLY = syscalls.MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV
+# A read-only view for a VPS: nothing to run, no set-id program, no device node through it.
+READ_ONLY = (
+    syscalls.MOUNT_ATTR_RDONLY
+    | syscalls.MOUNT_ATTR_NOSUID
+    | syscalls.MOUNT_ATTR_NODEV
+    | syscalls.MOUNT_ATTR_NOEXEC
+)
 
 
 def in_vps(init_pid: int, action: Callable[[], None], what: str) -> None:
@@ -74,7 +80,10 @@ def bind_read_only(init_pid: int, views: Mapping[str, Path]) -> None:
         for path, source in views.items():
             fd = syscalls.open_tree(source, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC)
             detached[path] = fd
-            syscalls.mount_setattr(fd, syscalls.MountAttr(attr_set=READ_ONLY))
+            # Private: a host mount that is shared must not make the view a peer of it, through
+            # which what the VPS mounts below the view would show on the host.
+            attrs = syscalls.MountAttr(attr_set=READ_ONLY, propagation=syscalls.MS_PRIVATE)
+            syscalls.mount_setattr(fd, attrs)
 
         def attach() -> None:
             for path, fd in detached.items():
@@ -104,6 +113,8 @@ def unbind(init_pid: int, paths: Iterable[str]) -> None:
                             if e.errno in (errno.EINVAL, errno.ENOENT):  # no (more) mount
                                 break
                             raise
+                    with contextlib.suppress(OSError):  # the empty mount point goes too
+                        os.rmdir(name, dir_fd=directory)
             except FileNotFoundError:
                 continue
 

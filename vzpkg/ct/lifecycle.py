@@ -67,10 +67,10 @@ def mount(host: HostConfig, ctid: int) -> None:
 
 
 @contextlib.contextmanager
-def root_for_reading(host: HostConfig, ctid: int) -> Iterator[Path]:
+def root_for_reading(host: HostConfig, ctid: int, *, wait: bool = False) -> Iterator[Path]:
     """The CT's root for the host to read its files (vzpkgls CTID): as it is mounted, or
-    mounted for the block and unmounted after; under the CT's lock."""
-    with opened_ct(host, ctid, ExitCode.MOUNT_FAILED) as (cfg, private_dir, root_dir):
+    mounted for the block and unmounted after; under the CT's lock (``wait``: see ct_locked)."""
+    with opened_ct(host, ctid, ExitCode.MOUNT_FAILED, wait=wait) as (cfg, private_dir, root_dir):
         if layout.check_own_mount(ctid, root_dir, private_dir, ExitCode.MOUNT_FAILED):
             yield root_dir
             return

@@ -20,18 +20,24 @@ waits for a dpkg lock a vzpkg it outlived still holds.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from vzpkg import fsutil, lock, run
+from vzpkg import fsutil, interrupts, lock, run
 from vzpkg.ct import inside
 from vzpkg.ct.common import opened_ct, runc_of
 from vzpkg.ct.ids import container_id
@@ -41,8 +47,9 @@ from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import DEB_ARCH, Template
 from vzpkg.pkgmgr import apt
-from vzpkg.pkgmgr.installed import DPKG_STATUS, LIMIT, parse_dpkg_status
+from vzpkg.pkgmgr.installed import DPKG_STATUS, LIMIT, parse_dpkg_status, printable, stanzas
 
+_STALE = 6 * 3600  # seconds after which a transaction's directory is surely a leftover
 LISTS_MAX_AGE = 3600  # seconds: lists younger than this are used as they are (dnf's expiry)
 STAMP = "updated"  # in the shared apt directory: the sources its lists were fetched for
 
@@ -71,24 +78,41 @@ class Outcome:
     changes: tuple[apt.Change, ...]
     check_only: bool
     fetched: int  # packages downloaded for this transaction (0: all in the shared cache)
+    simulation: str = ""  # apt-get -s's own output (check_only)
+    files: int = 0  # package files the VPS installed from (fetched or from the shared cache)
+
+    def kinds(self) -> dict[str, list[apt.Change]]:
+        """The changes by kind: installed, upgraded, downgraded, reinstalled, removed."""
+        from debian.debian_support import version_compare
+
+        found: dict[str, list[apt.Change]] = {
+            k: [] for k in ("installed", "upgraded", "downgraded", "reinstalled", "removed")
+        }
+        for c in self.changes:
+            if c.old is None:
+                found["installed"].append(c)
+            elif c.new is None:
+                found["removed"].append(c)
+            else:
+                order = version_compare(c.old, c.new)
+                kind = "upgraded" if order < 0 else "downgraded" if order > 0 else "reinstalled"
+                found[kind].append(c)
+        return found
 
     def as_json(self) -> dict[str, object]:
         def entry(c: apt.Change) -> dict[str, object]:
-            if c.old is None:
-                return {"name": c.name, "arch": c.arch, "version": c.new}
-            if c.new is None:
-                return {"name": c.name, "arch": c.arch, "version": c.old}
+            if c.old is None or c.new is None or c.old == c.new:
+                return {"name": c.name, "arch": c.arch, "version": c.new or c.old}
             return {"name": c.name, "arch": c.arch, "from": c.old, "to": c.new}
 
+        kinds = {k: [entry(c) for c in v] for k, v in self.kinds().items()}
         return {
             "ctid": self.ctid,
             "template": self.template,
             "check_only": self.check_only,
             "source": "host package cache",
             "fetched": self.fetched,
-            "installed": [entry(c) for c in self.changes if c.old is None],
-            "upgraded": [entry(c) for c in self.changes if c.old and c.new],
-            "removed": [entry(c) for c in self.changes if c.new is None],
+            **kinds,
         }
 
 
@@ -131,43 +155,70 @@ def transaction(
     host: HostConfig, ctid: int, template_of: Callable[[str], Template], request: Request, say: Say
 ) -> Outcome:
     """Run ``request`` in running VPS ``ctid``; what changed in it."""
-    command = command_of(request.args)
+    command, options, words = split_args(request.args)
     if command not in _KNOWN:
         raise VzError(f"apt-get {command} is not run through vzapt", ExitCode.INVALID_ARGUMENT,
                       hint=f"commands: {', '.join(sorted(_KNOWN))}")  # fmt: skip
-    with opened_ct(host, ctid, ExitCode.FAILURE) as (cfg, _, root):
+    with opened_ct(host, ctid, ExitCode.FAILURE, wait=True) as (cfg, _, root):
         pid = running_init(host, ctid)
         template = vps_template(ctid, cfg.ostemplate, template_of)
         refuse_other_families(ctid, template, root)
+        before = _status(root)
         shared = SharedCache(host, template)
-        with shared.locked():
-            shared.prepare(say)
-            if command in _NEED_LISTS:
-                shared.refresh_lists(say, force=request.refresh or command == "update")
-            if command == "update":
-                return Outcome(ctid, template.name, (), request.check_only, 0)
-            before = _status(root)
-            with tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
-                scratch = Path(tmp)
-                host_apt = shared.host_apt(scratch, before)
-                if request.check_only:
-                    plan = host_apt.simulate(request.args)
-                    return Outcome(ctid, template.name, tuple(plan), True, 0)
-                fetched = 0
-                args, marks, files = list(request.args), apt.Marks(), []
-                if command in _DOWNLOAD:
+        outcome = functools.partial(Outcome, ctid, template.name)
+        fetched, fetches = 0, []
+        with shared.scratch() as tmp:
+            scratch, views = Path(tmp), {}
+            if request.check_only or command in _NEED_LISTS:
+                # The template's cache is locked for what is done with it, not while the VPS
+                # installs: nothing takes a file out of the pool once it is checked.
+                with shared.locked():
+                    shared.prepare(say)
+                    if command in _NEED_LISTS:
+                        shared.refresh_lists(say, force=request.refresh or command == "update")
+                    if command == "update":
+                        return outcome((), request.check_only, 0)
+                    host_apt = shared.host_apt(scratch, before, _extended_states(root))
+                    if request.check_only:
+                        plan, text = host_apt.simulate(request.args)
+                        return outcome(tuple(plan), True, 0, text)
                     fetches = host_apt.resolve(request.args)
                     fetched = host_apt.fetch(fetches, say)
-                    files = [f.file for f in fetches]
-                    args, marks = as_files(request.args, fetches, before)
+                    views = shared.views(pid, scratch, [f.file for f in fetches]) if fetches else {}
+                args, marks = as_files(request.args, fetches, before)
+            else:  # removals and apt-get's housekeeping: the VPS's own apt-get alone
+                args, marks = _without_unknown(command, options, words, before, say), apt.Marks()
+            pending = command in _DOWNLOAD and bool(_PENDING.search(before))
+            if pending and not args:
+                args = ["install"]  # what dpkg left half done is finished first (below)
+            if args:
                 token = scratch.name.rpartition(".")[2]
-                if args:
-                    views = shared.views(pid, scratch, files)
-                    say(f"CT {ctid}: apt-get {' '.join(request.args)}, inside")
-                    argv = apt.vps_apt_argv(args, token, marks)
-                    _run_inside(host, ctid, pid, views, argv, request)
-            after = _status(root)
-    return Outcome(ctid, template.name, tuple(diff(before, after)), False, fetched)
+                argv = apt.vps_apt_argv(args, token, marks, configure_pending=pending)
+                say(f"CT {ctid}: apt-get {' '.join(request.args)}, inside")
+                _run_inside(host, ctid, pid, views, argv, request)
+        after = _status(root)
+    return outcome(tuple(diff(before, after)), False, fetched, files=len(views and fetches))
+
+
+# dpkg states of a package whose installation was cut short (dpkg --audit's).
+_PENDING = re.compile(
+    rb"^Status: \S+ \S+ (half-installed|unpacked|half-configured|triggers-awaited|"
+    rb"triggers-pending)$", re.MULTILINE)  # fmt: skip
+
+
+def _without_unknown(
+    command: str, options: Sequence[str], words: Sequence[str], status: bytes, say: Say
+) -> list[str]:
+    """apt-get's args for a removal without the names the VPS has never heard of (its apt-get
+    sees no repository, so it would not know them): apt-get's own "not installed" for those."""
+    if command not in ("remove", "purge"):
+        return [command, *options, *words]
+    known = {p["Package"] for p in stanzas(status, {"Package"}) if "Package" in p}
+    kept = [w for w in words if requested_name(w).partition(":")[0] in known]
+    for word in words:
+        if word not in kept:
+            say(f"Package '{word}' is not installed, so not removed")
+    return [command, *options, *kept] if kept or not words else []
 
 
 def as_files(
@@ -177,18 +228,20 @@ def as_files(
     command was), with its options; and the marks apt-get would have left."""
     command, options, words = split_args(args)
     installed = {p.name for p in parse_dpkg_status(status)}
-    requested = {requested_name(w) for w in words} if command in ("install", "reinstall") else set()
+    explicit = command in ("install", "reinstall") and "--only-upgrade" not in options
+    requested = {requested_name(w) for w in words} if explicit else set()
     names = [f.name_version_arch[0] for f in fetches]
     marks = apt.Marks(
         manual=tuple(sorted(n.partition(":")[0] for n in requested)),
         auto=tuple(sorted(n for n in names if n not in installed and n not in requested)),
         keep=tuple(sorted(n for n in names if n in installed and n not in requested)),
     )
-    if not fetches:
-        return ([], marks) if not marks.manual else (["check"], marks)
     options = [o for o in options if o not in _UPGRADE_ONLY]  # apt-get install refuses them
     extra = ["--reinstall"] if command == "reinstall" else []
     files = [f"{apt.VPS_POOL_DIR}/{f.file}" for f in fetches]
+    if not files and not marks.manual and not {"-f", "--fix-broken"} & set(options):
+        return [], marks  # nothing to do inside
+    # With nothing to install, apt-get install still does what its options say (-f).
     return ["install", *options, *extra, *files], marks
 
 
@@ -198,13 +251,13 @@ def package_info(
     template_of: Callable[[str], Template],
     names: Sequence[str],
     say: Say,
-) -> list[dict[str, str | None]]:
+) -> list[dict[str, str | int | None]]:
     """What the template's repositories say of each of ``names`` (its candidate version) and
     the version VPS ``ctid`` has, if any; the VPS need not run."""
     status, shared = _reading(host, ctid, template_of, say)
     installed = {p.name: p.version for p in parse_dpkg_status(status)}
     found = []
-    with shared.locked(), tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
+    with shared.locked(), shared.scratch() as tmp:
         host_apt = shared.host_apt(Path(tmp), status)
         for name in names:
             fields = host_apt.show(name)
@@ -215,8 +268,8 @@ def package_info(
                 "candidate": fields.get("Version"),
                 "arch": fields.get("Architecture"),
                 "section": fields.get("Section"),
-                "size": fields.get("Size"),
-                "installed_size_kib": fields.get("Installed-Size"),
+                "size": _integer(fields.get("Size")),
+                "installed_size_kib": _integer(fields.get("Installed-Size")),
                 "depends": fields.get("Depends"),
                 "homepage": fields.get("Homepage"),
                 "summary": summary or None,
@@ -224,12 +277,16 @@ def package_info(
     return found
 
 
+def _integer(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def available(
     host: HostConfig, ctid: int, template_of: Callable[[str], Template], say: Say
 ) -> list[dict[str, str]]:
     """Every package the template's repositories offer (name, candidate version, arch)."""
     status, shared = _reading(host, ctid, template_of, say)
-    with shared.locked(), tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=shared.base) as tmp:
+    with shared.locked(), shared.scratch() as tmp:
         return shared.host_apt(Path(tmp), status).available()
 
 
@@ -241,7 +298,7 @@ def _reading(
     from vzpkg.ct.lifecycle import root_for_reading
 
     template = vps_template(ctid, read_ct_config(host, ctid).ostemplate, template_of)
-    with root_for_reading(host, ctid) as root:
+    with root_for_reading(host, ctid, wait=True) as root:
         refuse_other_families(ctid, template, root)
         status = _status(root)
     shared = SharedCache(host, template)
@@ -264,7 +321,7 @@ def vps_template(ctid: int, name: str | None, template_of: Callable[[str], Templ
     if not name:
         raise VzError(f"CT {ctid} has no OSTEMPLATE in its config: its repositories and keys "
                       "are unknown", ExitCode.PKG_TEMPLATE_NOT_FOUND,
-                      hint=f"set it: vzctl set {ctid} --ostemplate NAME --save")  # fmt: skip
+                      hint=f'add OSTEMPLATE="NAME" to {ctid}.conf in CONF_DIR')  # fmt: skip
     try:
         template = template_of(name)
     except VzError as e:
@@ -292,6 +349,14 @@ def refuse_other_families(ctid: int, template: Template, root: Path) -> None:
     )
     raise VzError(f"CT {ctid} ({template.name}): {why}", ExitCode.PKGMGR_FAILED,
                   hint="see docs/packages.md, rpm-family VPSs")  # fmt: skip
+
+
+def _extended_states(root: Path) -> bytes:
+    """The VPS's apt marks (/var/lib/apt/extended_states), or nothing when it has none."""
+    try:
+        return fsutil.read_file_beneath(root, "var/lib/apt/extended_states", LIMIT)
+    except OSError:
+        return b""
 
 
 def _status(root: Path) -> bytes:
@@ -341,6 +406,16 @@ class SharedCache:
         self.proxy = next((o.split('"')[1] for o in self.options
                            if o.startswith("Acquire::http::Proxy ")), None)  # fmt: skip
         self.arch = DEB_ARCH[template.arch]
+
+    def scratch(self) -> tempfile.TemporaryDirectory[str]:
+        """A private directory for one transaction's files, beside the shared ones (those a
+        killed vzpkg left go once they are surely over)."""
+        self.base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for stale in [*self.base.glob("vzpkg-tx.*"), *self.base.glob("vzpkg-update.*")]:
+            with contextlib.suppress(OSError):
+                if time.time() - stale.lstat().st_mtime > _STALE:
+                    shutil.rmtree(stale)
+        return tempfile.TemporaryDirectory(prefix="vzpkg-tx.", dir=self.base)
 
     def locked(self) -> contextlib.AbstractContextManager[Path]:
         wait = f"{self.template.name}: waiting for its package cache"
@@ -406,6 +481,7 @@ class SharedCache:
         fsutil.atomic_write(stamp, self._stamp(), 0o644)
 
     def _conf(self, scratch: Path, status: Path) -> Path:
+        (scratch / "none").mkdir(exist_ok=True)  # the parts directories: nothing of the host's
         conf = scratch / "apt.conf"
         conf.write_text(
             apt.host_apt_conf(
@@ -416,22 +492,32 @@ class SharedCache:
         )  # fmt: skip
         return conf
 
-    def host_apt(self, scratch: Path, status: bytes) -> HostApt:
+    def host_apt(self, scratch: Path, status: bytes, marks: bytes = b"") -> HostApt:
+        """The host's apt-get seeing the VPS whose dpkg status is ``status`` and apt marks
+        ``marks`` (its extended_states), both sanitised first."""
         clean, dropped = apt.sanitize_dpkg_status(status)
         path = scratch / "status"
         path.write_bytes(clean)
-        return HostApt(self._conf(scratch, path), self.pool, dropped, self.proxy)
+        conf = self._conf(scratch, path)
+        (scratch / "state").mkdir(exist_ok=True)
+        (scratch / "state" / "extended_states").write_bytes(apt.sanitize_extended_states(marks))
+        return HostApt(conf, self.pool, dropped, self.proxy)
 
     def views(self, pid: int, scratch: Path, files: Sequence[str]) -> dict[str, Path]:
-        """What the VPS is shown: the shared pool, or for a privileged VPS copies of the
-        files this transaction installs."""
-        if not inside.shares_host_ids(pid):
-            return {apt.VPS_POOL_DIR: self.pool}
-        copies = scratch / "pool"
-        copies.mkdir()
+        """What the VPS is shown: this transaction's files only (no other VPS's), hard links
+        of the shared ones; copies for a privileged VPS, whose root is the host's."""
+        view = scratch / "pool"
+        view.mkdir(mode=0o755)
+        copy = inside.shares_host_ids(pid)
         for name in files:
-            shutil.copy2(self.pool / name, copies)
-        return {apt.VPS_POOL_DIR: copies}
+            if not copy:
+                try:
+                    os.link(self.pool / name, view / name, follow_symlinks=False)
+                    continue
+                except OSError:
+                    pass  # another filesystem: a copy
+            shutil.copy2(self.pool / name, view / name)
+        return {apt.VPS_POOL_DIR: view}
 
 
 class HostApt:
@@ -485,11 +571,12 @@ class HostApt:
                 entry["arch"] = line[14:].strip()
         return sorted(found.values(), key=lambda p: (p["name"], p["arch"]))
 
-    def simulate(self, args: Sequence[str]) -> list[apt.Change]:
+    def simulate(self, args: Sequence[str]) -> tuple[list[apt.Change], str]:
+        """What ``args`` would change, and apt-get -s's own words for it."""
         code, text = self._run(["-s", *args])
         if code != 0:
             raise self._failure(text, code)
-        return apt.parse_simulation(text)
+        return apt.parse_simulation(text), text
 
     def resolve(self, args: Sequence[str]) -> list[apt.Fetch]:
         """The package files ``args`` install, with their size and SHA256 from the signed
@@ -542,27 +629,104 @@ def _run_inside(
     request: Request,
 ) -> None:
     # On top of what a killed vzpkg left (its apt-get may still run); all go at the end.
-    inside.bind_read_only(pid, views)
+    if views:
+        inside.bind_read_only(pid, views)
     try:
         runc = exec_argv(find_runc(), state_root(host.run_dir), container_id(ctid), argv)
-        lines: list[str] = []
-        show = request.show_output
+        lines: collections.deque[str] = collections.deque(maxlen=200)
 
-        def keep(line: str) -> None:
+        def line_out(raw: bytes) -> None:
+            line = printable(raw[:_OUTPUT_LINE_MAX].decode(errors="replace").rstrip())
             lines.append(line)
-            if show is not None:
-                show(line)
+            if request.show_output is not None and line:
+                request.show_output(line)
 
-        try:
-            run.run_streaming(runc, on_line=keep, name=f"apt-get in CT {ctid}")
-        except VzError as e:
-            errors = apt.apt_errors("\n".join(lines))
-            if not errors or show is None:
-                raise VzError(e.message, ExitCode.PKGMGR_FAILED) from None
-            first = e.message.splitlines()[0]
-            raise VzError(f"{first}: {'; '.join(errors)}", ExitCode.PKGMGR_FAILED) from None
+        with _interrupts_wait(ctid) as arrived:
+            proc = run.spawn(runc, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             own_process_group=True)  # fmt: skip
+            assert proc.stdout is not None
+            try:
+                _read_lines(proc.stdout.fileno(), line_out)
+            except BaseException:
+                proc.kill()  # the second interrupt: runc exec goes, what runs inside goes on
+                proc.wait()
+                raise
+            finally:
+                proc.stdout.close()
+            code = proc.wait()
     finally:
-        inside.unbind(pid, views)
+        if views:
+            inside.unbind(pid, views)
+    if arrived:
+        raise VzError(f"interrupted; the transaction in CT {ctid} was under way and was let "
+                      f"finish (apt-get exit {code})", ExitCode.INTERRUPTED,
+                      hint=f"vzpkg list {ctid} shows what it has now")  # fmt: skip
+    if code == 0:
+        return
+    if code in (130, -signal.SIGINT):
+        raise VzError(f"apt-get in CT {ctid} was interrupted", ExitCode.INTERRUPTED,
+                      hint=f"what it left half done: vzctl exec2 {ctid} 'dpkg --audit'; "
+                      f"vzapt {ctid} install -f finishes it")  # fmt: skip
+    text = "\n".join(lines)
+    errors = apt.apt_errors(text)
+    tail = "" if errors else ": " + "; ".join(line for line in list(lines)[-5:] if line)
+    hint = None
+    if "dpkg" in text:
+        hint = (
+            f"what dpkg left half done: vzctl exec2 {ctid} 'dpkg --audit'; once its cause is "
+            f"fixed, vzapt {ctid} install -f finishes it (or vzpkg remove {ctid} PKG)"
+        )
+    raise VzError(
+        f"apt-get in CT {ctid} failed (exit {code}){': ' if errors else ''}{'; '.join(errors)}"
+        + tail,
+        ExitCode.PKGMGR_FAILED,
+        hint=hint,
+    )
+
+
+_OUTPUT_LINE_MAX = 4096  # of a line the VPS's apt-get prints (it may print anything)
+
+
+def _read_lines(fd: int, handle: Callable[[bytes], None]) -> None:
+    """Hand each line read from ``fd`` to ``handle``: in chunks, a line that never ends cut
+    into pieces, so that what the VPS prints costs bounded memory."""
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for raw in complete:
+            handle(raw)
+        if len(pending) > _OUTPUT_LINE_MAX:
+            handle(pending)
+            pending = b""
+    if pending:
+        handle(pending)
+
+
+@contextlib.contextmanager
+def _interrupts_wait(ctid: int) -> Iterator[list[int]]:
+    """While the VPS's apt-get runs: the first ^C or SIGTERM is noted and waited out (cut
+    short, dpkg would leave packages half done); a second one stops the waiting (raises
+    KeyboardInterrupt), and the transaction goes on inside without us."""
+    arrived: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield arrived
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        arrived.append(signum)
+        if len(arrived) > 1:
+            raise KeyboardInterrupt
+        sys.stderr.write(
+            f"vzpkg: CT {ctid}: the transaction inside is under way and is let finish; "
+            "interrupt again to stop waiting for it (it goes on)\n"
+        )
+
+    saved = {sig: signal.signal(sig, on_signal) for sig in interrupts.DEFERRED}
+    try:
+        yield arrived
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _matches(path: Path, fetch: apt.Fetch) -> bool:

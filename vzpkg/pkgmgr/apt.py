@@ -192,12 +192,12 @@ def sanitize_dpkg_status(data: bytes) -> tuple[bytes, int]:
     """A dpkg status file the host's apt-get can read without trusting the VPS that wrote it:
     only ``STATUS_FIELDS``, each value on one line of the characters its syntax allows; a
     stanza with anything else is left out. Returns (the file, how many stanzas were left out)."""
-    from debian.deb822 import Deb822  # lazy: python-debian is a large import
+    from vzpkg.pkgmgr.installed import stanzas
 
     out: list[str] = []
     dropped = 0
-    for para in Deb822.iter_paragraphs(data.decode("utf-8", errors="replace").splitlines()):
-        fields = {k: " ".join(str(v).split()) for k, v in para.items() if k in STATUS_FIELDS}
+    for para in stanzas(data, set(STATUS_FIELDS)):
+        fields = {k: " ".join(v.split()) for k, v in para.items()}
         ok = (
             _NAME.match(fields.get("Package", ""))
             and _VERSION.match(fields.get("Version", "0"))
@@ -211,6 +211,19 @@ def sanitize_dpkg_status(data: bytes) -> tuple[bytes, int]:
             continue
         out.append("".join(f"{k}: {fields[k]}\n" for k in STATUS_FIELDS if k in fields))
     return "\n".join(out).encode(), dropped
+
+
+def sanitize_extended_states(data: bytes) -> bytes:
+    """apt's marks of a VPS (extended_states) for the host's apt-get: Package, Architecture
+    and Auto-Installed of each stanza whose values are what their syntax allows."""
+    out = []
+    for stanza in data.decode("utf-8", errors="replace").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line)
+        name, arch = fields.get("Package", ""), fields.get("Architecture", "")
+        auto = fields.get("Auto-Installed", "")
+        if _NAME.match(name) and _ARCH.match(arch) and auto in ("0", "1"):
+            out.append(f"Package: {name}\nArchitecture: {arch}\nAuto-Installed: {auto}\n")
+    return "\n".join(out).encode()
 
 
 def host_apt_conf(
@@ -237,6 +250,7 @@ def host_apt_conf(
         "Dir::Etc::preferences": "/dev/null",
         "Dir::Etc::preferencesparts": f"{scratch}/none",
         "Dir::State": f"{scratch}/state",
+        "Dir::State::extended_states": f"{scratch}/state/extended_states",
         "Dir::State::lists": str(lists),
         "Dir::State::status": str(status),
         "Dir::Cache": f"{scratch}/cache",
@@ -283,12 +297,16 @@ class Marks:
                 raise ValueError(f"not a package name: {name!r}")
 
 
-def vps_apt_argv(args: Sequence[str], token: str, marks: Marks = Marks()) -> list[str]:
+def vps_apt_argv(
+    args: Sequence[str], token: str, marks: Marks = Marks(), *, configure_pending: bool = False
+) -> list[str]:
     """The command run inside the VPS: its own apt-get with ``args`` (package files in
     VPS_POOL_DIR, or a removal), seeing no repository at all (an empty sources list and lists
     directory of its own, in a transaction directory ``token`` names: an apt-get a killed vzpkg
     left running keeps its own), so that it resolves against its dpkg status and the files
-    only, and can download nothing; then ``marks``."""
+    only, and can download nothing; then ``marks``, on what is there even when apt-get failed
+    (apt marks before dpkg runs). ``configure_pending``: first finish what dpkg left half
+    done, as apt-get's own run would."""
     tx = VPS_TX_PREFIX + token
     options = [
         f"Dir::Etc::SourceList={tx}/sources.list",
@@ -303,21 +321,31 @@ def vps_apt_argv(args: Sequence[str], token: str, marks: Marks = Marks()) -> lis
         "Dpkg::Options::=--force-confold",
     ]
     words = " ".join  # the names are checked (Marks): nothing to quote
+    present = "dpkg-query -W -f '${Package}\\n' %s 2>/dev/null"  # those dpkg knows
     keep = f"was=$(apt-mark showauto {words(marks.keep)}); " if marks.keep else "was=; "
     after = []
     if marks.manual:
-        after.append(f"apt-mark manual {words(marks.manual)} >/dev/null")
+        after.append(f"set -- $({present % words(marks.manual)}); "
+                     '[ $# = 0 ] || apt-mark manual "$@" >/dev/null')  # fmt: skip
     if marks.auto or marks.keep:
-        auto = f"set -- {words(marks.auto)} $was"
-        after.append(f'{auto}; [ $# = 0 ] || apt-mark auto "$@" >/dev/null')
+        after.append(f"set -- $({present % words(marks.auto)}) $was; "
+                     '[ $# = 0 ] || apt-mark auto "$@" >/dev/null')  # fmt: skip
+    configure = (
+        "DEBIAN_FRONTEND=noninteractive dpkg --force-confdef --force-confold --configure "
+        '--pending || { rm -rf "$tx"; exit 100; }; '
+        if configure_pending
+        else ""
+    )
     script = (
+        # A vzpkg killed with its output pipe must not take apt-get and dpkg down half way.
+        "trap '' PIPE; "
         # Directories of transactions whose vzpkg was killed, once they are surely over.
         f"find {VPS_TX_PREFIX.rpartition('/')[0]} -maxdepth 1 -name 'tx.*' -mmin +360 "
         "-exec rm -rf {} + 2>/dev/null; "
         f'tx={tx}; rm -rf "$tx" && mkdir -p "$tx/lists/partial" "$tx/archives/partial" && '
-        ': > "$tx/sources.list" || exit 100; cd / && ' + keep
+        ': > "$tx/sources.list" || exit 100; cd / && ' + configure + keep
         + 'DEBIAN_FRONTEND=noninteractive apt-get "$@"; rc=$?; '
-        + (f'[ $rc = 0 ] && {{ {"; ".join(after)}; }}; ' if after else "")
+        + "".join(f"{step}; " for step in after)
         + 'rm -rf "$tx"; exit $rc'
     )  # fmt: skip
     argv = ["/bin/sh", "-c", script, "vzpkg"]

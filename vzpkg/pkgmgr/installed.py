@@ -10,6 +10,7 @@ import io
 import sqlite3
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from vzpkg.distro.base import InstalledPackage
@@ -65,17 +66,49 @@ def _read(root: Path, rel: str) -> bytes:
         ) from None
 
 
+def printable(text: str) -> str:
+    """``text`` with every control character (a terminal escape a VPS wrote) as ``?``."""
+    return "".join(c if c.isprintable() else " " if c == "\t" else "?" for c in text)
+
+
+_LINE_MAX = 64 << 10  # a line of a status file longer than this is cut
+_VALUE_MAX = 1 << 20  # a field's value longer than this is cut
+
+
+def stanzas(data: bytes, wanted: frozenset[str] | set[str]) -> Iterator[dict[str, str]]:
+    """The stanzas of a deb822 file (dpkg's status) with only the ``wanted`` fields, each
+    value's lines joined by newlines. Read line by line, lines and values capped: a hostile
+    file costs memory near its own size, whatever its shape."""
+    fields: dict[str, str] = {}
+    last: str | None = None
+    for raw in io.BytesIO(data):
+        line = raw[:_LINE_MAX].decode("utf-8", errors="replace").rstrip("\r\n")
+        if not line.strip():
+            if fields:
+                yield fields
+            fields, last = {}, None
+        elif line[0] in " \t":
+            if last is not None and len(fields[last]) < _VALUE_MAX:
+                fields[last] += "\n" + line.strip()
+        else:
+            name, colon, value = line.partition(":")
+            last = name if colon and name in wanted else None
+            if last is not None:
+                fields[last] = value.strip()
+    if fields:
+        yield fields
+
+
+_STATUS_KEYS = frozenset({"Package", "Status", "Version", "Architecture"})
+
+
 def parse_dpkg_status(data: bytes) -> list[Package]:
     """The installed packages of a dpkg status file (``Status: ... installed``)."""
-    from debian.deb822 import Packages  # lazy: python-debian is a large import
-
-    found = []
-    text = io.StringIO(data.decode("utf-8", errors="replace"))
-    for para in Packages.iter_paragraphs(text, use_apt_pkg=False):
-        if para.get("Package") and para.get("Status", "").split()[-1:] == ["installed"]:
-            found.append(Package(para["Package"], para.get("Version", ""),
-                                 para.get("Architecture", "")))  # fmt: skip
-    return found
+    return [
+        Package(para["Package"], para.get("Version", ""), para.get("Architecture", ""))
+        for para in stanzas(data, _STATUS_KEYS)
+        if para.get("Package") and para.get("Status", "").split()[-1:] == ["installed"]
+    ]
 
 
 def parse_rpmdb(data: bytes, wal: bytes = b"") -> list[Package]:
