@@ -659,3 +659,45 @@ class RepoServer:
         self._server.server_close()
         self._server = None
         self._thread = None
+
+
+RPM_LIB_DIR = "/usr/lib/vzfix-rpm"
+
+
+def rpm_spec(binary: Path = Path("/usr/bin/rpm")) -> PackageSpec:
+    """The host's rpm as a package for the fixture's VPSs: the binary, every shared library it
+    loads (ldd's list) and the dynamic loader in RPM_LIB_DIR, the config it reads in
+    /usr/lib/rpm, and /usr/bin/rpm, a busybox sh script that runs it with that loader and the
+    database where the fixture keeps it. So an rpm-family VPS has a package manager of its
+    own: the fixture distribution has no rpm of its own to build."""
+    listing = run.run(["ldd", binary], stdout=-1).stdout.decode()
+    files: dict[str, FileSpec] = {f"{RPM_LIB_DIR}/rpm": copied_file(binary)}
+    loader = None
+    for line in listing.splitlines():
+        found = re.search(r"(\S+) => (/\S+)", line) or re.search(r"^\s*(/\S+ld-linux\S*)", line)
+        if found is None:
+            continue
+        path = Path(found.group(found.lastindex or 1)).resolve()
+        name = Path(found.group(1)).name
+        files[f"{RPM_LIB_DIR}/{name}"] = copied_file(path)
+        if "ld-linux" in name:
+            loader = name
+    if loader is None:
+        raise RuntimeError(f"ldd {binary} names no dynamic loader:\n{listing}")
+    for config in ("rpmrc", "macros"):
+        files[f"/usr/lib/rpm/{config}"] = FileSpec(source=Path("/usr/lib/rpm") / config)
+    files["/usr/bin/rpm"] = text_file(
+        f"#!/bin/sh\nexec {RPM_LIB_DIR}/{loader} --library-path {RPM_LIB_DIR} "
+        f'{RPM_LIB_DIR}/rpm --dbpath /var/lib/rpm "$@"\n',
+        0o755,
+    )
+    version = run.run([binary, "--version"], stdout=-1).stdout.decode().split()[-1]
+    return PackageSpec(
+        "vzfix-rpm",
+        re.sub(r"[^A-Za-z0-9._+~^]", ".", version),
+        "1.vzfix",
+        arch=None,
+        summary="The host's rpm, for the fixture's VPSs",
+        requires=("filesystem", "busybox"),
+        files=files,
+    )

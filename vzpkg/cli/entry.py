@@ -71,3 +71,7 @@ def vzpkg() -> None:
 
 def vzapt() -> None:
     _run_command("vzpkg.cli.packages", "vzapt", "vzapt")
+
+
+def vzyum() -> None:
+    _run_command("vzpkg.cli.packages", "vzyum", "vzyum")

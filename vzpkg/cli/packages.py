@@ -245,3 +245,34 @@ def vzapt(ctid: str, args: tuple[str, ...]) -> None:
     check = bool({"-s", "--simulate", "--dry-run", "--just-print", "--no-act"} & set(args))
     _transaction(ctid, list(args), check_only=check, quiet=False, refresh=False, as_json=False,
                  debug=debug, prog="vzapt", apt_words=True)  # fmt: skip
+
+
+_YUM_COMMANDS = {"install": "install", "update": "update", "upgrade": "update",
+                 "remove": "remove", "erase": "remove"}  # fmt: skip
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("ctid")
+@click.argument("command", type=click.Choice(sorted(_YUM_COMMANDS)))
+@click.argument("packages", nargs=-1)
+@click.option("-n", "--assumeno", "check_only", is_flag=True, help="Print what would change.")
+@click.option("-q", "--quiet", is_flag=True, help="No rpm output and no progress.")
+@debug_option
+@edge("vzyum")
+def vzyum(
+    ctid: str, command: str, packages: tuple[str, ...], check_only: bool, quiet: bool, debug: bool
+) -> None:
+    """dnf's commands for running VPS CTID, as OpenVZ's vzyum had yum's: install, update
+    (upgrade), remove (erase). Packages are fetched on the host with the template's
+    repositories and keys into the cache its VPSs share; the VPS's own rpm installs them."""
+    verb = _YUM_COMMANDS[command]
+    names = _names(packages)
+    if verb != "update" and not names:
+        raise click.UsageError(f"vzyum {command} needs packages")
+    args = {
+        "install": ["install", *names],
+        "remove": ["remove", *names],
+        "update": ["install", "--only-upgrade", *names] if names else ["upgrade"],
+    }[verb]
+    _transaction(ctid, args, check_only=check_only, quiet=quiet, refresh=verb == "update",
+                 as_json=False, debug=debug, prog="vzyum")  # fmt: skip

@@ -163,6 +163,8 @@ def transaction(
         pid = running_init(host, ctid)
         template = vps_template(ctid, cfg.ostemplate, template_of)
         refuse_other_families(ctid, template, root)
+        if template.family == "rpm":
+            return _rpm_transaction(host, ctid, pid, root, template, request, say)
         before = _status(root)
         shared = SharedCache(host, template)
         outcome = functools.partial(Outcome, ctid, template.name)
@@ -198,6 +200,60 @@ def transaction(
                 _run_inside(host, ctid, pid, views, argv, request)
         after = _status(root)
     return outcome(tuple(diff(before, after)), False, fetched, files=len(views and fetches))
+
+
+def _rpm_transaction(
+    host: HostConfig,
+    ctid: int,
+    pid: int,
+    root: Path,
+    template: Template,
+    request: Request,
+    say: Say,
+) -> Outcome:
+    """``request`` (vzpkg's install, update or remove, as apt-get args) in an rpm-family VPS:
+    vzpkg.ct.rpmpackages' host half, the VPS's own rpm inside."""
+    from vzpkg.ct import rpmpackages as rp
+    from vzpkg.pkgmgr.installed import installed
+
+    command, options, words = split_args(request.args)
+    if command == "upgrade" or "--only-upgrade" in options:
+        dnf_args = ["upgrade", *words]
+    elif command in ("install", "remove"):
+        dnf_args = [command, *words]
+    else:
+        raise VzError(f"apt-get {command} has no meaning in an rpm-family VPS (CT {ctid})",
+                      ExitCode.INVALID_ARGUMENT,
+                      hint="vzpkg install|update|remove CTID PKG...")  # fmt: skip
+    before = installed(root)[1]
+    now = {p.name: p.version for p in before}
+    cache = PackageCache(host, template)
+    outcome = functools.partial(Outcome, ctid, template.name)
+    with cache.scratch() as tmp:
+        scratch, views, files, fetched = Path(tmp), {}, [], 0
+        with cache.locked():
+            cache.pool.mkdir(mode=0o755, parents=True, exist_ok=True)
+            dnf = rp.HostDnf(host, template, cache.pool, scratch)
+            dnf.mirror(before, say)
+            plan = dnf.plan(dnf_args, now)
+            if request.check_only:
+                return outcome(tuple(plan), True, 0)
+            if command != "remove" and plan:
+                paths, fetched = dnf.fetch(dnf_args, say)
+                files = [str(p.relative_to(cache.pool)) for p in paths]
+                views = cache.views(pid, scratch, files)
+        if command == "remove":
+            for word in words:
+                if word not in now:
+                    say(f"Package '{word}' is not installed, so not removed")
+            words = [w for w in words if w in now]
+        vps_files = [f"{apt.VPS_POOL_DIR}/{Path(f).name}" for f in files]
+        if words if command == "remove" else vps_files:
+            argv = rp.vps_rpm_argv(command, words, vps_files)
+            say(f"CT {ctid}: rpm {argv[1]} {' '.join(words)}, inside")
+            _run_inside(host, ctid, pid, views, argv, request, tool="rpm", noise=rp.NOISE)
+    after = installed(root)[1]
+    return outcome(tuple(rp.diff_packages(before, after)), False, fetched, files=len(files))
 
 
 # dpkg states of a package whose installation was cut short (dpkg --audit's).
@@ -300,6 +356,9 @@ def _reading(
     template = vps_template(ctid, read_ct_config(host, ctid).ostemplate, template_of)
     with root_for_reading(host, ctid, wait=True) as root:
         refuse_other_families(ctid, template, root)
+        if template.family != "deb":
+            raise VzError(f"CT {ctid}: vzpkg info and list --available read Debian repositories "
+                          "only so far", ExitCode.PKGMGR_FAILED)  # fmt: skip
         status = _status(root)
     shared = SharedCache(host, template)
     with shared.locked():
@@ -334,18 +393,18 @@ def vps_template(ctid: int, name: str | None, template_of: Callable[[str], Templ
 
 
 def refuse_other_families(ctid: int, template: Template, root: Path) -> None:
-    """Only Debian-family VPSs take transactions yet; an rpm-family one is refused, saying
-    whether it could install a package at all."""
+    """Debian- and rpm-family VPSs take transactions; an rpm-family one needs its own rpm."""
     if template.family == "deb":
         return
     from vzpkg.ct.guest import resolve_in_root  # symlinks resolved within the VPS's root
 
-    has_rpm = any(resolve_in_root(root, where) for where in ("/usr/bin/rpm", "/usr/bin/dnf"))
+    if template.family == "rpm" and resolve_in_root(root, "/usr/bin/rpm"):
+        return
     why = (
-        "there is no rpm or dnf in it, so nothing inside could install a package (and vzpkg "
-        "never installs into a VPS with the host's rpm: its scriptlets would run as host root)"
-        if not has_rpm
-        else "transactions in rpm-family VPSs are not supported yet"
+        "there is no rpm in it, so nothing inside could install a package (and vzpkg never "
+        "installs into a VPS with the host's rpm: its scriptlets would run as host root)"
+        if template.family == "rpm"
+        else f"transactions in {template.family}-family VPSs are not supported"
     )
     raise VzError(f"CT {ctid} ({template.name}): {why}", ExitCode.PKGMGR_FAILED,
                   hint="see docs/packages.md, rpm-family VPSs")  # fmt: skip
@@ -383,29 +442,18 @@ def diff(before: bytes, after: bytes) -> list[apt.Change]:
     return changes
 
 
-class SharedCache:
-    """The template's package cache: ``pool`` (.debs, shared with cache builds) and ``apt``
-    (sources.list, keys, lists), both the host root's and world-readable."""
+class PackageCache:
+    """The template's package cache: ``pool`` (packages, shared with cache builds), the host
+    root's and world-readable; a transaction's private directory beside it."""
 
     def __init__(self, host: HostConfig, template: Template) -> None:
         from vzpkg.cache.build import pkgcache_key
-        from vzpkg.distro.base import family_for
-        from vzpkg.distro.debian import Debian, host_aptopts
 
         self.key = pkgcache_key(template)
         self.base = host.pkgcache_dir
         self.pool = host.pkgcache_dir / self.key
-        self.apt = host.pkgcache_dir / f"{self.key}.apt"
         self.host = host
         self.template = template
-        family = family_for(template, host)
-        assert isinstance(family, Debian)
-        self.family = family
-        self.sources = ("\n".join(family.source_lines()) + "\n").encode()
-        self.options = host_aptopts()
-        self.proxy = next((o.split('"')[1] for o in self.options
-                           if o.startswith("Acquire::http::Proxy ")), None)  # fmt: skip
-        self.arch = DEB_ARCH[template.arch]
 
     def scratch(self) -> tempfile.TemporaryDirectory[str]:
         """A private directory for one transaction's files, beside the shared ones (those a
@@ -420,6 +468,42 @@ class SharedCache:
     def locked(self) -> contextlib.AbstractContextManager[Path]:
         wait = f"{self.template.name}: waiting for its package cache"
         return lock.locked(self.host.lock_dir, f"pkgcache-{self.key}", timeout=-1, on_wait=wait)
+
+    def views(self, pid: int, scratch: Path, files: Sequence[str]) -> dict[str, Path]:
+        """What the VPS is shown: this transaction's files only (no other VPS's), hard links
+        of the shared ones; copies for a privileged VPS, whose root is the host's."""
+        view = scratch / "pool"
+        view.mkdir(mode=0o755)
+        copy = inside.shares_host_ids(pid)
+        for name in files:  # relative to the pool; shown by their own names
+            target = view / Path(name).name
+            if not copy:
+                try:
+                    os.link(self.pool / name, target, follow_symlinks=False)
+                    continue
+                except OSError:
+                    pass  # another filesystem: a copy
+            shutil.copy2(self.pool / name, target)
+        return {apt.VPS_POOL_DIR: view}
+
+
+class SharedCache(PackageCache):
+    """The Debian side: ``apt`` beside the pool (sources.list, keys, lists)."""
+
+    def __init__(self, host: HostConfig, template: Template) -> None:
+        from vzpkg.distro.base import family_for
+        from vzpkg.distro.debian import Debian, host_aptopts
+
+        super().__init__(host, template)
+        self.apt = host.pkgcache_dir / f"{self.key}.apt"
+        family = family_for(template, host)
+        assert isinstance(family, Debian)
+        self.family = family
+        self.sources = ("\n".join(family.source_lines()) + "\n").encode()
+        self.options = host_aptopts()
+        self.proxy = next((o.split('"')[1] for o in self.options
+                           if o.startswith("Acquire::http::Proxy ")), None)  # fmt: skip
+        self.arch = DEB_ARCH[template.arch]
 
     def prepare(self, say: Say) -> None:
         """The directories, world-readable (a VPS reads them as nobody), and the template's
@@ -502,22 +586,6 @@ class SharedCache:
         (scratch / "state").mkdir(exist_ok=True)
         (scratch / "state" / "extended_states").write_bytes(apt.sanitize_extended_states(marks))
         return HostApt(conf, self.pool, dropped, self.proxy)
-
-    def views(self, pid: int, scratch: Path, files: Sequence[str]) -> dict[str, Path]:
-        """What the VPS is shown: this transaction's files only (no other VPS's), hard links
-        of the shared ones; copies for a privileged VPS, whose root is the host's."""
-        view = scratch / "pool"
-        view.mkdir(mode=0o755)
-        copy = inside.shares_host_ids(pid)
-        for name in files:
-            if not copy:
-                try:
-                    os.link(self.pool / name, view / name, follow_symlinks=False)
-                    continue
-                except OSError:
-                    pass  # another filesystem: a copy
-            shutil.copy2(self.pool / name, view / name)
-        return {apt.VPS_POOL_DIR: view}
 
 
 class HostApt:
@@ -627,6 +695,8 @@ def _run_inside(
     views: dict[str, Path],
     argv: Sequence[str],
     request: Request,
+    tool: str = "apt-get",
+    noise: tuple[str, ...] = (),
 ) -> None:
     # On top of what a killed vzpkg left (its apt-get may still run); all go at the end.
     if views:
@@ -637,6 +707,8 @@ def _run_inside(
 
         def line_out(raw: bytes) -> None:
             line = printable(raw[:_OUTPUT_LINE_MAX].decode(errors="replace").rstrip())
+            if line.startswith(noise or ("\0",)):
+                return
             lines.append(line)
             if request.show_output is not None and line:
                 request.show_output(line)
@@ -664,7 +736,7 @@ def _run_inside(
     if code == 0:
         return
     if code in (130, -signal.SIGINT):
-        raise VzError(f"apt-get in CT {ctid} was interrupted", ExitCode.INTERRUPTED,
+        raise VzError(f"{tool} in CT {ctid} was interrupted", ExitCode.INTERRUPTED,
                       hint=f"what it left half done: vzctl exec2 {ctid} 'dpkg --audit'; "
                       f"vzapt {ctid} install -f finishes it")  # fmt: skip
     text = "\n".join(lines)
@@ -677,7 +749,7 @@ def _run_inside(
             f"fixed, vzapt {ctid} install -f finishes it (or vzpkg remove {ctid} PKG)"
         )
     raise VzError(
-        f"apt-get in CT {ctid} failed (exit {code}){': ' if errors else ''}{'; '.join(errors)}"
+        f"{tool} in CT {ctid} failed (exit {code}){': ' if errors else ''}{'; '.join(errors)}"
         + tail,
         ExitCode.PKGMGR_FAILED,
         hint=hint,

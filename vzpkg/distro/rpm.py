@@ -172,7 +172,7 @@ class Rpm(Family):
 
     # -- building --------------------------------------------------------------------------
 
-    def _write_config(self, work: Path) -> tuple[Path, Path, Path, Path]:
+    def write_config(self, work: Path) -> tuple[Path, Path, Path, Path]:
         """dnf.conf, repos, an empty vars dir and a HOME with .rpmmacros, on the host side."""
         reposdir, varsdir, home = work / "repos.d", work / "vars", work / "home"
         for d in (reposdir, varsdir, home, work / "log", work / "persist"):
@@ -188,7 +188,7 @@ class Rpm(Family):
         self, root: Path, pkgcache: Path, progress: Progress, source_date_epoch: int
     ) -> BootstrapResult:
         work = root.parent / "dnf"
-        conf, reposdir, varsdir, home = self._write_config(work)
+        conf, reposdir, varsdir, home = self.write_config(work)
         argv = dnf.dnf_install_argv(
             root=root,
             config=conf,
