@@ -204,3 +204,26 @@ def test_the_vps_installs_the_files_with_the_marks_apt_get_would_leave() -> None
     assert as_files(["install", "libc6"], [], status) == (["install"], Marks(manual=("libc6",)))
     assert as_files(["install", "-f"], [], status) == (["install", "-f"], Marks())
     assert as_files(["upgrade"], [], status) == ([], Marks())
+
+
+def test_an_rpm_vps_database_never_puts_options_on_dnfs_command_line() -> None:
+    from vzpkg.ct.rpmpackages import nevra, parse_table
+    from vzpkg.distro.base import InstalledPackage
+
+    assert nevra(InstalledPackage("bash", "5.2-1", "x86_64")) == "bash-5.2-1.x86_64"
+    assert nevra(InstalledPackage("x", "2:0.5-3", "noarch")) == "x-2:0.5-3.noarch"
+    for hostile in (("--setopt=gpgcheck=0", "1-1", "noarch"), ("a", "1 -y", "noarch"),
+                    ("a", "1-1", "noarch --nogpgcheck")):  # fmt: skip
+        assert nevra(InstalledPackage(*hostile)) is None
+    table = (
+        "Dependencies resolved.\n"
+        " Package         Architecture   Version    Repository   Size\n"
+        "Installing:\n vzfix-extra     noarch         2:0.5-3    vzfix        6.6 k\n"
+        "Upgrading:\n setup           noarch         2.15-1     vzfix        3 k\n"
+        "Removing:\n old             noarch         1-1        @System      6  \n"
+    )
+    assert parse_table(table, {"setup": "2.14-1", "old": "1-1"}) == [
+        Change("vzfix-extra", "noarch", None, "2:0.5-3"),
+        Change("setup", "noarch", "2.14-1", "2.15-1"),
+        Change("old", "noarch", "1-1", None),
+    ]

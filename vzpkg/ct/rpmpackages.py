@@ -34,9 +34,18 @@ _ROW = re.compile(r"^ (\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+[\d.]+(?: [kMG])?\s*$")
 _RPM_FILE = re.compile(r"([A-Za-z0-9._+-]+-[^-\s/]+-[^-\s/]+\.[a-z0-9_]+\.rpm)\b")
 
 
-def nevra(p: InstalledPackage) -> str:
-    """dnf's spec of an installed package: name-[epoch:]version-release.arch."""
-    return f"{p.name}-{p.version}.{p.arch}"
+_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*\Z")
+_EVR = re.compile(r"(\d+:)?[A-Za-z0-9._+~^]+-[A-Za-z0-9._+~^]+\Z")
+_ARCH = re.compile(r"[a-z0-9_]+\Z")
+
+
+def nevra(p: InstalledPackage) -> str | None:
+    """dnf's spec of an installed package: name-[epoch:]version-release.arch; None for one
+    whose fields are not what rpm's syntax allows (the VPS's database is hostile input: a
+    name like ``--setopt=...`` must never reach dnf's command line)."""
+    if _NAME.match(p.name) and _EVR.match(p.version) and _ARCH.match(p.arch):
+        return f"{p.name}-{p.version}.{p.arch}"
+    return None
 
 
 def parse_table(text: str, installed: dict[str, str]) -> list[Change]:
@@ -111,12 +120,12 @@ class HostDnf:
     def mirror(self, installed: Sequence[InstalledPackage], say: Say) -> None:
         """The VPS's packages into the installroot's database only (justdb, no scriptlets),
         from the repositories' own packages; one the repositories no longer have is left out."""
-        specs = [nevra(p) for p in installed if p.name != "gpg-pubkey"]
+        specs = [s for p in installed if p.name != "gpg-pubkey" and (s := nevra(p))]
         if not specs:
             return
         say(f"{self.family.template.name}: reading what the VPS has ({len(specs)} packages)")
         code, text = self._run(["-y", "--setopt=tsflags=justdb,noscripts,notriggers",
-                                "--setopt=strict=0", "install", *specs])  # fmt: skip
+                                "--setopt=strict=0", "install", "--", *specs])  # fmt: skip
         if code != 0:
             raise self._failure(text, code)
 
