@@ -14,6 +14,7 @@ from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import Template
 from vzpkg.pkgmgr import apt
+from vzpkg.pkgmgr.installed import InstalledPackage as InstalledPackage
 
 Progress = Callable[[str], None]
 # What apt (mmdebstrap, debootstrap) and dnf say of a package no repository has.
@@ -37,13 +38,6 @@ class Fingerprint:
     sha256: str
     date: str | None = None  # the repository's own timestamp, when it has one
     epoch: int | None = None
-
-
-@dataclass(frozen=True)
-class InstalledPackage:
-    name: str
-    version: str
-    arch: str
 
 
 @dataclass(frozen=True)

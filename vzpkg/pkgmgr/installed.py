@@ -11,9 +11,9 @@ import sqlite3
 import struct
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from vzpkg.distro.base import InstalledPackage
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.fsutil import read_file_beneath
 
@@ -26,7 +26,16 @@ _INT32, _STRING = 4, 6
 _MAX_ENTRIES = 65536
 
 
-Package = InstalledPackage  # name, version ([epoch:]version[-release]), arch
+@dataclass(frozen=True)
+class InstalledPackage:
+    """One installed package: name, version ([epoch:]version[-release]) and arch."""
+
+    name: str
+    version: str
+    arch: str
+
+
+Package = InstalledPackage
 
 
 def installed(root: Path) -> tuple[str, list[Package]]:
