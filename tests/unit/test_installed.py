@@ -122,3 +122,32 @@ def test_a_root_without_a_database_or_with_a_planted_one(tmp_path: Path) -> None
         f.truncate(installed.LIMIT + 1)
     with pytest.raises(VzError, match="cannot read"):
         installed.installed(tmp_path)
+
+
+def test_a_hostile_rpm_database_costs_neither_time_nor_memory() -> None:
+    """A view in place of the Packages table that never ends, and rows that multiply a small
+    file into gigabytes: refused, not run or read to the end."""
+    import sqlite3
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from vzpkg.errors import VzError
+    from vzpkg.pkgmgr.installed import parse_rpmdb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for schema in (
+            "CREATE VIEW Packages AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+            "SELECT x+1 FROM c) SELECT x AS blob FROM c WHERE x < 0",
+            "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, blob BLOB);"
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 300) "
+            "INSERT INTO Packages (blob) SELECT zeroblob(1 << 20) FROM c",
+        ):
+            path = Path(tmp) / "db.sqlite"
+            path.unlink(missing_ok=True)
+            connection = sqlite3.connect(path)
+            connection.executescript(schema)
+            connection.close()
+            with pytest.raises(VzError, match="cannot be read"):
+                parse_rpmdb(path.read_bytes())

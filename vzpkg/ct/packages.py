@@ -94,7 +94,10 @@ class Outcome:
             elif c.new is None:
                 found["removed"].append(c)
             else:
-                order = version_compare(c.old, c.new)
+                try:
+                    order = version_compare(c.old, c.new)
+                except ValueError:  # not Debian's syntax (an rpm VPS): upgraded unless equal
+                    order = -1
                 kind = "upgraded" if order < 0 else "downgraded" if order > 0 else "reinstalled"
                 found[kind].append(c)
         return found

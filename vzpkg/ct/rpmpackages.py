@@ -36,14 +36,16 @@ _RPM_FILE = re.compile(r"([A-Za-z0-9._+-]+-[^-\s/]+-[^-\s/]+\.[a-z0-9_]+\.rpm)\b
 
 _NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*\Z")
 _EVR = re.compile(r"(\d+:)?[A-Za-z0-9._+~^]+-[A-Za-z0-9._+~^]+\Z")
-_ARCH = re.compile(r"[a-z0-9_]+\Z")
+_ARCHES = frozenset({"noarch", "x86_64", "i686", "i586", "i386", "aarch64", "ppc64le", "s390x",
+                     "armv7hl", "riscv64"})  # fmt: skip
 
 
 def nevra(p: InstalledPackage) -> str | None:
     """dnf's spec of an installed package: name-[epoch:]version-release.arch; None for one
     whose fields are not what rpm's syntax allows (the VPS's database is hostile input: a
     name like ``--setopt=...`` must never reach dnf's command line)."""
-    if _NAME.match(p.name) and _EVR.match(p.version) and _ARCH.match(p.arch):
+    # A known arch: a spec ending in .rpm would be a local file to dnf.
+    if _NAME.match(p.name) and _EVR.match(p.version) and p.arch in _ARCHES:
         return f"{p.name}-{p.version}.{p.arch}"
     return None
 
@@ -100,7 +102,9 @@ class HostDnf:
             "--setopt=metadata_expire=3600",
             *args,
         ]
-        proc = run.run(argv, env={"HOME": str(self.home)}, stdout=-1, check=False)
+        # cwd: the scratch directory (a relative name never reaches the VPS's tree).
+        proc = run.run(argv, env={"HOME": str(self.home)}, stdout=-1, check=False,
+                       cwd=self.logs)  # fmt: skip
         return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
 
     def _failure(self, text: str, code: int) -> VzError:

@@ -10,6 +10,7 @@ import io
 import sqlite3
 import struct
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from vzpkg.fsutil import read_file_beneath
 DPKG_STATUS = "var/lib/dpkg/status"
 RPMDBS = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
 LIMIT = 256 << 20  # a package database larger than this is not read
+_RPMDB_SECONDS = 20  # reading a VPS's rpm database takes no longer than this
 # rpm header tags and types (rpmtag.h)
 _NAME, _VERSION, _RELEASE, _EPOCH, _ARCH = 1000, 1001, 1002, 1003, 1022
 _INT32, _STRING = 4, 6
@@ -133,19 +135,32 @@ def parse_rpmdb(data: bytes, wal: bytes = b"") -> list[Package]:
             connection = sqlite3.connect(path)
         except sqlite3.Error as e:
             raise VzError(f"the VPS's rpm database cannot be read: {e}", ExitCode.FAILURE) from None
+        # The VPS wrote the file: a view that never ends or rows that multiply a small file
+        # into gigabytes must cost neither time nor memory (sqlite checks signals only
+        # between steps, so a step budget and a deadline stop it, not ^C).
+        deadline = time.monotonic() + _RPMDB_SECONDS
+        connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
+        found = []
         try:
             connection.execute("PRAGMA trusted_schema=OFF")
-            rows = connection.execute("SELECT blob FROM Packages").fetchall()
+            kind = connection.execute(
+                "SELECT type FROM sqlite_master WHERE name = 'Packages'"
+            ).fetchone()
+            if kind is None or kind[0] != "table":
+                raise sqlite3.DatabaseError("Packages is not a table")
+            total = 0
+            for (blob,) in connection.execute("SELECT blob FROM Packages"):
+                if isinstance(blob, bytes):
+                    total += len(blob)
+                    if total > LIMIT:
+                        raise sqlite3.DatabaseError(f"more than {LIMIT >> 20} MiB of headers")
+                    package = _header(blob)
+                    if package is not None:
+                        found.append(package)
         except sqlite3.Error as e:
             raise VzError(f"the VPS's rpm database cannot be read: {e}", ExitCode.FAILURE) from None
         finally:
             connection.close()
-    found = []
-    for (blob,) in rows:
-        if isinstance(blob, bytes):
-            package = _header(blob)
-            if package is not None:
-                found.append(package)
     return found
 
 
