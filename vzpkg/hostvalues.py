@@ -35,6 +35,11 @@ VZPKG_KEYS = frozenset(
         "VE_LAYOUT",
         "USERNS_POOL_BASE",
         "USERNS_POOL_SIZE",
+        "CACHE_KEEP_DATED",
+        "TEMPLATE_INDEX",
+        "TEMPLATE_INDEX_KEYS",
+        "INDEX_SIGNING_KEY",
+        "INDEX_GNUPGHOME",
     }
 )
 # OpenVZ's keys that vzpkg acts on; every other OpenVZ key is accepted and reported as unused.
@@ -320,6 +325,20 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
         or (neighbour.startswith("list:") and "," not in neighbour and "/" not in neighbour)
     ):
         problems.append(f"NEIGHBOUR_DEVS: {neighbour!r} is not all, detect or list:DEV...")
+    keep = values.get("CACHE_KEEP_DATED", "0")
+    if not (keep.isascii() and keep.isdigit() and int(keep) <= 1000):
+        problems.append(f"CACHE_KEEP_DATED: {keep!r} is not a number of copies (0 to 1000)")
+    indexes = tuple(values.get("TEMPLATE_INDEX", "").split())
+    for url in indexes:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            problems.append(f"TEMPLATE_INDEX: {url!r} is not an http:// or https:// URL")
+    index_keys = tuple(values.get("TEMPLATE_INDEX_KEYS", "").split())
+    for key in index_keys:
+        if not key.startswith("/"):
+            problems.append(f"TEMPLATE_INDEX_KEYS: {key!r} is not an absolute path")
+    gnupghome = values.get("INDEX_GNUPGHOME") or None
+    if gnupghome is not None and (problem := _path_problem("INDEX_GNUPGHOME", gnupghome)):
+        problems.append(problem)
     if problems:
         raise VzError(
             f"invalid configuration {source}:\n  " + "\n  ".join(problems),
@@ -356,6 +375,11 @@ def checked(values: Mapping[str, str], source: str) -> dict[str, object]:
         "unused_keys": tuple(sorted(set(unused))),
         "userns_pool_base": pool[0],
         "userns_pool_size": pool[1],
+        "cache_keep_dated": int(keep) if keep.isdigit() else 0,
+        "template_indexes": indexes,
+        "template_index_keys": index_keys,
+        "index_signing_key": values.get("INDEX_SIGNING_KEY") or None,
+        "index_gnupghome": gnupghome,
         "source": source,
     }
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vzpkg import fsutil, lock, run
-from vzpkg.cache.archive import pack_tree, validate_archive
+from vzpkg.cache.archive import pack_tree, unpack_archive, validate_archive
 from vzpkg.cache.freshness import staleness
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore, remove_tree_safely
-from vzpkg.distro.base import Family, Fingerprint, family_for, namespace_wrapper
+from vzpkg.cache.update import Plan, changes, inputs_of, plan_build
+from vzpkg.distro.base import BootstrapResult, Family, Fingerprint, family_for, in_root_argv
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import Template
@@ -40,12 +41,16 @@ class BuildOptions:
 @dataclass(frozen=True)
 class BuildResult:
     template: str
-    status: str  # built | up-to-date | failed
+    status: str  # built | updated | rebuilt | up-to-date | failed
     message: str
     code: int = 0
     archive: str | None = None
     size: int | None = None
     seconds: float = 0.0
+    reason: str | None = None  # why it was updated or rebuilt (or how a new one was made)
+    path: str | None = None  # bootstrap | update | parent
+    changes: list[dict[str, str | None]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Reporter:
@@ -112,15 +117,7 @@ def run_root_hooks(
         inside = f"tmp/vzpkg-hook-{i}.sh"
         fsutil.write_file_beneath(root, inside, script.read_bytes(), 0o700)
         try:
-            argv = [
-                *namespace_wrapper()[:-1],
-                f"--mount-proc={root}/proc",
-                "chroot",
-                str(root),
-                "/bin/sh",
-                "-e",
-                "/" + inside,
-            ]
+            argv = in_root_argv(root, ["/bin/sh", "-e", "/" + inside])
             run.run_streaming(
                 argv,
                 on_line=report.detail,
@@ -177,11 +174,22 @@ def pkgcache_key(template: Template) -> str:
 
 
 def build_cache(
-    template: Template, host: HostConfig, options: BuildOptions, emit: Callable[[str], None]
+    template: Template,
+    host: HostConfig,
+    options: BuildOptions,
+    emit: Callable[[str], None],
+    parent_of: Callable[[Template], Template | None] = lambda t: None,
 ) -> BuildResult:
+    """Make ``template``'s cache current: nothing when it is, an update in place when only
+    upstream or its package lists changed, from its base set's cache (``parent_of``) when
+    that is current and shares its base, a bootstrap otherwise."""
     started = time.monotonic()
     report = Reporter(template.name, options.verbose, emit)
     store = CacheStore(host.cache_dir)
+
+    def seconds() -> float:
+        return round(time.monotonic() - started, 1)
+
     try:
         family = family_for(template, host, options.mirror_overrides)
         family.check_host()
@@ -196,9 +204,10 @@ def build_cache(
             report.phase("checking upstream repositories")
             fingerprints = family.fingerprints()
             existing = store.info(template.name)
+            stale = None
             if existing is not None and not options.force:
-                reason = staleness(template, existing.manifest, fingerprints)
-                if reason is None:
+                stale = staleness(template, existing.manifest, fingerprints)
+                if stale is None:
                     report.phase("up to date")
                     return BuildResult(
                         template.name,
@@ -206,27 +215,81 @@ def build_cache(
                         "metadata and upstream unchanged (-f rebuilds anyway)",
                         archive=str(existing.archive),
                         size=existing.size,
-                        seconds=round(time.monotonic() - started, 1),
+                        seconds=seconds(),
                     )
-                report.phase(f"rebuilding: {reason}")
-            info = _build_locked(template, host, family, store, report, fingerprints)
+            plan, why = plan_build(template, store, fingerprints, parent_of, options.force)
+            how = "bootstrap" if plan is None else plan.path
+            if existing is not None:
+                report.phase(f"{'updating' if how == 'update' else 'rebuilding'}: {why}")
+            elif plan is not None:
+                report.phase(f"building from the cache of {plan.start.name}")
+            manifest = _build_locked(template, host, family, store, report, fingerprints, plan)
     except VzError as e:
         report.phase(f"FAILED: {e}")
-        return BuildResult(
-            template.name,
-            "failed",
-            str(e),
-            int(e.code),
-            seconds=round(time.monotonic() - started, 1),
-        )
-    seconds = round(time.monotonic() - started, 1)
-    size = info.size
+        return BuildResult(template.name, "failed", str(e), int(e.code), seconds=seconds())
+    size = manifest.archive.size
+    status = "built" if existing is None else "updated" if how == "update" else "rebuilt"
     report.phase(
-        f"built {store.archive_path(template.name)} ({size / 2**20:.1f} MiB) in {seconds:.1f} s"
+        f"{status} {store.archive_path(template.name)} ({size / 2**20:.1f} MiB, "
+        f"{len(manifest.changes)} package change(s)) in {seconds():.1f} s"
     )
     return BuildResult(
-        template.name, "built", "ok", 0, str(store.archive_path(template.name)), size, seconds
+        template.name,
+        status,
+        "ok",
+        0,
+        str(store.archive_path(template.name)),
+        size,
+        seconds(),
+        reason=why if how == "update" else "; ".join(r for r in (stale, why) if r),
+        path=how,
+        changes=list(manifest.changes),
+        timings=dict(manifest.timings),
     )
+
+
+def _make_root(
+    template: Template,
+    host: HostConfig,
+    family: Family,
+    root: Path,
+    report: Reporter,
+    epoch: int,
+    plan: Plan | None,
+    timings: dict[str, float],
+) -> BootstrapResult:
+    """The new root: bootstrapped (pre-cache hooks first), or unpacked from ``plan``'s cache
+    and changed as it says."""
+    if plan is None:
+        with _timed(timings, "hooks"):
+            run_host_hooks(template, "pre-cache", template.hooks.pre_cache, root, report)
+    else:
+        report.phase(f"unpacking {plan.start.archive.name}")
+        with _timed(timings, "unpack"):
+            unpack_archive(
+                plan.start.archive,
+                root,
+                expected_sha256=plan.start.sha256,
+                validated=host.run_dir / "validated",  # as vzctl create remembers checks
+            )
+    pkgcache = host.pkgcache_dir / pkgcache_key(template)
+    pkgcache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with lock.locked(
+        host.lock_dir,
+        f"pkgcache-{pkgcache_key(template)}",
+        timeout=-1,
+        on_wait=f"{template.name}: waiting for package cache",
+    ):
+        if plan is None:
+            report.phase(
+                f"bootstrapping ({len(template.packages)} packages on top of the "
+                f"{template.variant} base)"
+            )
+            with _timed(timings, "bootstrap"):
+                return family.bootstrap(root, pkgcache, report.detail, epoch)
+        report.phase(f"updating the packages: {plan.reason}")
+        with _timed(timings, "update"):
+            return family.update(root, pkgcache, plan.change, report.detail, epoch)
 
 
 def _build_locked(
@@ -236,7 +299,8 @@ def _build_locked(
     store: CacheStore,
     report: Reporter,
     fingerprints: list[Fingerprint],
-) -> ArchiveInfo:
+    plan: Plan | None,
+) -> Manifest:
     timings: dict[str, float] = {}
     total_start = time.monotonic()
     epoch = choose_epoch([f.epoch for f in fingerprints])
@@ -245,22 +309,7 @@ def _build_locked(
     try:
         root = rootdir / "root"
         root.mkdir(mode=0o755)
-        with _timed(timings, "hooks"):
-            run_host_hooks(template, "pre-cache", template.hooks.pre_cache, root, report)
-        pkgcache = host.pkgcache_dir / pkgcache_key(template)
-        pkgcache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with lock.locked(
-            host.lock_dir,
-            f"pkgcache-{pkgcache_key(template)}",
-            timeout=-1,
-            on_wait=f"{template.name}: waiting for package cache",
-        ):
-            report.phase(
-                f"bootstrapping ({len(template.packages)} packages on top of the "
-                f"{template.variant} base)"
-            )
-            with _timed(timings, "bootstrap"):
-                boot = family.bootstrap(root, pkgcache, report.detail, epoch)
+        boot = _make_root(template, host, family, root, report, epoch, plan, timings)
         with _timed(timings, "hooks"):
             run_root_hooks(template, template.hooks.post_install, root, report)
         report.phase("cleaning the root")
@@ -295,6 +344,15 @@ def _build_locked(
             packed.members,
         )
         timings["total"] = round(time.monotonic() - total_start, 3)
+        build = {
+            "tool": boot.tool,
+            "tool_version": boot.tool_version,
+            "vzpkg": VERSION,
+            "zstd_level": str(host.zstd_level),
+            "path": "bootstrap" if plan is None else plan.path,
+        }
+        if plan is not None:
+            build["from"] = f"{plan.start.name} {plan.start.sha256}"
         manifest = Manifest(
             template=template.name,
             metadata_digest=template.digest,
@@ -305,16 +363,13 @@ def _build_locked(
             archive=info,
             upstream=tuple(fingerprints),
             packages=tuple(packages),
-            build={
-                "tool": boot.tool,
-                "tool_version": boot.tool_version,
-                "vzpkg": VERSION,
-                "zstd_level": str(host.zstd_level),
-            },
+            build=build,
             timings=timings,
+            inputs=inputs_of(template),
+            changes=changes(plan.start.manifest.packages, packages) if plan else (),
         )
         store.publish(template.name, archive, manifest)
-        return info
+        return manifest
     finally:
         remove_tree_safely(rootdir)
         remove_tree_safely(workdir)

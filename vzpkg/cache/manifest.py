@@ -41,17 +41,23 @@ class Manifest:
     packages: Sequence[InstalledPackage] = ()
     build: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # What an in-place update starts from: base_digest, packages and exclude of the metadata.
+    inputs: dict[str, Any] = field(default_factory=dict)
+    # What the update (or the build from a base set's cache) changed: name, arch, from, to.
+    changes: Sequence[dict[str, str | None]] = ()
     format: int = FORMAT
 
     def __post_init__(self) -> None:
         # Tuples whatever the builder passed, so a manifest equals itself read back from JSON.
         object.__setattr__(self, "upstream", tuple(self.upstream))
         object.__setattr__(self, "packages", tuple(self.packages))
+        object.__setattr__(self, "changes", tuple(self.changes))
 
     def to_json(self) -> str:
         data = asdict(self)
         data["upstream"] = [asdict(f) for f in self.upstream]
         data["packages"] = [asdict(p) for p in self.packages]
+        data["changes"] = list(self.changes)
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
@@ -71,6 +77,8 @@ def manifest_from_dict(data: dict[str, Any], source: str) -> Manifest:
             packages=tuple(InstalledPackage(**p) for p in data.get("packages", ())),
             build=dict(data.get("build", {})),
             timings=dict(data.get("timings", {})),
+            inputs=dict(data.get("inputs", {})),
+            changes=tuple(dict(c) for c in data.get("changes", ())),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise VzError(

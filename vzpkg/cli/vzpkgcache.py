@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import sys
+import time
 from dataclasses import asdict
 
 import click
@@ -20,6 +23,7 @@ from vzpkg.cli.common import (
     setup,
 )
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.metadata.model import Template
 from vzpkg.metadata.names import canonical_name, host_arch
 
 
@@ -58,6 +62,9 @@ def exit_code_of(results: list[BuildResult]) -> int:
     metavar="[NAME=]URL",
     help="Use this mirror instead of the host's apt sources (repeatable).",
 )
+@click.option(
+    "--all", "every", is_flag=True, help="Every template of this host's arch (as no NAME does)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only phase lines, not the tools' output.")
 @json_option
 @debug_option
@@ -68,6 +75,7 @@ def main(
     remove: bool,
     timeout: str,
     mirrors: tuple[str, ...],
+    every: bool,
     quiet: bool,
     as_json: bool,
     debug: bool,
@@ -78,6 +86,9 @@ def main(
     NAME-old. Exit codes: docs/exit-codes.md."""
     setup(debug)
     seconds = checks.timeout(timeout, "--timeout", forever=True)
+    if every and names:
+        raise VzError("--all and template names exclude each other", ExitCode.INVALID_ARGUMENT,
+                      hint="vzpkgcache --all, or vzpkgcache NAME...")  # fmt: skip
     if remove and not names:
         raise VzError(
             "-r needs the names of the caches to remove",
@@ -117,15 +128,54 @@ def main(
         mirror_overrides=parse_mirrors(mirrors),
         verbose=not quiet,
     )
+
+    def parent_of(t: Template) -> Template | None:
+        base = t.package_set.base
+        return catalog.templates.get(f"{t.os_name}-{t.arch}-{base}") if base else None
+
+    def depth(t: Template) -> int:
+        parent = parent_of(t)
+        return 0 if parent is None else 1 + depth(parent)
+
+    # A set's base set first: the set is then made from its fresh cache.
+    templates = sorted(templates, key=depth)
+    started = time.time()
     results = []
-    for t in templates:
-        results.append(build_cache(t, host, options, lambda line: click.echo(line, err=True)))
+    with contextlib.ExitStack() as stack:
+        if not names:  # the nightly run: one at a time (a second one fails at once, exit 9)
+            stack.enter_context(
+                lock.locked(host.lock_dir, "vzpkgcache-all", timeout=0, what="vzpkgcache --all")
+            )
+        for t in templates:
+            emit = lambda line: click.echo(line, err=True)  # noqa: E731
+            results.append(build_cache(t, host, options, emit, parent_of))
     if as_json:
-        print_json({"results": [asdict(r) for r in results]})
+        print_json({
+            "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+                timespec="seconds"),
+            "seconds": round(time.time() - started, 1),
+            "summary": summary(results),
+            "results": [asdict(r) for r in results],
+        })  # fmt: skip
     else:
         for r in results:
-            click.echo(
-                f"{r.template}: {r.status}"
-                + ("" if r.status == "built" else f": {r.message.splitlines()[0]}")
-            )
+            click.echo(f"{r.template}: {describe(r)}")
     sys.exit(exit_code_of(results))
+
+
+def summary(results: list[BuildResult]) -> dict[str, int]:
+    counts = {s: 0 for s in ("up-to-date", "updated", "built", "rebuilt", "failed")}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
+
+
+def describe(r: BuildResult) -> str:
+    """One line per template: what happened and why."""
+    if r.status == "failed":
+        return f"failed: {r.message.splitlines()[0]}"
+    if r.status == "up-to-date":
+        return "up-to-date"
+    changed = f", {len(r.changes)} package change(s)" if r.path != "bootstrap" else ""
+    why = f" ({r.reason})" if r.reason else ""
+    return f"{r.status}{why}{changed} in {r.seconds:.1f} s"

@@ -46,6 +46,19 @@ class BootstrapResult:
     tool_version: str
 
 
+@dataclass(frozen=True)
+class RootChange:
+    """What the package manager does to a root unpacked from a cache (Family.update)."""
+
+    upgrade: bool  # everything to the repositories' current versions
+    install: tuple[str, ...] = ()  # added to the set
+    drop: tuple[str, ...] = ()  # no longer in the set: removed unless something needs them
+    purge: tuple[str, ...] = ()  # excluded by the set: removed
+
+    def is_empty(self) -> bool:
+        return not (self.upgrade or self.install or self.drop or self.purge)
+
+
 def namespace_wrapper() -> list[str]:
     """Run a bootstrap in private mount and PID namespaces.
 
@@ -63,6 +76,30 @@ def namespace_wrapper() -> list[str]:
         "--kill-child",
         "--mount-proc",
     ]
+
+
+# Device nodes a package manager's scripts may open in a build root (its /dev is empty).
+ROOT_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def in_root_argv(root: Path, argv: list[str], *, network: bool = True) -> list[str]:
+    """``argv`` chrooted into ``root``, a root this build made (never a VPS's: those run
+    their own tools through runc), in private mount and PID namespaces (and network, unless
+    ``network``) with a /proc of their own and the host's harmless devices bound over files
+    in its /dev: all of which goes with the namespaces, whatever happens.
+
+    The namespace's PID 1 stays outside the root (it runs chroot as a child), so that the
+    package scripts' ``ischroot`` knows it is in a chroot, as in a bootstrap: sysvinit's would
+    otherwise try to restart an init for 45 s."""
+    binds = " ".join(ROOT_DEVICES)
+    script = (
+        f'r=$1; shift; mkdir -p "$r/dev" || exit 1; for d in {binds}; do : > "$r/dev/$d" && '
+        'mount --bind "/dev/$d" "$r/dev/$d" || exit 1; done; chroot "$r" "$@"'
+    )
+    wrapper = namespace_wrapper()[:-1]
+    if not network:
+        wrapper.insert(1, "--net")
+    return [*wrapper, f"--mount-proc={root}/proc", "/bin/sh", "-c", script, "sh", str(root), *argv]
 
 
 class Family(ABC):
@@ -211,6 +248,19 @@ class Family(ABC):
         self, root: Path, pkgcache: Path, progress: Progress, source_date_epoch: int
     ) -> BootstrapResult:
         """Install the template's packages into the empty directory ``root``."""
+
+    @abstractmethod
+    def update(
+        self,
+        root: Path,
+        pkgcache: Path,
+        change: RootChange,
+        progress: Progress,
+        source_date_epoch: int,
+    ) -> BootstrapResult:
+        """Make ``root``, unpacked from a cache of the same base, what ``change`` says, with
+        the template's repositories and keys (vzpkg.cache.update). The caller holds the
+        template's package-cache lock."""
 
     @abstractmethod
     def installed_packages(self, root: Path) -> list[InstalledPackage]:

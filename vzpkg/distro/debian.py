@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vzpkg import fsutil, run
 from vzpkg.distro.base import (
@@ -17,10 +18,15 @@ from vzpkg.distro.base import (
     Fingerprint,
     InstalledPackage,
     Progress,
+    RootChange,
+    in_root_argv,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.model import DEB_ARCH, Repository
 from vzpkg.pkgmgr import apt
+
+if TYPE_CHECKING:
+    from vzpkg.pkgmgr.hostapt import SharedCache
 
 _DATE = re.compile(rb"^Date:\s*(.+)$", re.MULTILINE)
 _SIGNATURE_TROUBLE = (
@@ -172,6 +178,87 @@ class Debian(Family):
         version = run.run([tool, "--version"], stdout=-1, check=False).stdout
         text = version.decode(errors="replace").strip().splitlines()
         return BootstrapResult(tool, text[0] if text else "unknown")
+
+    def update(
+        self,
+        root: Path,
+        pkgcache: Path,
+        change: RootChange,
+        progress: Progress,
+        source_date_epoch: int,
+    ) -> BootstrapResult:
+        """The host's apt-get resolves and fetches (the template's lists and keys, the shared
+        pool, as for a running VPS: vzpkg.pkgmgr.hostapt); the root's own apt-get and dpkg
+        install the files, chrooted, with no repository in sight."""
+        from vzpkg.pkgmgr.hostapt import SharedCache
+
+        shared = SharedCache(self.host, self.template)
+        shared.prepare(progress)
+        shared.refresh_lists(progress, force=change.upgrade)
+        if change.drop or change.purge:
+            self._in_root(root, apt.removal_argv(change.drop, change.purge), progress)
+        if change.upgrade:
+            self._transaction(root, shared, ["full-upgrade"], progress)
+        if change.install:
+            self._transaction(root, shared, ["install", *change.install], progress)
+        version = run.run(["apt-get", "--version"], stdout=-1, check=False).stdout
+        text = version.decode(errors="replace").strip().splitlines()
+        return BootstrapResult("apt-get", text[0] if text else "unknown")
+
+    def _transaction(
+        self, root: Path, shared: SharedCache, args: list[str], progress: Progress
+    ) -> None:
+        from vzpkg.pkgmgr.hostapt import as_files
+        from vzpkg.pkgmgr.installed import DPKG_STATUS, LIMIT
+
+        status = fsutil.read_file_beneath(root, DPKG_STATUS, LIMIT)
+        try:
+            marks = fsutil.read_file_beneath(root, "var/lib/apt/extended_states", LIMIT)
+        except FileNotFoundError:
+            marks = b""
+        with shared.scratch() as tmp:
+            scratch = Path(tmp)
+            host_apt = shared.host_apt(scratch, status, marks, apt.BUILD_RESOLVER_OPTIONS)
+            fetches = host_apt.resolve(args)
+            host_apt.fetch(fetches, progress)
+            inside, new_marks = as_files(args, fetches, status)
+            if not inside:
+                return
+            progress(f"apt-get {' '.join(args)}: {len(fetches)} package(s)")
+            pool = root / apt.VPS_POOL_DIR.lstrip("/")
+            pool.parent.mkdir(parents=True, exist_ok=True)
+            shared.view(pool, [f.file for f in fetches], copy=False)
+            try:
+                token = scratch.name.rpartition(".")[2]
+                argv = apt.vps_apt_argv([*apt.ROOT_APT_OPTIONS, *inside], token, new_marks)
+                self._in_root(root, argv, progress)
+            finally:
+                fsutil.remove_tree_safely(pool)
+
+    def _in_root(self, root: Path, argv: list[str], progress: Progress) -> None:
+        """The root's own tools, with no network, starting no service (policy-rc.d)."""
+        policy = "usr/sbin/policy-rc.d"
+        try:
+            own: bytes | None = fsutil.read_file_beneath(root, policy)
+        except FileNotFoundError:
+            own = None
+        fsutil.write_file_beneath(root, policy, b"#!/bin/sh\nexit 101\n", 0o755)
+        try:
+            self._in_root_run(root, argv, progress)
+        finally:
+            if own is None:
+                fsutil.remove_beneath(root, policy)
+            else:
+                fsutil.write_file_beneath(root, policy, own, 0o755)
+
+    def _in_root_run(self, root: Path, argv: list[str], progress: Progress) -> None:
+        run.run_streaming(
+            in_root_argv(root, argv, network=False),
+            on_line=lambda line: progress(f"apt-get: {line}"),
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+            error_code=ExitCode.BOOTSTRAP,
+            name="apt-get",
+        )
 
     def installed_packages(self, root: Path) -> list[InstalledPackage]:
         status = root / "var/lib/dpkg/status"

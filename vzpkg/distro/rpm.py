@@ -15,6 +15,7 @@ from vzpkg.distro.base import (
     Fingerprint,
     InstalledPackage,
     Progress,
+    RootChange,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.model import Repository
@@ -187,6 +188,46 @@ class Rpm(Family):
     def bootstrap(
         self, root: Path, pkgcache: Path, progress: Progress, source_date_epoch: int
     ) -> BootstrapResult:
+        self._dnf(root, pkgcache, progress, source_date_epoch, ("install",), self.template.packages)
+        return self._tool()
+
+    def update(
+        self,
+        root: Path,
+        pkgcache: Path,
+        change: RootChange,
+        progress: Progress,
+        source_date_epoch: int,
+    ) -> BootstrapResult:
+        """The host's dnf changes the root as it bootstrapped it (host-side configuration,
+        packages checked against the template's keys, scriptlets chrooted by rpm)."""
+        epoch = source_date_epoch
+        if change.purge:
+            self._dnf(root, pkgcache, progress, epoch, ("remove",), change.purge)
+        if change.drop:
+            # No longer asked for: a dependency now, removed unless something needs it.
+            self._dnf(root, pkgcache, progress, epoch, ("mark", "remove"), change.drop)
+            self._dnf(root, pkgcache, progress, epoch, ("autoremove",), ())
+        if change.upgrade:
+            self._dnf(root, pkgcache, progress, epoch, ("upgrade",), ())
+        if change.install:
+            self._dnf(root, pkgcache, progress, epoch, ("install",), change.install)
+        return self._tool()
+
+    def _tool(self) -> BootstrapResult:
+        version = run.run(["dnf", "--version"], stdout=-1, check=False).stdout
+        text = version.decode(errors="replace").strip().splitlines()
+        return BootstrapResult("dnf", f"dnf {text[0]}" if text else "dnf")
+
+    def _dnf(
+        self,
+        root: Path,
+        pkgcache: Path,
+        progress: Progress,
+        source_date_epoch: int,
+        command: tuple[str, ...],
+        packages: tuple[str, ...],
+    ) -> None:
         work = root.parent / "dnf"
         conf, reposdir, varsdir, home = self.write_config(work)
         argv = dnf.dnf_install_argv(
@@ -199,8 +240,9 @@ class Rpm(Family):
             persistdir=work / "persist",
             releasever=self.releasever,
             arch=self.basearch,
-            packages=self.template.packages,
+            packages=packages,
             host_arch=host_arch(),
+            command=command,
         )
         # HOME carries .rpmmacros (the rpmdb location). dnf starts a gpg-agent for signed
         # repository metadata: it dies with the PID namespace the wrapper gives dnf.
@@ -210,9 +252,6 @@ class Rpm(Family):
             **self.template.environment,
         }
         self.run_bootstrap("dnf", argv, env, progress, diagnose)
-        version = run.run(["dnf", "--version"], stdout=-1, check=False).stdout
-        text = version.decode(errors="replace").strip().splitlines()
-        return BootstrapResult("dnf", f"dnf {text[0]}" if text else "dnf")
 
     def installed_packages(self, root: Path) -> list[InstalledPackage]:
         # The host's rpm reads the root's database; nothing inside the root runs.

@@ -200,12 +200,28 @@ def _repo_data(repo: Repository) -> dict[str, Any]:
     }
 
 
+# What an in-place update changes in a cache; everything else of a template is its base.
+UPDATABLE = ("name", "packages", "exclude")
+
+
 def template_digest(template: Template) -> str:
     """sha256 over the resolved template and the bytes of every key and hook file it uses.
 
     Paths of host keyrings are hashed by content too: a changed keyring is a changed input.
     """
-    h = hashlib.sha256(json.dumps(template.resolved(), sort_keys=True).encode())
+    return _digest(template, template.resolved())
+
+
+def base_digest(template: Template) -> str:
+    """sha256 over what an in-place update cannot change (all but UPDATABLE): a cache made
+    with the same base digest can be made this template's by installing and removing
+    packages (its own previous cache, or its base set's)."""
+    data = {k: v for k, v in template.resolved().items() if k not in UPDATABLE}
+    return _digest(template, data)
+
+
+def _digest(template: Template, data: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     files = list(template.keys) + list(template.hooks.files())
     for repo in template.release.repositories:
         files.extend(repo.gpgkeys)

@@ -278,6 +278,9 @@ VPS_TX_PREFIX = "/run/vzpkg/tx."
 
 # How the host resolves for a VPS (the VPS's apt-get then installs exactly those files).
 RESOLVER_OPTIONS = ("APT::Install-Recommends=true", "APT::Install-Suggests=false")
+# A cache's packages are resolved as mmdebstrap resolves them when it bootstraps: no
+# recommends, so that an updated cache has what a fresh bootstrap of the same set would have.
+BUILD_RESOLVER_OPTIONS = ("APT::Install-Recommends=false", "APT::Install-Suggests=false")
 PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?\Z")
 
 
@@ -350,6 +353,25 @@ def vps_apt_argv(
     )  # fmt: skip
     argv = ["/bin/sh", "-c", script, "vzpkg"]
     return [*argv, *(f"-o{opt}" for opt in options), "-y", *args]  # nobody is there to answer
+
+
+# apt-get in a build root: no pty to log dpkg's output through (its /dev has no pts).
+ROOT_APT_OPTIONS = ("-oDpkg::Use-Pty=0",)
+
+
+def removal_argv(drop: Sequence[str], purge: Sequence[str]) -> list[str]:
+    """Run in a cache's root: ``drop`` (no longer asked for) becomes automatically installed
+    and goes unless something needs it, ``purge`` goes whatever needs it, as a bootstrap
+    that never had them would leave the root."""
+    steps = []
+    if drop:
+        steps.append(f"apt-mark auto {shlex.join(drop)} >/dev/null")
+    # What a bootstrap without recommends would not have installed goes too.
+    options = ["-oAPT::AutoRemove::RecommendsImportant=false",
+               "-oAPT::AutoRemove::SuggestsImportant=false", *ROOT_APT_OPTIONS]  # fmt: skip
+    removal = ["purge", "--auto-remove", *purge] if purge else ["autoremove", "--purge"]
+    steps.append(shlex.join(["apt-get", "-y", *options, *removal]))
+    return ["/bin/sh", "-ec", "; ".join(steps)]
 
 
 @dataclass(frozen=True)

@@ -79,10 +79,12 @@ def dnf_install_argv(
     arch: str,
     packages: Sequence[str],
     host_arch: str,
+    command: Sequence[str] = ("install",),
 ) -> list[str]:
-    """dnf install into ``root``. The directories are given with --setopt, not in the config
-    file: with --installroot dnf takes config-file paths as relative to the new root, while
-    --setopt paths stay on the host (the package cache survives the build there)."""
+    """dnf install (or ``command``) into ``root``. The directories are given with --setopt,
+    not in the config file: with --installroot dnf takes config-file paths as relative to
+    the new root, while --setopt paths stay on the host (the package cache survives the
+    build there)."""
     argv = [
         "dnf",
         "-y",
@@ -103,7 +105,7 @@ def dnf_install_argv(
     ]
     if arch != host_arch:
         argv.append(f"--forcearch={arch}")
-    argv += ["install", *packages]
+    argv += [*command, *packages]
     return argv
 
 

@@ -224,7 +224,13 @@ class SharedCache(PackageCache):
         )  # fmt: skip
         return conf
 
-    def host_apt(self, scratch: Path, status: bytes, marks: bytes = b"") -> HostApt:
+    def host_apt(
+        self,
+        scratch: Path,
+        status: bytes,
+        marks: bytes = b"",
+        resolver: Sequence[str] = apt.RESOLVER_OPTIONS,
+    ) -> HostApt:
         """The host's apt-get seeing the VPS whose dpkg status is ``status`` and apt marks
         ``marks`` (its extended_states), both sanitised first."""
         clean, dropped = apt.sanitize_dpkg_status(status)
@@ -233,21 +239,29 @@ class SharedCache(PackageCache):
         conf = self._conf(scratch, path)
         (scratch / "state").mkdir(exist_ok=True)
         (scratch / "state" / "extended_states").write_bytes(apt.sanitize_extended_states(marks))
-        return HostApt(conf, self.pool, dropped, self.proxy)
+        return HostApt(conf, self.pool, dropped, self.proxy, resolver)
 
 
 class HostApt:
     """The host's apt-get, seeing one VPS (APT_CONFIG ``conf``)."""
 
-    def __init__(self, conf: Path, pool: Path, dropped: int, proxy: str | None) -> None:
+    def __init__(
+        self,
+        conf: Path,
+        pool: Path,
+        dropped: int,
+        proxy: str | None,
+        resolver: Sequence[str] = apt.RESOLVER_OPTIONS,
+    ) -> None:
         self.env = {"APT_CONFIG": str(conf)}
+        self.resolver = tuple(resolver)
         self.scratch = conf.parent
         self.pool = pool
         self.dropped = dropped
         self.proxy = proxy
 
     def _run(self, args: Sequence[str]) -> tuple[int, str]:
-        opts = [f"-o{o}" for o in apt.RESOLVER_OPTIONS]
+        opts = [f"-o{o}" for o in self.resolver]
         proc = run.run(["apt-get", "-q", *opts, *args], env=self.env, stdout=-1, check=False)
         return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
 
