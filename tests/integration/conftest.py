@@ -221,3 +221,27 @@ def _loop_devices(base: str) -> set[str]:
     """Loop devices backed by the tests' files (VPS disks)."""
     proc = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
     return {line for line in proc.stdout.splitlines() if base in line}
+
+
+def rpm_fixture_host(
+    base: Path, key_file: Path, mirror_url: str, sets: dict[str, str] | None = None
+) -> VzHost:
+    """A host configuration in ``base`` whose metadata is the rpm fixture distribution's
+    (tests/integration/metadata-rpm, with the fixture's key ``key_file`` and ``sets``: name
+    -> TOML of extra package sets), its mirror ``mirror_url``."""
+    passable(base)
+    metadata = base / "metadata"
+    shutil.copytree(REPO / "tests" / "integration" / "metadata-rpm", metadata)
+    (metadata / "vzfix" / "keys").mkdir()
+    shutil.copy(key_file, metadata / "vzfix" / "keys" / "RPM-GPG-KEY-vzpkgtest")
+    for name, toml in (sets or {}).items():
+        (metadata / "vzfix" / "sets" / f"{name}.toml").write_text(toml)
+    host = VzHost(
+        base, base / "vzpkg.conf", base / "cache", base / "lock", metadata, base / "pkgcache"
+    )
+    host.conf.write_text(
+        f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
+        f'PKGCACHE_DIR="{host.pkgcache_dir}"\nVZFIX_MIRROR="{mirror_url}"\n'
+        + runtime_conf(base)  # VPSs of this host live below base, never in /etc/vz or /vz
+    )
+    return host

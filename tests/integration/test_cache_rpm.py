@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.integration.conftest import BIN, REPO, VzHost, passable, runtime_conf, stop_everything
+from tests.integration.conftest import BIN, VzHost, rpm_fixture_host, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
     PackageSpec,
@@ -58,20 +58,7 @@ def rpmhost(
     tmp_path_factory: pytest.TempPathFactory, fixture_repo: FixtureRepo, server: RepoServer
 ) -> Iterator[VzHost]:
     base = tmp_path_factory.mktemp("rpmhost")
-    passable(base)
-    metadata = base / "metadata"
-    shutil.copytree(REPO / "tests" / "integration" / "metadata-rpm", metadata)
-    keys = metadata / "vzfix" / "keys"
-    keys.mkdir()
-    shutil.copy(fixture_repo.key_file, keys / "RPM-GPG-KEY-vzpkgtest")
-    host = VzHost(
-        base, base / "vzpkg.conf", base / "cache", base / "lock", metadata, base / "pkgcache"
-    )
-    host.conf.write_text(
-        f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\nLOCKDIR="{host.lock_dir}"\n'
-        f'PKGCACHE_DIR="{host.pkgcache_dir}"\nVZFIX_MIRROR="{server.url}"\n'
-        + runtime_conf(base)  # VPSs of this host live below base, never in /etc/vz or /vz
-    )
+    host = rpm_fixture_host(base, fixture_repo.key_file, server.url)
     yield host
     stop_everything(host)
     shutil.rmtree(base, ignore_errors=True)

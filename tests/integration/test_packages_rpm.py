@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import REPO, VzHost, passable, runtime_conf, stop_everything
+from tests.integration.conftest import VzHost, rpm_fixture_host, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
     PackageSpec,
@@ -41,23 +41,9 @@ def rpmhost(
     tmp_path_factory: pytest.TempPathFactory, fixture_repo: FixtureRepo
 ) -> Iterator[VzHost]:
     base = tmp_path_factory.mktemp("rpmpkghost")
-    passable(base)
-    metadata = base / "metadata"
-    shutil.copytree(REPO / "tests" / "integration" / "metadata-rpm", metadata)
-    (metadata / "vzfix" / "keys").mkdir()
-    shutil.copy(fixture_repo.key_file, metadata / "vzfix" / "keys" / "RPM-GPG-KEY-vzpkgtest")
-    (metadata / "vzfix" / "sets" / "withrpm.toml").write_text(
-        'summary = "with an rpm of its own"\nbase = "minimal"\npackages = ["vzfix-rpm"]\n'
-    )
-    host = VzHost(
-        base, base / "vzpkg.conf", base / "cache", base / "lock", metadata, base / "pkgcache"
-    )
+    withrpm = 'summary = "with an rpm of its own"\nbase = "minimal"\npackages = ["vzfix-rpm"]\n'
     with RepoServer(fixture_repo.path) as server:
-        host.conf.write_text(
-            f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\n'
-            f'LOCKDIR="{host.lock_dir}"\nPKGCACHE_DIR="{host.pkgcache_dir}"\n'
-            f'VZFIX_MIRROR="{server.url}"\n' + runtime_conf(base)
-        )
+        host = rpm_fixture_host(base, fixture_repo.key_file, server.url, {"withrpm": withrpm})
         assert host.build(NAME)["returncode"] == 0
         yield host
         stop_everything(host)

@@ -369,6 +369,8 @@ def _build_locked(
             changes=changes(plan.start.manifest.packages, packages) if plan else (),
         )
         store.publish(template.name, archive, manifest)
+        for path in store.keep_dated(template.name, manifest, host.cache_keep_dated):
+            report.detail(f"removed {path} (CACHE_KEEP_DATED={host.cache_keep_dated})")
         return manifest
     finally:
         remove_tree_safely(rootdir)

@@ -4,6 +4,7 @@ Layout of CACHE_DIR::
 
     <name>.tar.zst, <name>.json          the published cache and its manifest
     <name>-old.tar.zst, <name>-old.json  the previous one, kept when a new one is published
+    dated/<name>/<stamp>.tar.zst, .json  dated copies (CACHE_KEEP_DATED: how many are kept)
     .tmp-<name>-<pid>-<rand>/            a build in progress (swept by the next build)
 
 A cache is published by renames inside CACHE_DIR only after the new archive was verified, so a
@@ -132,6 +133,42 @@ class CacheStore:
                 swept.append(path)
         return swept
 
+    def dated_dir(self, name: str) -> Path:
+        return self.dir / "dated" / name
+
+    def dated(self, name: str) -> list[Path]:
+        """The dated copies of ``name``'s cache, oldest first."""
+        where = self.dated_dir(name)
+        return sorted(where.glob("*.tar.zst")) if where.is_dir() else []
+
+    def keep_dated(self, name: str, manifest: Manifest, keep: int) -> list[Path]:
+        """A dated copy of the cache just published (hard links: no space until it is
+        replaced) when ``keep`` > 0, and no more than ``keep`` of them; what was pruned."""
+        if keep > 0:
+            where = self.dated_dir(name)
+            where.mkdir(parents=True, exist_ok=True)
+            stamp = re.sub(r"[^0-9T]", "", manifest.created.partition("+")[0]) + "Z"
+            for source, dest in (
+                (self.archive_path(name), where / f"{stamp}.tar.zst"),
+                (self.manifest_path(name), where / f"{stamp}.json"),
+            ):
+                with contextlib.suppress(FileExistsError):
+                    os.link(source, dest)
+        return self.prune_dated(name, keep)
+
+    def prune_dated(self, name: str, keep: int) -> list[Path]:
+        """Remove all but the newest ``keep`` dated copies of ``name``; what was removed."""
+        copies = self.dated(name)
+        pruned = []
+        for old in copies[: max(0, len(copies) - keep)]:
+            for path in (old, old.with_name(old.name.removesuffix(".tar.zst") + ".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    pruned.append(path)
+        if pruned:
+            fsync_dir(self.dated_dir(name))
+        return pruned
+
     def publish(self, name: str, new_archive: Path, manifest: Manifest) -> None:
         """Make ``new_archive`` (inside a workdir of this store) the cache ``name``.
 
@@ -157,7 +194,7 @@ class CacheStore:
         fsync_dir(self.dir)
 
     def remove(self, name: str) -> list[Path]:
-        removed = []
+        removed = self.prune_dated(name, 0)
         for path in (
             self.archive_path(name),
             self.manifest_path(name),

@@ -7,10 +7,12 @@ import datetime
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
 from vzpkg import checks, lock
+from vzpkg.cache import index as cache_index
 from vzpkg.cache.build import BuildOptions, BuildResult, build_cache
 from vzpkg.cache.store import CacheStore
 from vzpkg.cli.common import (
@@ -23,6 +25,8 @@ from vzpkg.cli.common import (
     setup,
 )
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig
+from vzpkg.metadata.loader import Catalog
 from vzpkg.metadata.model import Template
 from vzpkg.metadata.names import canonical_name, host_arch
 
@@ -68,7 +72,7 @@ def exit_code_of(results: list[BuildResult]) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="Only phase lines, not the tools' output.")
 @json_option
 @debug_option
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, metavar="[publish DIR | fetch] [NAME]...")
 @edge("vzpkgcache")
 def main(
     force: bool,
@@ -81,9 +85,14 @@ def main(
     debug: bool,
     names: tuple[str, ...],
 ) -> None:
-    """Create caches of the named templates (all templates of this host's arch when none
-    are named). Existing caches are kept unless -f is given; the previous cache stays as
-    NAME-old. Exit codes: docs/exit-codes.md."""
+    """Create or update caches of the named templates (all templates of this host's arch
+    when none are named, or --all): nothing when current, an update in place when upstream
+    or a package list changed, a bootstrap otherwise (-f: always). The previous cache stays
+    as NAME-old.
+
+    vzpkgcache publish DIR [NAME...] writes caches and a (signed) index of them into DIR;
+    vzpkgcache fetch NAME... gets caches from the indexes of TEMPLATE_INDEX.
+    Exit codes: docs/exit-codes.md."""
     setup(debug)
     seconds = checks.timeout(timeout, "--timeout", forever=True)
     if every and names:
@@ -103,6 +112,11 @@ def main(
         )
     host, catalog = host_and_catalog()
     require_root("vzpkgcache")
+    if names and names[0] in ("publish", "fetch"):
+        verb, rest = names[0], names[1:]
+        if verb == "publish":
+            sys.exit(publish_command(host, catalog, rest, as_json))
+        sys.exit(fetch_command(host, catalog, rest, as_json, seconds))
     if names:
         templates = [catalog.get(canonical_name(n, catalog)) for n in names]
     else:
@@ -161,6 +175,64 @@ def main(
         for r in results:
             click.echo(f"{r.template}: {describe(r)}")
     sys.exit(exit_code_of(results))
+
+
+def publish_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...],
+                    as_json: bool) -> int:  # fmt: skip
+    """vzpkgcache publish DIR [NAME...]: the named caches (every usable one when none are
+    named) and a signed index of them into DIR."""
+    if not args:
+        raise VzError("publish needs a directory", ExitCode.INVALID_ARGUMENT,
+                      hint="vzpkgcache publish /srv/www/vz [NAME...]")  # fmt: skip
+    directory = Path(args[0]).absolute()
+    store = CacheStore(host.cache_dir)
+    if args[1:]:
+        names = [canonical_name(n, catalog) for n in args[1:]]
+    else:
+        names = [n for n in sorted(catalog.templates) if _usable(store, n)]
+    if not names:
+        raise VzError("there is no cache to publish", ExitCode.TEMPLATE_NOT_FOUND,
+                      hint="vzpkgcache builds them")  # fmt: skip
+    index = cache_index.publish(store, names, directory, host, lambda s: click.echo(s, err=True))
+    if as_json:
+        print_json({"directory": str(directory), "signed": bool(host.index_signing_key),
+                    **index})  # fmt: skip
+    else:
+        signed = "signed" if host.index_signing_key else "not signed (no INDEX_SIGNING_KEY)"
+        click.echo(f"{directory / cache_index.INDEX}: {len(names)} cache(s), {signed}")
+    return 0
+
+
+def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_json: bool,
+                  seconds: float) -> int:  # fmt: skip
+    """vzpkgcache fetch NAME...: caches from the configured template indexes."""
+    if not args:
+        raise VzError("fetch needs template names", ExitCode.INVALID_ARGUMENT,
+                      hint="vzpkgls --remote lists what the indexes offer")  # fmt: skip
+    results: list[dict[str, str | int]] = []
+    for name in [canonical_name(n, catalog) for n in args]:
+        try:
+            status = cache_index.fetch_cache(host, name, lambda s: click.echo(s, err=True),
+                                             lock_timeout=seconds)  # fmt: skip
+            results.append({"template": name, "status": status})
+        except VzError as e:
+            click.echo(f"vzpkgcache: {name}: {e.message}", err=True)
+            if e.hint:
+                click.echo(f"  hint: {e.hint}", err=True)
+            results.append({"template": name, "status": "failed", "message": e.message,
+                            "code": int(e.code)})  # fmt: skip
+    if as_json:
+        print_json({"results": results})
+    else:
+        for r in results:
+            click.echo(f"{r['template']}: {r['status']}")
+    codes = {int(str(r["code"])) for r in results if r["status"] == "failed"}
+    return 0 if not codes else codes.pop() if len(codes) == 1 else int(ExitCode.FAILURE)
+
+
+def _usable(store: CacheStore, name: str) -> bool:
+    info = store.info(name)
+    return info is not None and info.usable
 
 
 def summary(results: list[BuildResult]) -> dict[str, int]:

@@ -50,19 +50,30 @@ def describe(t: Template, info: CachedInfo | None) -> dict[str, Any]:
 @click.option("-c", "--cached", is_flag=True, help="Only templates that have a cache.")
 @click.option("-l", "--long", "long_", is_flag=True, help="Columns: cache date and size.")
 @click.option("--arch", help="Only templates of this arch.")
+@click.option("--remote", is_flag=True, help="What the template indexes (TEMPLATE_INDEX) offer.")
 @json_option
 @debug_option
 @edge("vzpkgls")
 def main(
-    ctid: str | None, cached: bool, long_: bool, arch: str | None, as_json: bool, debug: bool
+    ctid: str | None,
+    cached: bool,
+    long_: bool,
+    arch: str | None,
+    remote: bool,
+    as_json: bool,
+    debug: bool,
 ) -> None:
     """List the templates that the metadata describes, one per line; with CTID, the packages
-    installed in that VPS (NAME VERSION ARCH)."""
+    installed in that VPS (NAME VERSION ARCH); with --remote, the caches the configured
+    template indexes offer."""
     setup(debug)
     if ctid is not None:
-        if cached or long_ or arch:
-            raise click.UsageError("-c, -l and --arch list templates: not with a CTID")
+        if cached or long_ or arch or remote:
+            raise click.UsageError("-c, -l, --arch and --remote list templates: not with a CTID")
         list_installed(ctid, as_json)
+        return
+    if remote:
+        list_remote(long_, arch, as_json)
         return
     host, catalog = host_and_catalog()
     store = CacheStore(host.cache_dir)
@@ -94,6 +105,41 @@ def main(
         else:
             when, size = "-", "-"
         click.echo(f"{row['name']:<{width}}  {when:<16}  {size:>9}  {row['summary']}")
+
+
+def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
+    """The caches of every configured index (the first one offering a template wins, as
+    vzpkgcache fetch picks), and how each compares with this host's."""
+    from vzpkg.cache import index as cache_index
+    from vzpkg.hostconf import load_host_config
+
+    host = load_host_config()
+    store = CacheStore(host.cache_dir)
+    rows: dict[str, dict[str, Any]] = {}
+    for index in cache_index.indexes(host):
+        for name, e in sorted(index.entries.items()):
+            if name in rows or (arch and e.arch != arch):
+                continue
+            info = store.info(name)
+            local = info.manifest if info is not None and info.usable else None
+            state = (
+                "missing" if local is None
+                else "same" if local.archive.sha256 == e.sha256
+                else "newer" if e.source_date_epoch > local.source_date_epoch
+                else "older"
+            )  # fmt: skip
+            rows[name] = {"name": name, "index": index.url, "signed": index.signed,
+                          "size": e.size, "sha256": e.sha256, "created": e.created,
+                          "source_date_epoch": e.source_date_epoch, "here": state}  # fmt: skip
+    if as_json:
+        print_json(list(rows.values()))
+        return
+    for row in rows.values():
+        if not long_:
+            click.echo(row["name"])
+            continue
+        click.echo(f"{row['name']}  {row['created'][:16].replace('T', ' ')}  "
+                   f"{row['size'] / 2**20:.1f}M  here: {row['here']}  {row['index']}")  # fmt: skip
 
 
 def list_installed(

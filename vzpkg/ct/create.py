@@ -17,6 +17,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vzpkg import lock
 from vzpkg.ct import conf, disk, idmap, layout, net, places, shift, trees
@@ -34,6 +35,9 @@ from vzpkg.ct.common import (
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.guard import Guardian
 from vzpkg.hostconf import HostConfig
+
+if TYPE_CHECKING:
+    from vzpkg.cache.store import UsableCache
 
 log = logging.getLogger("vzpkg")
 
@@ -64,7 +68,6 @@ def create(
     """
     given = disk.config_values(disk_options or {})  # checked before anything else
     # Only create reads metadata and caches: imported here, the other actions start faster.
-    from vzpkg.cache.store import CacheStore
     from vzpkg.metadata.loader import load_catalog
     from vzpkg.metadata.names import canonical_name
 
@@ -87,7 +90,7 @@ def create(
             )
         catalog = load_catalog(host.metadata_dir)
         template = canonical_name(name, catalog)
-        cache = CacheStore(host.cache_dir).usable(template)
+        cache = usable_or_fetched(host, template)
         chosen = layout_name or base.ve_layout or host.ve_layout or DEFAULT_LAYOUT
         cfg = replace(
             base,
@@ -272,3 +275,26 @@ def _remove_mount_point(root: Path) -> None:
         pass
     except OSError as e:
         log.warning("kept %s: %s", root, e.strerror)
+
+
+def usable_or_fetched(host: HostConfig, template: str) -> UsableCache:
+    """The cache of ``template``; a missing one is fetched from the configured template
+    indexes first (as OpenVZ's vztmpl-dl did), with progress on stderr."""
+    import sys
+
+    from vzpkg.cache.store import CacheStore
+
+    store = CacheStore(host.cache_dir)
+    try:
+        return store.usable(template)
+    except VzError as e:
+        if e.code != ExitCode.TEMPLATE_NOT_FOUND or not host.template_indexes:
+            raise
+    from vzpkg.cache.index import fetch_cache
+
+    def say(line: str) -> None:
+        sys.stderr.write(f"vzctl: {line}\n")
+
+    say(f"no cache of {template} here: fetching it from the template index")
+    fetch_cache(host, template, say, lock_timeout=-1)
+    return store.usable(template)

@@ -1,0 +1,418 @@
+"""The template index: caches built once, published for a fleet of hosts to fetch.
+
+``vzpkgcache publish DIR`` writes into DIR, which any web server, CDN or object store serves:
+
+    index.json                         what is offered (format below, docs/caches.md)
+    index.json.asc                     its detached OpenPGP signature (INDEX_SIGNING_KEY)
+    <template>-<sha256[:16]>.tar.zst   the caches, by content: a file never changes once
+    <template>-<sha256[:16]>.json      published, so a host fetching the previous index's
+                                       files while a new index goes up still gets them
+
+Hosts name index URLs (TEMPLATE_INDEX) and the keys an index must be signed with
+(TEMPLATE_INDEX_KEYS). ``vzpkgcache fetch NAME`` checks the index's signature (fail-closed when
+keys are configured), downloads the cache (resumable: the part is kept in PKGCACHE_DIR/fetch),
+checks its size and sha256 and its manifest's, validates the archive as any hostile tarball,
+and publishes it as a local build would. ``vzctl create`` does the same for a missing cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vzpkg import fsutil, lock, run
+from vzpkg.cache.archive import validate_archive
+from vzpkg.cache.manifest import Manifest, manifest_from_dict
+from vzpkg.cache.store import CacheStore
+from vzpkg.errors import ExitCode, VzError
+from vzpkg.hostconf import HostConfig
+
+INDEX = "index.json"
+SIGNATURE = "index.json.asc"
+FORMAT = 1
+TIMEOUT = 30  # seconds without a byte from the server
+MANIFEST_MAX = 16 << 20
+INDEX_MAX = 16 << 20
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cache an index offers."""
+
+    template: str
+    file: str  # relative to the index
+    size: int
+    sha256: str
+    manifest: str
+    manifest_sha256: str
+    created: str
+    source_date_epoch: int
+    family: str
+    arch: str
+    upstream: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Index:
+    url: str
+    created: str
+    entries: dict[str, Entry]
+    signed: bool
+
+    def base(self) -> str:
+        return self.url.rpartition("/")[0]
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+
+def publish(
+    store: CacheStore, names: Sequence[str], directory: Path, host: HostConfig, say: Say
+) -> dict[str, Any]:
+    """Write the caches ``names`` and an index of them into ``directory``; the index dict."""
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = _referenced(directory / INDEX)
+    entries = []
+    for name in names:
+        cache = store.usable(name)
+        stem = f"{name}-{cache.sha256[:16]}"
+        _put(cache.archive, directory / f"{stem}.tar.zst", cache.sha256)
+        manifest_bytes = store.manifest_path(name).read_bytes()
+        _put_bytes(manifest_bytes, directory / f"{stem}.json")
+        m = cache.manifest
+        entries.append(
+            Entry(
+                template=name,
+                file=f"{stem}.tar.zst",
+                size=m.archive.size,
+                sha256=cache.sha256,
+                manifest=f"{stem}.json",
+                manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+                created=m.created,
+                source_date_epoch=m.source_date_epoch,
+                family=m.family,
+                arch=m.arch,
+                upstream=tuple(
+                    {"repository": f.repository, "url": f.url, "sha256": f.sha256, "date": f.date}
+                    for f in m.upstream
+                ),
+            )
+        )
+        say(f"{name}: {stem}.tar.zst ({m.archive.size / 2**20:.1f} MiB)")
+    index = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "templates": [asdict(e) for e in sorted(entries, key=lambda e: e.template)],
+    }
+    data = (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
+    if host.index_signing_key:
+        # The signature first: a host that reads the new index with the old signature
+        # fails closed and tries again (fetch_index), never the other way round unnoticed.
+        fsutil.atomic_write(directory / SIGNATURE, _sign(data, host), 0o644)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / SIGNATURE).unlink()
+    fsutil.atomic_write(directory / INDEX, data, 0o644)
+    keep = previous | {e.file for e in entries} | {e.manifest for e in entries}
+    for path in directory.iterdir():
+        if path.suffix in (".zst", ".json") and path.name != INDEX and path.name not in keep:
+            path.unlink()  # neither this index's nor the previous one's
+    fsutil.fsync_dir(directory)
+    return index
+
+
+def _referenced(index: Path) -> set[str]:
+    try:
+        data = json.loads(index.read_text())
+        return {t[k] for t in data["templates"] for k in ("file", "manifest")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _put(source: Path, target: Path, sha256: str) -> None:
+    if target.is_file() and target.stat().st_size == source.stat().st_size:
+        return  # published before: the name is its content
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _put_bytes(data: bytes, target: Path) -> None:
+    fsutil.atomic_write(target, data, 0o644)
+
+
+def _gpg_env(host: HostConfig) -> dict[str, str]:
+    return {"GNUPGHOME": host.index_gnupghome} if host.index_gnupghome else {}
+
+
+def _sign(data: bytes, host: HostConfig) -> bytes:
+    run.check_tool("gpg", "to sign the template index", package="gnupg")
+    assert host.index_signing_key is not None
+    with tempfile.TemporaryDirectory(prefix="vzpkg-index.") as tmp:
+        path = Path(tmp) / INDEX
+        path.write_bytes(data)
+        argv = ["gpg", "--batch", "--yes", "--pinentry-mode", "error", "--armor",
+                "--local-user", host.index_signing_key, "--detach-sign", "--output", "-",
+                str(path)]  # fmt: skip
+        proc = run.run(argv, env=_gpg_env(host), stdout=-1, check=False)
+    if proc.returncode != 0:
+        raise VzError(
+            f"the index could not be signed with INDEX_SIGNING_KEY={host.index_signing_key}: "
+            + proc.stderr.decode(errors="replace").strip(),
+            ExitCode.SIGNATURE,
+            hint="the key must be in gpg's keyring (INDEX_GNUPGHOME) with no passphrase "
+            "prompt; nothing was published",
+        )
+    return proc.stdout
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+
+def index_url(url: str) -> str:
+    return url if url.endswith(".json") else url.rstrip("/") + "/" + INDEX
+
+
+def _get(url: str, limit: int) -> bytes:
+    import requests  # only fetches need it
+
+    try:
+        with requests.get(url, timeout=TIMEOUT, stream=True) as response:
+            if response.status_code != 200:
+                raise VzError(f"{url}: HTTP {response.status_code}", ExitCode.UPSTREAM,
+                              hint="is TEMPLATE_INDEX right?")  # fmt: skip
+            data = b""
+            for chunk in response.iter_content(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise VzError(f"{url}: larger than {limit} bytes", ExitCode.ARCHIVE)
+            return data
+    except requests.RequestException as e:
+        hint = "is the index server up and TEMPLATE_INDEX right?"
+        raise VzError(f"cannot reach {url}: {e}", ExitCode.UPSTREAM, hint=hint) from None
+
+
+def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None:
+    """``signature`` of ``data`` is good and made by one of ``keys`` (gpgv with a keyring of
+    those only), or VzError (exit 202)."""
+    run.check_tool("gpgv", "to verify template indexes", package="gpgv")
+    with tempfile.TemporaryDirectory(prefix="vzpkg-verify.") as tmp:
+        work = Path(tmp)
+        keyring = work / "trusted.gpg"
+        with keyring.open("wb") as out:
+            for key in keys:
+                try:
+                    raw = Path(key).read_bytes()
+                except OSError as e:
+                    raise VzError(f"TEMPLATE_INDEX_KEYS: cannot read {key}: {e.strerror}",
+                                  ExitCode.CONFIG) from None  # fmt: skip
+                if raw.lstrip().startswith(b"-----BEGIN PGP"):
+                    proc = run.run(["gpg", "--batch", "--dearmor"], input=raw, stdout=-1,
+                                   env={"GNUPGHOME": str(work)}, check=False)  # fmt: skip
+                    raw = proc.stdout
+                out.write(raw)
+        (work / "data").write_bytes(data)
+        (work / "data.asc").write_bytes(signature)
+        proc = run.run(["gpgv", "--keyring", str(keyring), str(work / "data.asc"),
+                        str(work / "data")], stdout=-1, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise VzError(
+            f"{url}: the signature does not verify with TEMPLATE_INDEX_KEYS",
+            ExitCode.SIGNATURE,
+            hint="the index was changed or signed by another key; nothing was fetched",
+        )
+
+
+def parse_index(data: bytes, url: str, signed: bool) -> Index:
+    try:
+        raw = json.loads(data)
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"unsupported format {raw.get('format')!r}")
+        entries = {}
+        for t in raw["templates"]:
+            entry = Entry(**{**t, "upstream": tuple(t.get("upstream", ()))})
+            for name in (entry.file, entry.manifest):
+                if "/" in name or name.startswith(".") or not name:
+                    raise ValueError(f"file name {name!r}")
+            if not isinstance(entry.size, int) or entry.size < 0:
+                raise ValueError(f"size {entry.size!r}")
+            entries[entry.template] = entry
+        return Index(url, str(raw["created"]), entries, signed)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise VzError(f"{url}: not a template index ({e})", ExitCode.ARCHIVE) from None
+
+
+def fetch_index(url: str, host: HostConfig) -> Index:
+    """The index at ``url``, its signature verified when TEMPLATE_INDEX_KEYS names keys."""
+    url = index_url(url)
+    keys = host.template_index_keys
+    for attempt in (1, 2):
+        data = _get(url, INDEX_MAX)
+        if not keys:
+            return parse_index(data, url, signed=False)
+        try:
+            verify(data, _get(url + ".asc", 1 << 20), keys, url)
+        except VzError:
+            if attempt == 2:
+                raise
+            time.sleep(1)  # a new index may be going up between its two files
+            continue
+        return parse_index(data, url, signed=True)
+    raise AssertionError("unreachable")
+
+
+def indexes(host: HostConfig) -> list[Index]:
+    if not host.template_indexes:
+        raise VzError("no template index is configured", ExitCode.CONFIG,
+                      hint='set TEMPLATE_INDEX="https://..." in the host configuration '
+                      "(and TEMPLATE_INDEX_KEYS)")  # fmt: skip
+    return [fetch_index(url, host) for url in host.template_indexes]
+
+
+def find(host: HostConfig, name: str) -> tuple[Index, Entry]:
+    for index in indexes(host):
+        if name in index.entries:
+            return index, index.entries[name]
+    raise VzError(f"no cache of {name} in the configured template indexes",
+                  ExitCode.TEMPLATE_NOT_FOUND,
+                  hint=f"vzpkgls --remote lists what they offer; vzpkgcache {name} builds it "
+                  "here")  # fmt: skip
+
+
+def fetch_cache(host: HostConfig, name: str, say: Say, *, lock_timeout: float = 0) -> str:
+    """Fetch ``name``'s cache from the first index that has it and publish it; "fetched" or
+    "up-to-date". Nothing is published unless everything checks out."""
+    index, entry = find(host, name)
+    if not index.signed:
+        say(f"{name}: warning: {index.url} is not verified (TEMPLATE_INDEX_KEYS is empty)")
+    store = CacheStore(host.cache_dir)
+    with lock.locked(host.lock_dir, f"cache-{name}", timeout=lock_timeout, what=f"cache {name}"):
+        local = store.info(name)
+        if local is not None and local.manifest is not None and local.usable:
+            if local.manifest.archive.sha256 == entry.sha256:
+                return "up-to-date"
+            if local.manifest.source_date_epoch > entry.source_date_epoch:
+                raise VzError(
+                    f"{index.url} offers an older cache of {name} (upstream state of "
+                    f"{_date(entry.source_date_epoch)}) than this host has "
+                    f"({_date(local.manifest.source_date_epoch)})",
+                    ExitCode.ARCHIVE,
+                    hint="the index is behind; nothing was changed",
+                )
+        manifest_bytes = _get(f"{index.base()}/{entry.manifest}", MANIFEST_MAX)
+        if hashlib.sha256(manifest_bytes).hexdigest() != entry.manifest_sha256:
+            raise VzError(f"{entry.manifest}: not the manifest the index names (sha256 differs)",
+                          ExitCode.SIGNATURE, hint="nothing was fetched")  # fmt: skip
+        manifest = _manifest(manifest_bytes, entry)
+        part = _download(f"{index.base()}/{entry.file}", entry, host.pkgcache_dir / "fetch", say)
+        workdir = store.new_workdir(name)
+        try:
+            archive = workdir / "new.tar.zst"
+            try:
+                os.replace(part, archive)
+            except OSError:
+                shutil.move(part, archive)
+            say(f"{name}: verifying the archive")
+            validate_archive(archive)
+            store.publish(name, archive, manifest)
+        finally:
+            fsutil.remove_tree_safely(workdir)
+    say(f"{name}: fetched {entry.file} ({entry.size / 2**20:.1f} MiB) from {index.base()}")
+    return "fetched"
+
+
+def _date(epoch: int) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _manifest(data: bytes, entry: Entry) -> Manifest:
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise VzError(f"{entry.manifest}: not a cache manifest", ExitCode.ARCHIVE)
+    manifest = manifest_from_dict(raw, entry.manifest)
+    if (manifest.template, manifest.archive.sha256, manifest.archive.size) != (
+        entry.template,
+        entry.sha256,
+        entry.size,
+    ):
+        raise VzError(f"{entry.manifest} describes another cache than the index names",
+                      ExitCode.SIGNATURE, hint="nothing was fetched")  # fmt: skip
+    return manifest
+
+
+def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
+    """``url`` into ``where``/<sha256>.part, resuming what an earlier attempt left; the file,
+    checked against the entry's size and sha256 (a wrong one is removed)."""
+    import requests
+
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    part = where / f"{entry.sha256}.part"
+    have = part.stat().st_size if part.is_file() else 0
+    if have > entry.size:
+        part.unlink()
+        have = 0
+    headers = {"Range": f"bytes={have}-"} if 0 < have < entry.size else {}
+    show = sys.stderr.isatty()
+    try:
+        if have < entry.size:
+            with requests.get(url, timeout=TIMEOUT, stream=True, headers=headers) as response:
+                if response.status_code == 206 and headers:
+                    mode = "ab"
+                elif response.status_code == 200:
+                    mode, have = "wb", 0
+                else:
+                    raise VzError(f"{url}: HTTP {response.status_code}", ExitCode.UPSTREAM,
+                                  hint="is the index server up?")  # fmt: skip
+                if have:
+                    say(f"{entry.template}: resuming at {have / 2**20:.1f} MiB")
+                done, last = have, 0.0
+                with part.open(mode) as out:
+                    for chunk in response.iter_content(1 << 20):
+                        done += len(chunk)
+                        if done > entry.size:
+                            break
+                        out.write(chunk)
+                        if show and time.monotonic() - last > 0.5:
+                            last = time.monotonic()
+                            sys.stderr.write(f"\r{entry.template}: {done * 100 // entry.size}%"
+                                             f" of {entry.size / 2**20:.1f} MiB")  # fmt: skip
+                if show:
+                    sys.stderr.write("\n")
+    except requests.RequestException as e:
+        hint = "try again: the part already fetched is kept and resumed"
+        raise VzError(f"{url}: the download failed: {e}", ExitCode.UPSTREAM, hint=hint) from None
+    size = part.stat().st_size if part.is_file() else 0
+    if size < entry.size:
+        raise VzError(f"{url}: the download was cut after {size} of {entry.size} bytes",
+                      ExitCode.UPSTREAM, hint="try again: it resumes where it stopped")  # fmt: skip
+    with part.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if size != entry.size or digest != entry.sha256:
+        part.unlink()
+        raise VzError(f"{url} is not the cache the index names (size or sha256 differ)",
+                      ExitCode.SIGNATURE, hint="nothing was published")  # fmt: skip
+    return part
