@@ -391,7 +391,7 @@ def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
                     say(f"{entry.template}: resuming at {have / 2**20:.1f} MiB")
                 done, last = have, 0.0
                 with part.open(mode) as out:
-                    for chunk in response.iter_content(1 << 20):
+                    for chunk in response.iter_content(65536):
                         done += len(chunk)
                         if done > entry.size:
                             break
@@ -403,8 +403,10 @@ def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
                 if show:
                     sys.stderr.write("\n")
     except requests.RequestException as e:
+        got = part.stat().st_size if part.is_file() else 0
         hint = "try again: the part already fetched is kept and resumed"
-        raise VzError(f"{url}: the download failed: {e}", ExitCode.UPSTREAM, hint=hint) from None
+        raise VzError(f"{url}: the download was cut after {got} of {entry.size} bytes ({e})",
+                      ExitCode.UPSTREAM, hint=hint) from None  # fmt: skip
     size = part.stat().st_size if part.is_file() else 0
     if size < entry.size:
         raise VzError(f"{url}: the download was cut after {size} of {entry.size} bytes",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,15 @@ class Template:
     def summary(self) -> str:
         return f"{self.release.summary}, {self.package_set.summary}"
 
+    def portable(self, path: Path) -> str:
+        """``path`` as the same metadata has it on any host: relative to the metadata
+        directory when it is in it (a host keyring stays absolute)."""
+        root = self.distribution.path.parent.parent
+        try:
+            return str(path.relative_to(root)) if root != Path() else str(path)
+        except ValueError:
+            return str(path)
+
     def resolved(self) -> dict[str, Any]:
         """Everything that decides the content of the cache, as plain data."""
         return {
@@ -165,7 +174,7 @@ class Template:
             "arch": self.arch,
             "codename": self.release.codename,
             "releasever": self.release.releasever or self.release.version,
-            "repositories": [_repo_data(r) for r in self.release.repositories],
+            "repositories": [_repo_data(r, self.portable) for r in self.release.repositories],
             "mirrors": {
                 n: [m.url, m.host_suite] for n, m in sorted(self.distribution.mirrors.items())
             },
@@ -173,9 +182,9 @@ class Template:
             "exclude": list(self.exclude),
             "variant": self.variant,
             "environment": dict(sorted(self.environment.items())),
-            "keys": [str(k) for k in self.keys],
+            "keys": [self.portable(k) for k in self.keys],
             "hooks": {
-                name: [str(p) for p in paths]
+                name: [self.portable(p) for p in paths]
                 for name, paths in (
                     ("pre-cache", self.hooks.pre_cache),
                     ("post-install", self.hooks.post_install),
@@ -185,7 +194,7 @@ class Template:
         }
 
 
-def _repo_data(repo: Repository) -> dict[str, Any]:
+def _repo_data(repo: Repository, portable: Callable[[Path], str]) -> dict[str, Any]:
     return {
         "id": repo.id,
         "mirror": repo.mirror,
@@ -194,7 +203,7 @@ def _repo_data(repo: Repository) -> dict[str, Any]:
         "baseurl": repo.baseurl,
         "metalink": repo.metalink,
         "mirrorlist": repo.mirrorlist,
-        "gpgkeys": [str(k) for k in repo.gpgkeys],
+        "gpgkeys": [portable(k) for k in repo.gpgkeys],
         "repo_gpgcheck": repo.repo_gpgcheck,
         "enabled": repo.enabled,
     }
@@ -226,7 +235,7 @@ def _digest(template: Template, data: dict[str, Any]) -> str:
     for repo in template.release.repositories:
         files.extend(repo.gpgkeys)
     for path in files:
-        h.update(str(path).encode() + b"\0")
+        h.update(template.portable(path).encode() + b"\0")
         try:
             h.update(path.read_bytes())
         except OSError:
