@@ -5,6 +5,7 @@ bootstrapping; sets added to and dropped from; a set made from its base set's ca
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,6 +26,7 @@ from tests.rpmfixture import (
     sign_packages,
     text_file,
 )
+from vzpkg import lock
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -164,8 +166,7 @@ def test_a_failing_hook_keeps_the_previous_cache(host: VzHost, fixture_repo: Fix
 
     assert failed["returncode"] != 0
     assert failed["status"] == "failed"
-    print(failed["stderr"])
-    assert "vzfix-break is installed" in failed["stderr"]
+    assert "vzfix-break is installed" in failed["stderr"], failed["stderr"]
     assert sha256(host.archive(HOOKED)) == before
     assert host.manifest(HOOKED)["archive"]["sha256"] == before
     assert host.leftovers() == []
@@ -182,3 +183,33 @@ def test_a_changed_base_is_rebuilt_and_says_why(host: VzHost) -> None:
     assert result["returncode"] == 0, result["stderr"]
     assert (result["status"], result["path"]) == ("rebuilt", "bootstrap")
     assert "an update cannot express" in result["reason"]
+
+
+def test_the_nightly_run_reports_each_template_and_survives_a_failure(host: VzHost) -> None:
+    """hooked fails (test_a_failing_hook_keeps_the_previous_cache left it so): the others are
+    still made current, its published cache is untouched, the exit code is its failure's."""
+    before = sha256(host.archive(HOOKED))
+    proc = host.run("vzpkgcache", "--all", "--json")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 204, proc.stderr  # the hook's code: the one failure
+    results = {r["template"]: r for r in report["results"]}
+    assert set(results) == {NAME, HOOKED, "vzfix-1-x86_64-default"}
+    assert [r["template"] for r in report["results"]][0] == NAME  # base sets first
+    assert results[HOOKED]["status"] == "failed"
+    assert "vzfix-break is installed" in results[HOOKED]["message"]
+    assert results[NAME]["status"] in ("up-to-date", "updated", "rebuilt")
+    assert report["summary"]["failed"] == 1
+    assert sum(report["summary"].values()) == 3
+    assert all(isinstance(r["seconds"], float) for r in report["results"])
+    assert sha256(host.archive(HOOKED)) == before
+    # Run again: what succeeded is now up to date.
+    again = json.loads(host.run("vzpkgcache", "--all", "--json").stdout)
+    assert {r["template"]: r["status"] for r in again["results"]}[NAME] == "up-to-date"
+
+
+def test_a_second_nightly_run_is_refused_while_one_runs(host: VzHost) -> None:
+    with lock.locked(host.lock_dir, "vzpkgcache-all"):
+        proc = host.run("vzpkgcache", "--all")
+    assert proc.returncode == 9, proc.stderr
+    assert "vzpkgcache --all" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -92,6 +92,9 @@ def dnf_install_argv(
         f"--config={config}",
         f"--releasever={releasever}",
         "--setopt=tsflags=nodocs",
+        # metadata_expire=0 counts whole seconds: a run in the same second as the previous
+        # one would use its metadata, missing what the mirror published in between.
+        "--refresh",
     ]
     argv += [
         f"--setopt={key}={path}"
