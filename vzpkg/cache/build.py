@@ -129,8 +129,12 @@ def run_root_hooks(
             fsutil.remove_beneath(root, inside)
 
 
-def clean_root(root: Path) -> None:
-    """What no cache may carry, whatever its family: host identity and per-VPS secrets."""
+def clean_root(root: Path, source_date_epoch: int | None = None) -> None:
+    """What no cache may carry, whatever its family: host identity and per-VPS secrets.
+
+    With ``source_date_epoch`` every directory gets it as its mtime: a directory's mtime says
+    only when an entry was last added or removed, which differs between a bootstrap and an
+    update of the same packages (docs/caches.md, reproducibility)."""
     for rel in ("etc/machine-id",):
         if (root / rel).exists() or (root / rel).is_symlink():
             fsutil.write_file_beneath(root, rel, b"", 0o444)  # empty: "first boot" for systemd
@@ -141,6 +145,9 @@ def clean_root(root: Path) -> None:
     fsutil.write_file_beneath(root, "etc/hostname", b"localhost\n")
     for rel in ("tmp", "var/tmp", "run"):
         fsutil.empty_dir_beneath(root, rel)
+    if source_date_epoch is not None:
+        for directory, _, _ in os.walk(root):
+            os.utime(directory, (source_date_epoch, source_date_epoch), follow_symlinks=False)
 
 
 def choose_epoch(family_epochs: list[int | None]) -> int:
@@ -315,7 +322,7 @@ def _build_locked(
         report.phase("cleaning the root")
         with _timed(timings, "cleanup"):
             family.clean(root)
-            clean_root(root)
+            clean_root(root, epoch)
         with _timed(timings, "hooks"):
             run_host_hooks(template, "post-cache", template.hooks.post_cache, root, report)
         packages = family.installed_packages(root)

@@ -195,18 +195,25 @@ class Debian(Family):
         shared = SharedCache(self.host, self.template)
         shared.prepare(progress)
         shared.refresh_lists(progress, force=change.upgrade)
+        # As the bootstrap's: users' password dates and other stamps are the upstream's.
+        env = {"SOURCE_DATE_EPOCH": str(source_date_epoch), **self.template.environment}
         if change.drop or change.purge:
-            self._in_root(root, apt.removal_argv(change.drop, change.purge), progress)
+            self._in_root(root, apt.removal_argv(change.drop, change.purge), env, progress)
         if change.upgrade:
-            self._transaction(root, shared, ["full-upgrade"], progress)
+            self._transaction(root, shared, ["full-upgrade"], env, progress)
         if change.install:
-            self._transaction(root, shared, ["install", *change.install], progress)
+            self._transaction(root, shared, ["install", *change.install], env, progress)
         version = run.run(["apt-get", "--version"], stdout=-1, check=False).stdout
         text = version.decode(errors="replace").strip().splitlines()
         return BootstrapResult("apt-get", text[0] if text else "unknown")
 
     def _transaction(
-        self, root: Path, shared: SharedCache, args: list[str], progress: Progress
+        self,
+        root: Path,
+        shared: SharedCache,
+        args: list[str],
+        env: dict[str, str],
+        progress: Progress,
     ) -> None:
         from vzpkg.pkgmgr.hostapt import as_files
         from vzpkg.pkgmgr.installed import DPKG_STATUS, LIMIT
@@ -231,11 +238,13 @@ class Debian(Family):
             try:
                 token = scratch.name.rpartition(".")[2]
                 argv = apt.vps_apt_argv([*apt.ROOT_APT_OPTIONS, *inside], token, new_marks)
-                self._in_root(root, argv, progress)
+                self._in_root(root, argv, env, progress)
             finally:
                 fsutil.remove_tree_safely(pool)
 
-    def _in_root(self, root: Path, argv: list[str], progress: Progress) -> None:
+    def _in_root(
+        self, root: Path, argv: list[str], env: dict[str, str], progress: Progress
+    ) -> None:
         """The root's own tools, with no network, starting no service (policy-rc.d)."""
         policy = "usr/sbin/policy-rc.d"
         try:
@@ -244,18 +253,20 @@ class Debian(Family):
             own = None
         fsutil.write_file_beneath(root, policy, b"#!/bin/sh\nexit 101\n", 0o755)
         try:
-            self._in_root_run(root, argv, progress)
+            self._in_root_run(root, argv, env, progress)
         finally:
             if own is None:
                 fsutil.remove_beneath(root, policy)
             else:
                 fsutil.write_file_beneath(root, policy, own, 0o755)
 
-    def _in_root_run(self, root: Path, argv: list[str], progress: Progress) -> None:
+    def _in_root_run(
+        self, root: Path, argv: list[str], env: dict[str, str], progress: Progress
+    ) -> None:
         run.run_streaming(
             in_root_argv(root, argv, network=False),
             on_line=lambda line: progress(f"apt-get: {line}"),
-            env={"DEBIAN_FRONTEND": "noninteractive"},
+            env={**env, "DEBIAN_FRONTEND": "noninteractive"},
             error_code=ExitCode.BOOTSTRAP,
             name="apt-get",
         )
@@ -273,6 +284,10 @@ class Debian(Family):
         fsutil.empty_dir_beneath(root, "var/cache/apt/archives", keep=("partial", "lock"))
         fsutil.glob_remove_beneath(root, "var/cache/apt", "pkgcache.bin")
         fsutil.glob_remove_beneath(root, "var/cache/apt", "srcpkgcache.bin")
+        # Caches of the last runs: they differ between a bootstrap and an update of the
+        # same packages, and ldconfig and dpkg make them again when they need them.
+        fsutil.remove_beneath(root, "var/cache/ldconfig/aux-cache")
+        fsutil.remove_beneath(root, "var/lib/dpkg/status-old")
         for log in (
             "var/log/dpkg.log",
             "var/log/alternatives.log",
