@@ -194,7 +194,7 @@ def test_the_nightly_run_reports_each_template_and_survives_a_failure(host: VzHo
     assert proc.returncode == 204, proc.stderr  # the hook's code: the one failure
     results = {r["template"]: r for r in report["results"]}
     assert set(results) == {NAME, HOOKED, "vzfix-1-x86_64-default"}
-    assert [r["template"] for r in report["results"]][0] == NAME  # base sets first
+    assert report["results"][0]["template"] == NAME  # base sets first
     assert results[HOOKED]["status"] == "failed"
     assert "vzfix-break is installed" in results[HOOKED]["message"]
     assert results[NAME]["status"] in ("up-to-date", "updated", "rebuilt")
