@@ -17,6 +17,8 @@ packages=(
   rpm dnf createrepo-c
   # runtime
   runc tini busybox-static uidmap iproute2
+  # the shipped systemd units are checked with systemd-analyze
+  systemd
   # python
   python3 python3-venv python3-pip
   # the security tests build their attack tool (tests/security/attack.c) statically
