@@ -33,6 +33,25 @@ class DebRepo:
     packages: dict[str, str] = field(default_factory=dict)  # name -> newest version
 
 
+def add_local_suite(debian: Path, repo: DebRepo, sets: dict[str, str]) -> None:
+    """Make the Debian metadata in ``debian`` (a copy of metadata/debian) know the suite of
+    ``repo``: its key beside Debian's for release 12, a repository of it, a mirror ``vzlocal``
+    (VZLOCAL_MIRROR names its URL), and ``sets`` (name -> TOML)."""
+    (debian / "keys").mkdir(exist_ok=True)
+    shutil.copy(repo.key_file, debian / "keys" / "vzlocal.asc")
+    release = debian / "releases" / "12.toml"
+    release.write_text(
+        'keys = ["/usr/share/keyrings/debian-archive-keyring.gpg", "../keys/vzlocal.asc"]\n'
+        + release.read_text()
+        + f'\n[[repositories]]\nid = "local"\nmirror = "vzlocal"\nsuite = "{SUITE}"\n'
+        'components = ["main"]\n'
+    )
+    with (debian / "distribution.toml").open("a") as f:
+        f.write('\n[mirrors.vzlocal]\nurl = "http://127.0.0.1:9/not-set"\n')
+    for name, toml in sets.items():
+        (debian / "sets" / f"{name}.toml").write_text(toml)
+
+
 def build_deb(spec: DebSpec, where: Path) -> Path:
     stage = where / f"stage-{spec.name}-{spec.version}"
     (stage / "DEBIAN").mkdir(parents=True)

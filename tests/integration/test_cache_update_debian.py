@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.debfixture import SUITE, DebRepo, DebSpec, make_repo, publish
+from tests.debfixture import DebRepo, DebSpec, add_local_suite, make_repo, publish
 from tests.integration.conftest import REPO, VzHost, passable
 from tests.rpmfixture import RepoServer
 
@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.network]
 MINIMAL = "debian-12-x86_64-minimal"
 DEFAULT = "debian-12-x86_64-default"
 LOCAL = "debian-12-x86_64-localset"
+LOCALSET = 'summary = "local"\nbase = "minimal"\npackages = ["vzdeb-hello"]\n'
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +42,7 @@ def host(
     metadata = base / "metadata"
     debian = metadata / "debian"
     shutil.copytree(REPO / "metadata" / "debian", debian)
-    (debian / "keys").mkdir()
-    shutil.copy(deb_repo.key_file, debian / "keys" / "vzlocal.asc")
-    release = debian / "releases" / "12.toml"
-    release.write_text(
-        'keys = ["/usr/share/keyrings/debian-archive-keyring.gpg", "../keys/vzlocal.asc"]\n'
-        + release.read_text()
-        + f'\n[[repositories]]\nid = "local"\nmirror = "vzlocal"\nsuite = "{SUITE}"\n'
-        'components = ["main"]\n'
-    )
-    with (debian / "distribution.toml").open("a") as f:
-        f.write('\n[mirrors.vzlocal]\nurl = "http://127.0.0.1:9/not-set"\n')
-    (debian / "sets" / "localset.toml").write_text(
-        'summary = "local"\nbase = "minimal"\npackages = ["vzdeb-hello"]\n'
-    )
+    add_local_suite(debian, deb_repo, {"localset": LOCALSET})
     # The session host's package pool: packages the other tests downloaded are not fetched again.
     host = VzHost(base, base / "vzpkg.conf", base / "cache", base / "lock", metadata,
                   vzhost.pkgcache_dir)  # fmt: skip
