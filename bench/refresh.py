@@ -140,19 +140,16 @@ def main() -> None:
             sources = apt.host_apt_sources()
             debian = apt.find_host_mirror(sources, ["bookworm"])
             security = apt.find_host_mirror(sources, ["bookworm-security"])
-            env = host_conf(base / "nightly", REPO / "metadata", pkgcache,
-                            f'DEBIAN_MIRROR="{debian}"\nDEBIAN_SECURITY_MIRROR="{security}"\n')  # fmt: skip
-            only_debian = [str(BIN / "vzpkgcache"), "-q", "--json", "--all"]
-            names = [
-                n.name.removesuffix(".toml") for n in (REPO / "metadata/debian/sets").iterdir()
-            ]
+            mirrors = f'DEBIAN_MIRROR="{debian}"\nDEBIAN_SECURITY_MIRROR="{security}"\n'
+            env = host_conf(base / "nightly", REPO / "metadata", pkgcache, mirrors)
+            names = [n.stem for n in (REPO / "metadata" / "debian" / "sets").iterdir()]
             templates = [f"debian-{v}-x86_64-{s}" for v in ("11", "12", "13") for s in names]
             print(f"bench: building {len(templates)} Debian templates", file=sys.stderr)
             run([str(BIN / "vzpkgcache"), "-q", *templates], env)
             runs = []
             for _ in range(args.rounds):
-                seconds, out = run([str(BIN / "vzpkgcache"), "-q", "--json", *templates], env)
-                report = json.loads(out)
+                seconds, text = run([str(BIN / "vzpkgcache"), "-q", "--json", *templates], env)
+                report = json.loads(text)
                 assert all(r["status"] == "up-to-date" for r in report["results"]), report
                 runs.append(seconds)
             nightly = (statistics.median(runs), len(templates))
