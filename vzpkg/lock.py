@@ -25,26 +25,27 @@ log = logging.getLogger("vzpkg")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path, what: str = "lock directory", key: str = "LOCKDIR") -> None:
+    """``path`` exists as a directory root alone can write (made 0700 when missing)."""
     try:
         if not os.path.lexists(path):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = path.lstat()
     except OSError as e:
         raise VzError(
-            f"lock directory {path} cannot be made: {e.strerror}",
+            f"{what} {path} cannot be made: {e.strerror}",
             ExitCode.SYSTEM,
-            hint=f"LOCKDIR must name a directory (or a place for one) that root can write: {path}",
+            hint=f"{key} must name a directory (or a place for one) that root can write: {path}",
         ) from None
     if not stat.S_ISDIR(st.st_mode):
         raise VzError(
-            f"lock directory {path} is not a directory",
+            f"{what} {path} is not a directory",
             ExitCode.SYSTEM,
-            hint="set LOCKDIR in the host configuration to a directory, or remove what is there",
+            hint=f"set {key} in the host configuration to a directory, or remove what is there",
         )
     if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
         raise VzError(
-            f"lock directory {path} is writable by others or not owned by root",
+            f"{what} {path} is writable by others or not owned by root",
             ExitCode.SYSTEM,
             hint=f"chown root: {path} && chmod 700 {path}",
         )

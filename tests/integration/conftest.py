@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration import netharness
+from tests.rpmfixture import FixtureRepo, RepoServer, build_fixture_repo
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -221,6 +222,20 @@ def _loop_devices(base: str) -> set[str]:
     """Loop devices backed by the tests' files (VPS disks)."""
     proc = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
     return {line for line in proc.stdout.splitlines() if base in line}
+
+
+@pytest.fixture(scope="module")
+def fixture_repo(tmp_path_factory: pytest.TempPathFactory) -> FixtureRepo:
+    """The signed rpm fixture distribution (tests/rpmfixture.py), one per test module (a
+    module may define its own, with packages of its own)."""
+    return build_fixture_repo(tmp_path_factory.mktemp("rpmfixture"))
+
+
+@pytest.fixture(scope="module")
+def server(fixture_repo: FixtureRepo) -> Iterator[RepoServer]:
+    """``fixture_repo`` served on loopback for the module's tests."""
+    with RepoServer(fixture_repo.path) as srv:
+        yield srv
 
 
 def rpm_fixture_host(

@@ -43,17 +43,6 @@ def member_names(archive: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def fixture_repo(tmp_path_factory: pytest.TempPathFactory) -> FixtureRepo:
-    return build_fixture_repo(tmp_path_factory.mktemp("rpmfixture"))
-
-
-@pytest.fixture(scope="module")
-def server(fixture_repo: FixtureRepo) -> Iterator[RepoServer]:
-    with RepoServer(fixture_repo.path) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def rpmhost(
     tmp_path_factory: pytest.TempPathFactory, fixture_repo: FixtureRepo, server: RepoServer
 ) -> Iterator[VzHost]:

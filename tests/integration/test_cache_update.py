@@ -19,7 +19,6 @@ from tests.rpmfixture import (
     FixtureRepo,
     PackageSpec,
     RepoServer,
-    build_fixture_repo,
     build_rpm,
     refresh_repodata,
     release_spec,
@@ -35,17 +34,6 @@ HOOKED = "vzfix-1-x86_64-hooked"
 # A post-install hook that fails once the root has /etc/vzfix-break (a package the test
 # publishes brings it): the update of an otherwise good cache fails in its hooks.
 HOOK = '[ ! -e /etc/vzfix-break ] || { echo "vzfix-break is installed" >&2; exit 1; }\n'
-
-
-@pytest.fixture(scope="module")
-def fixture_repo(tmp_path_factory: pytest.TempPathFactory) -> FixtureRepo:
-    return build_fixture_repo(tmp_path_factory.mktemp("rpmfixture-update"))
-
-
-@pytest.fixture(scope="module")
-def server(fixture_repo: FixtureRepo) -> Iterator[RepoServer]:
-    with RepoServer(fixture_repo.path) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

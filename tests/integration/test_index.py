@@ -23,7 +23,6 @@ from tests.integration.conftest import VzHost, rpm_fixture_host, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
     RepoServer,
-    build_fixture_repo,
     build_rpm,
     generate_key,
     gnupg_session,
@@ -92,23 +91,12 @@ class IndexServer:
 
 
 @pytest.fixture(scope="module")
-def fixture_repo(tmp_path_factory: pytest.TempPathFactory) -> FixtureRepo:
-    return build_fixture_repo(tmp_path_factory.mktemp("rpmfixture-index"))
-
-
-@pytest.fixture(scope="module")
-def repo_server(fixture_repo: FixtureRepo) -> Iterator[RepoServer]:
-    with RepoServer(fixture_repo.path) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def operator(
-    tmp_path_factory: pytest.TempPathFactory, fixture_repo: FixtureRepo, repo_server: RepoServer
+    tmp_path_factory: pytest.TempPathFactory, fixture_repo: FixtureRepo, server: RepoServer
 ) -> Iterator[VzHost]:
     """The mirror operator's host: builds the caches, signs the index with the fixture's key."""
     base = tmp_path_factory.mktemp("operator")
-    host = rpm_fixture_host(base, fixture_repo.key_file, repo_server.url)
+    host = rpm_fixture_host(base, fixture_repo.key_file, server.url)
     with gnupg_session(fixture_repo.gnupg_home) as home:
         with host.conf.open("a") as f:
             f.write(f'INDEX_SIGNING_KEY="{fixture_repo.key_id}"\nINDEX_GNUPGHOME="{home}"\n')
@@ -133,11 +121,11 @@ def index_server(published: Path) -> Iterator[IndexServer]:
 
 @pytest.fixture
 def fleet(
-    tmp_path: Path, fixture_repo: FixtureRepo, repo_server: RepoServer, index_server: IndexServer
+    tmp_path: Path, fixture_repo: FixtureRepo, server: RepoServer, index_server: IndexServer
 ) -> Iterator[VzHost]:
     """A host of the fleet: the same metadata, no cache, the operator's index and key."""
     (tmp_path / "fleet").mkdir()
-    host = rpm_fixture_host(tmp_path / "fleet", fixture_repo.key_file, repo_server.url)
+    host = rpm_fixture_host(tmp_path / "fleet", fixture_repo.key_file, server.url)
     with host.conf.open("a") as f:
         f.write(f'TEMPLATE_INDEX="{index_server.url}"\n')
         f.write(f'TEMPLATE_INDEX_KEYS="{fixture_repo.key_file}"\n')
