@@ -65,3 +65,25 @@ class VzError(Exception):
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
+
+
+def network_reason(error: BaseException) -> str:
+    """What went wrong with a request, in a few words, not a library's exception chain."""
+    text = str(error)
+    for needle, reason in (
+        ("NameResolutionError", "the host name does not resolve"),
+        ("Name or service not known", "the host name does not resolve"),
+        ("Temporary failure in name resolution", "the host name does not resolve"),
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Read timed out", "timed out"),
+        ("Network is unreachable", "the network is unreachable"),
+        ("No route to host", "no route to the host"),
+        ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate does not verify"),
+        ("IncompleteRead", "the connection closed early"),
+        ("Connection reset", "the connection was reset"),
+        ("RemoteDisconnected", "the server closed the connection"),
+    ):
+        if needle in text:
+            return reason
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -56,6 +56,7 @@ class HostConfig:
     userns_pool_base: int = 1 << 30  # first host id of the VPSs' user namespace blocks
     userns_pool_size: int = 1 << 30  # how many ids the pool has (65536 per VPS)
     cache_keep_dated: int = 0  # dated copies of each cache kept beside -old (CACHE_KEEP_DATED)
+    cache_templates: tuple[str, ...] = ()  # what vzpkgcache --all makes: name patterns
     template_indexes: tuple[str, ...] = ()  # URLs of signed template indexes (TEMPLATE_INDEX)
     template_index_keys: tuple[str, ...] = ()  # keys an index must be signed with
     index_signing_key: str | None = None  # vzpkgcache publish signs with this gpg key

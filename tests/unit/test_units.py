@@ -34,10 +34,11 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
     assert proc.stderr == "", proc.stderr
 
 
-def test_the_timer_is_daily_randomised_and_catches_up() -> None:
-    timer = (UNITS / "vzpkgcache-refresh.timer").read_text()
-    assert "OnCalendar=*-*-* 01:00:00" in timer
-    assert "RandomizedDelaySec=" in timer and "Persistent=true" in timer
+def test_the_timers_are_daily_randomised_and_catch_up() -> None:
+    for name in ("vzpkgcache-refresh.timer", "vzpkgcache-fetch.timer"):
+        timer = (UNITS / name).read_text()
+        assert "OnCalendar=*-*-* 0" in timer
+        assert "RandomizedDelaySec=" in timer and "Persistent=true" in timer
 
 
 def test_the_service_runs_a_nightly_run_vzpkgcache_understands() -> None:
@@ -45,3 +46,9 @@ def test_the_service_runs_a_nightly_run_vzpkgcache_understands() -> None:
     assert Path(argv[0]).name == "vzpkgcache"
     ctx = main.make_context("vzpkgcache", argv[1:])
     assert ctx.params["every"] and ctx.params["as_json"] and ctx.params["timeout"] == "3600"
+
+
+def test_the_fleet_service_fetches_what_the_host_has() -> None:
+    argv = exec_line(UNITS / "vzpkgcache-fetch.service", "ExecStart")
+    ctx = main.make_context("vzpkgcache", argv[1:])
+    assert ctx.params["names"] == ("fetch",) and ctx.params["as_json"]

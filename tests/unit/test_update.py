@@ -103,7 +103,7 @@ def test_an_update_adds_drops_and_purges_what_the_metadata_says(
     assert plan.change.upgrade
     assert plan.change.install == ("iproute2", "iputils-ping", "netbase", "less")
     assert plan.change.drop == ("gone",)  # never-installed is not there to drop
-    assert why == "upstream changed; 4 package(s) added to the set; 1 dropped"
+    assert why == "upstream changed; 4 package(s) added to the set; 1 package(s) dropped from it"
 
     excluding = replace(t, exclude=("procps",))
     plan, _ = plan_build(excluding, store, UPSTREAM, no_parent, False)

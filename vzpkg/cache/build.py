@@ -51,6 +51,7 @@ class BuildResult:
     path: str | None = None  # bootstrap | update | parent
     changes: list[dict[str, str | None]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    hint: str | None = None  # what to do about a failure
 
 
 class Reporter:
@@ -233,12 +234,15 @@ def build_cache(
             manifest = _build_locked(template, host, family, store, report, fingerprints, plan)
     except VzError as e:
         report.phase(f"FAILED: {e}")
-        return BuildResult(template.name, "failed", str(e), int(e.code), seconds=seconds())
+        message = e.message.removeprefix(f"{template.name}: ")  # the report names it
+        return BuildResult(template.name, "failed", message, int(e.code), seconds=seconds(),
+                           hint=e.hint)  # fmt: skip
     size = manifest.archive.size
     status = "built" if existing is None else "updated" if how == "update" else "rebuilt"
+    changed = "" if how == "bootstrap" else f", {len(manifest.changes)} package change(s)"
     report.phase(
-        f"{status} {store.archive_path(template.name)} ({size / 2**20:.1f} MiB, "
-        f"{len(manifest.changes)} package change(s)) in {seconds():.1f} s"
+        f"{status} {store.archive_path(template.name)} ({size / 2**20:.1f} MiB{changed}) "
+        f"in {seconds():.1f} s"
     )
     return BuildResult(
         template.name,
@@ -328,7 +332,7 @@ def _build_locked(
         packages = family.installed_packages(root)
         report.phase(f"packing {len(packages)} packages")
         archive = workdir / "new.tar.zst"
-        last = [0.0]
+        last = [time.monotonic()]  # a line every 2 s of a long pack, none for a short one
 
         def on_bytes(done: int) -> None:
             if time.monotonic() - last[0] > 2:

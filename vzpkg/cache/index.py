@@ -36,7 +36,7 @@ from vzpkg import fsutil, lock, run
 from vzpkg.cache.archive import validate_archive
 from vzpkg.cache.manifest import Manifest, manifest_from_dict
 from vzpkg.cache.store import CacheStore
-from vzpkg.errors import ExitCode, VzError
+from vzpkg.errors import ExitCode, VzError, network_reason
 from vzpkg.hostconf import HostConfig
 
 INDEX = "index.json"
@@ -85,8 +85,9 @@ def publish(
 ) -> dict[str, Any]:
     """Write the caches ``names`` and an index of them into ``directory``; the index dict."""
     directory.mkdir(parents=True, exist_ok=True)
-    previous = _referenced(directory / INDEX)
-    entries = []
+    previous = _previous_entries(directory / INDEX)
+    was_signed = (directory / SIGNATURE).exists()
+    entries, lines = [], []
     for name in names:
         cache = store.usable(name)
         stem = f"{name}-{cache.sha256[:16]}"
@@ -112,11 +113,21 @@ def publish(
                 ),
             )
         )
-        say(f"{name}: {stem}.tar.zst ({m.archive.size / 2**20:.1f} MiB)")
+        lines.append(f"{name}: {stem}.tar.zst ({m.archive.size / 2**20:.1f} MiB)")
+    # Templates not named this time stay offered as they were (their files are still there).
+    named = {e.template for e in entries}
+    kept = [
+        e
+        for e in previous
+        if e.template not in named
+        and (directory / e.file).is_file()
+        and (directory / e.manifest).is_file()
+    ]
+    everything = sorted([*entries, *kept], key=lambda e: e.template)
     index = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "templates": [asdict(e) for e in sorted(entries, key=lambda e: e.template)],
+        "templates": [asdict(e) for e in everything],
     }
     data = (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
     if host.index_signing_key:
@@ -124,10 +135,15 @@ def publish(
         # fails closed and tries again (fetch_index), never the other way round unnoticed.
         fsutil.atomic_write(directory / SIGNATURE, _sign(data, host), 0o644)
     else:
+        if was_signed:
+            say(f"warning: {directory / INDEX} was signed and is not any more (no "
+                "INDEX_SIGNING_KEY): hosts with TEMPLATE_INDEX_KEYS will refuse it")  # fmt: skip
         with contextlib.suppress(FileNotFoundError):
             (directory / SIGNATURE).unlink()
     fsutil.atomic_write(directory / INDEX, data, 0o644)
-    keep = previous | {e.file for e in entries} | {e.manifest for e in entries}
+    for line in lines:
+        say(line)
+    keep = {n for e in [*previous, *everything] for n in (e.file, e.manifest)}
     for path in directory.iterdir():
         if path.suffix in (".zst", ".json") and path.name != INDEX and path.name not in keep:
             path.unlink()  # neither this index's nor the previous one's
@@ -135,12 +151,13 @@ def publish(
     return index
 
 
-def _referenced(index: Path) -> set[str]:
+def _previous_entries(path: Path) -> list[Entry]:
+    """The entries of the index a previous publish wrote in the directory (none if it is
+    missing or unreadable)."""
     try:
-        data = json.loads(index.read_text())
-        return {t[k] for t in data["templates"] for k in ("file", "manifest")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return list(parse_index(path.read_bytes(), str(path), signed=False).entries.values())
+    except (OSError, VzError):
+        return []
 
 
 def _put(source: Path, target: Path, sha256: str) -> None:
@@ -211,7 +228,8 @@ def _get(url: str, limit: int) -> bytes:
             return data
     except requests.RequestException as e:
         hint = "is the index server up and TEMPLATE_INDEX right?"
-        raise VzError(f"cannot reach {url}: {e}", ExitCode.UPSTREAM, hint=hint) from None
+        raise VzError(f"cannot reach {url}: {network_reason(e)}", ExitCode.UPSTREAM,
+                      hint=hint) from None  # fmt: skip
 
 
 def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None:
@@ -273,7 +291,7 @@ def fetch_index(url: str, host: HostConfig) -> Index:
         if not keys:
             return parse_index(data, url, signed=False)
         try:
-            verify(data, _get(url + ".asc", 1 << 20), keys, url)
+            verify(data, _signature(url), keys, url)
         except VzError:
             if attempt == 2:
                 raise
@@ -281,6 +299,18 @@ def fetch_index(url: str, host: HostConfig) -> Index:
             continue
         return parse_index(data, url, signed=True)
     raise AssertionError("unreachable")
+
+
+def _signature(url: str) -> bytes:
+    try:
+        return _get(url + ".asc", 1 << 20)
+    except VzError as e:
+        if "HTTP 404" not in e.message:
+            raise
+    raise VzError(f"{url} is not signed (no {url}.asc) and TEMPLATE_INDEX_KEYS requires a "
+                  "signature", ExitCode.SIGNATURE,
+                  hint="the operator sets INDEX_SIGNING_KEY and publishes again; nothing was "
+                  "fetched")  # fmt: skip
 
 
 def indexes(host: HostConfig) -> list[Index]:
@@ -301,10 +331,21 @@ def find(host: HostConfig, name: str) -> tuple[Index, Entry]:
                   "here")  # fmt: skip
 
 
-def fetch_cache(host: HostConfig, name: str, say: Say, *, lock_timeout: float = 0) -> str:
-    """Fetch ``name``'s cache from the first index that has it and publish it; "fetched" or
-    "up-to-date". Nothing is published unless everything checks out."""
+def fetch_cache(
+    host: HostConfig, name: str, say: Say, *, lock_timeout: float = 0
+) -> dict[str, str | int]:
+    """Fetch ``name``'s cache from the first index that has it and publish it; what was
+    done (status "fetched" or "up-to-date", the file, its size and sha256, the index).
+    Nothing is published unless everything checks out."""
     index, entry = find(host, name)
+    done: dict[str, str | int] = {
+        "template": name,
+        "status": "up-to-date",
+        "index": index.url,
+        "file": entry.file,
+        "size": entry.size,
+        "sha256": entry.sha256,
+    }
     if not index.signed:
         say(f"{name}: warning: {index.url} is not verified (TEMPLATE_INDEX_KEYS is empty)")
     store = CacheStore(host.cache_dir)
@@ -312,7 +353,7 @@ def fetch_cache(host: HostConfig, name: str, say: Say, *, lock_timeout: float = 
         local = store.info(name)
         if local is not None and local.manifest is not None and local.usable:
             if local.manifest.archive.sha256 == entry.sha256:
-                return "up-to-date"
+                return done
             if local.manifest.source_date_epoch > entry.source_date_epoch:
                 raise VzError(
                     f"{index.url} offers an older cache of {name} (upstream state of "
@@ -334,6 +375,7 @@ def fetch_cache(host: HostConfig, name: str, say: Say, *, lock_timeout: float = 
                 os.replace(part, archive)
             except OSError:
                 shutil.move(part, archive)
+            os.chmod(archive, 0o644)  # as a built cache
             if not index.signed:
                 # Signed: these are the bytes the operator's build validated before it
                 # published them; every unpack checks every member again in any case.
@@ -343,7 +385,7 @@ def fetch_cache(host: HostConfig, name: str, say: Say, *, lock_timeout: float = 
         finally:
             fsutil.remove_tree_safely(workdir)
     say(f"{name}: fetched {entry.file} ({entry.size / 2**20:.1f} MiB) from {index.base()}")
-    return "fetched"
+    return {**done, "status": "fetched"}
 
 
 def _date(epoch: int) -> str:
@@ -403,8 +445,9 @@ def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
             f.flush()
             got = os.fstat(fd).st_size
             hint = "try again: the part already fetched is kept and resumed"
+            why = network_reason(e)
             raise VzError(f"{url}: the download was cut after {got} of {entry.size} bytes "
-                          f"({e})", ExitCode.UPSTREAM, hint=hint) from None  # fmt: skip
+                          f"({why})", ExitCode.UPSTREAM, hint=hint) from None  # fmt: skip
         f.flush()
         size = os.fstat(fd).st_size
     if size < entry.size:

@@ -86,8 +86,8 @@ def plan_build(
             what = [
                 "upstream changed" if upgrade else "",
                 f"{len(change.install)} package(s) added to the set" if change.install else "",
-                f"{len(change.drop)} dropped" if change.drop else "",
-                f"{len(change.purge)} excluded" if change.purge else "",
+                f"{len(change.drop)} package(s) dropped from it" if change.drop else "",
+                f"{len(change.purge)} package(s) it excludes" if change.purge else "",
             ]
             reason = "; ".join(w for w in what if w) or "nothing to change"
             return Plan("update", own, change, reason), reason

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fnmatch
+import json
 import sys
 import time
 from dataclasses import asdict
@@ -122,6 +124,15 @@ def main(
     else:
         arch = host_arch()
         templates = [t for t in catalog.templates.values() if t.arch == arch]
+        if host.cache_templates:  # the operator's choice of what the nightly run makes
+            wanted = host.cache_templates
+            templates = [
+                t for t in templates if any(fnmatch.fnmatchcase(t.name, p) for p in wanted)
+            ]
+            if not templates:
+                raise VzError(f"CACHE_TEMPLATES={' '.join(host.cache_templates)} matches no "
+                              f"template of {arch}", ExitCode.TEMPLATE_NOT_FOUND,
+                              hint="vzpkgls lists the templates")  # fmt: skip
     if remove:
         store = CacheStore(host.cache_dir)
         removed = []
@@ -163,17 +174,20 @@ def main(
         for t in templates:
             emit = lambda line: click.echo(line, err=True)  # noqa: E731
             results.append(build_cache(t, host, options, emit, parent_of))
+    counts = summary(results)
     if as_json:
-        print_json({
+        report_json({
             "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
                 timespec="seconds"),
             "seconds": round(time.time() - started, 1),
-            "summary": summary(results),
+            "summary": counts,
             "results": [asdict(r) for r in results],
         })  # fmt: skip
     else:
         for r in results:
             click.echo(f"{r.template}: {describe(r)}")
+        if len(results) > 1:
+            click.echo(", ".join(f"{n} {status}" for status, n in counts.items() if n))
     sys.exit(exit_code_of(results))
 
 
@@ -205,16 +219,24 @@ def publish_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...],
 
 def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_json: bool,
                   seconds: float) -> int:  # fmt: skip
-    """vzpkgcache fetch NAME...: caches from the configured template indexes."""
-    if not args:
-        raise VzError("fetch needs template names", ExitCode.INVALID_ARGUMENT,
-                      hint="vzpkgls --remote lists what the indexes offer")  # fmt: skip
+    """vzpkgcache fetch [NAME...]: caches from the configured template indexes; without
+    names, every cache this host has that an index offers (a fleet host's nightly run)."""
+    if args:
+        names = [canonical_name(n, catalog) for n in args]
+    else:
+        store = CacheStore(host.cache_dir)
+        offered = {n for index in cache_index.indexes(host) for n in index.entries}
+        names = [n for n in sorted(catalog.templates) if n in offered and _usable(store, n)]
+        if not names:
+            raise VzError("this host has no cache that the template indexes offer",
+                          ExitCode.TEMPLATE_NOT_FOUND,
+                          hint="vzpkgcache fetch NAME...; vzpkgls --remote lists what they "
+                          "offer")  # fmt: skip
     results: list[dict[str, str | int]] = []
-    for name in [canonical_name(n, catalog) for n in args]:
+    for name in names:
         try:
-            status = cache_index.fetch_cache(host, name, lambda s: click.echo(s, err=True),
-                                             lock_timeout=seconds)  # fmt: skip
-            results.append({"template": name, "status": status})
+            results.append(cache_index.fetch_cache(
+                host, name, lambda s: click.echo(s, err=True), lock_timeout=seconds))  # fmt: skip
         except VzError as e:
             click.echo(f"vzpkgcache: {name}: {e.message}", err=True)
             if e.hint:
@@ -222,7 +244,7 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
             results.append({"template": name, "status": "failed", "message": e.message,
                             "code": int(e.code)})  # fmt: skip
     if as_json:
-        print_json({"results": results})
+        report_json({"results": results})
     else:
         for r in results:
             click.echo(f"{r['template']}: {r['status']}")
@@ -235,6 +257,15 @@ def _usable(store: CacheStore, name: str) -> bool:
     return info is not None and info.usable
 
 
+def report_json(data: object) -> None:
+    """A report: indented on a terminal, one line elsewhere (a journal or a log file gets one
+    line per run, which tools read line by line)."""
+    if sys.stdout.isatty():
+        print_json(data)
+    else:
+        click.echo(json.dumps(data, sort_keys=True))
+
+
 def summary(results: list[BuildResult]) -> dict[str, int]:
     counts = {s: 0 for s in ("up-to-date", "updated", "built", "rebuilt", "failed")}
     for r in results:
@@ -245,7 +276,7 @@ def summary(results: list[BuildResult]) -> dict[str, int]:
 def describe(r: BuildResult) -> str:
     """One line per template: what happened and why."""
     if r.status == "failed":
-        return f"failed: {r.message.splitlines()[0]}"
+        return f"failed (exit {r.code}): {r.message.splitlines()[0]}"
     if r.status == "up-to-date":
         return "up-to-date"
     changed = f", {len(r.changes)} package change(s)" if r.path != "bootstrap" else ""

@@ -117,6 +117,9 @@ def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
     store = CacheStore(host.cache_dir)
     rows: dict[str, dict[str, Any]] = {}
     for index in cache_index.indexes(host):
+        if not index.signed:
+            click.echo(f"vzpkgls: warning: {index.url} is not verified (TEMPLATE_INDEX_KEYS "
+                       "is empty)", err=True)  # fmt: skip
         for name, e in sorted(index.entries.items()):
             if name in rows or (arch and e.arch != arch):
                 continue
@@ -134,12 +137,17 @@ def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
     if as_json:
         print_json(list(rows.values()))
         return
+    if not long_:
+        for name in rows:
+            click.echo(name)
+        return
+    width = max((len(n) for n in rows), default=8)
+    click.echo(f"{'TEMPLATE':<{width}}  {'CREATED':<16}  {'SIZE':>9}  {'HERE':<7}  INDEX")
     for row in rows.values():
-        if not long_:
-            click.echo(row["name"])
-            continue
-        click.echo(f"{row['name']}  {row['created'][:16].replace('T', ' ')}  "
-                   f"{row['size'] / 2**20:.1f}M  here: {row['here']}  {row['index']}")  # fmt: skip
+        created = row["created"][:16].replace("T", " ")
+        size = f"{row['size'] / 2**20:.1f}M"
+        click.echo(f"{row['name']:<{width}}  {created:<16}  {size:>9}  {row['here']:<7}  "
+                   f"{row['index']}")  # fmt: skip
 
 
 def list_installed(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from vzpkg import run
-from vzpkg.errors import ExitCode, VzError
+from vzpkg.errors import ExitCode, VzError, network_reason
 from vzpkg.hostconf import HostConfig
 from vzpkg.metadata.model import Template
 from vzpkg.pkgmgr import apt
@@ -107,6 +107,10 @@ class Family(ABC):
 
     name: ClassVar[str]
     registry: ClassVar[dict[str, type[Family]]] = {}
+    # Where a user points the template at another mirror.
+    mirror_hint: ClassVar[str] = (
+        "check the mirror (--mirror NAME=URL or <NAME>_MIRROR in the host configuration)"
+    )
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,9 +166,9 @@ class Family(ABC):
             response = requests.get(url, timeout=FETCH_TIMEOUT)
         except requests.RequestException as e:
             raise VzError(
-                f"{self.template.name}: cannot reach {url}: {e}",
+                f"{self.template.name}: cannot reach {url}: {network_reason(e)}",
                 ExitCode.UPSTREAM,
-                hint="check the mirror (--mirror, the host configuration or apt sources)",
+                hint=self.mirror_hint,
             ) from None
         if response.status_code != 200:
             raise VzError(

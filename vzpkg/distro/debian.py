@@ -52,6 +52,10 @@ def diagnose_apt(lines: list[str]) -> Diagnosis | None:
 
 class Debian(Family):
     name = "deb"
+    mirror_hint = (
+        "check the mirror (the host's apt sources, --mirror NAME=URL or <NAME>_MIRROR in the "
+        "host configuration)"
+    )
 
     # -- where things come from -------------------------------------------------------------
 
