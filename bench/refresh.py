@@ -14,6 +14,7 @@ own on loopback (tests/debfixture.py) where one package changes each round. Medi
                 (11, 12, 13 x minimal, default, systemd; the host's mirror serves all suites)
   fetch         vzpkgcache fetch of default from a signed index on loopback, into an empty host
   curl          curl -o of the same file from the same server
+  ... 1G        the same, the server sending at most 110 MiB/s (what a 1 Gbit/s link carries)
 
 Goals: update/rebuild <= 0.3, from parent/bootstrap <= 0.3, nightly < 1 s per template,
 fetch/curl <= 1.2.
@@ -22,6 +23,7 @@ fetch/curl <= 1.2.
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import os
 import shutil
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +43,55 @@ from tests.rpmfixture import RepoServer, gnupg_session  # noqa: E402
 from vzpkg.pkgmgr import apt  # noqa: E402
 
 BIN = Path(sys.executable).parent
+LINK_RATE = 110 * 2**20  # bytes per second: what a 1 Gbit/s link carries
+
+
+class RateServer:
+    """A directory on loopback, each response sent at ``rate`` bytes per second at most
+    (None: as fast as it goes), with byte ranges."""
+
+    def __init__(self, root: Path, rate: int | None) -> None:
+        outer = self
+        self.root, self.rate = root, rate
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = outer.root / self.path.lstrip("/")
+                if not path.is_file() or ".." in self.path:
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                start = time.monotonic()
+                for offset in range(0, len(data), 1 << 20):
+                    self.wfile.write(data[offset : offset + (1 << 20)])
+                    if outer.rate:
+                        ahead = (offset + (1 << 20)) / outer.rate - (time.monotonic() - start)
+                        if ahead > 0:
+                            time.sleep(ahead)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> RateServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
 LOCAL = "debian-12-x86_64-localset"
 MINIMAL = "debian-12-x86_64-minimal"
 DEFAULT = "debian-12-x86_64-default"
@@ -85,7 +137,8 @@ def main() -> None:
 
     base = Path(tempfile.mkdtemp(prefix="vzpkg-bench-refresh-"))
     times: dict[str, list[float]] = {k: [] for k in (
-        "update", "rebuild", "from parent", "bootstrap", "fetch", "curl")}  # fmt: skip
+        "update", "rebuild", "from parent", "bootstrap", "fetch", "curl", "fetch 1G",
+        "curl 1G")}  # fmt: skip
     try:
         repo = make_repo(base / "debrepo")
         publish(repo, DebSpec("vzdeb-hello", "1.0", {"/usr/share/vzdeb/hello": "1.0\n"}))
@@ -119,20 +172,21 @@ def main() -> None:
 
             pub = base / "pub"
             run([str(BIN / "vzpkgcache"), "publish", str(pub), DEFAULT], env)
-            with RepoServer(pub) as index:
-                entry = json.loads((pub / "index.json").read_text())["templates"][0]
-                for n in range(args.rounds):
-                    fleet = host_conf(base / f"fleet{n}", metadata, base / f"fleet{n}" / "pkg",
-                                      f'TEMPLATE_INDEX="{index.url}/index.json"\n'
-                                      f'TEMPLATE_INDEX_KEYS="{repo.key_file}"\n')  # fmt: skip
-                    times["fetch"].append(
-                        run([str(BIN / "vzpkgcache"), "fetch", DEFAULT], fleet)[0]
-                    )
-                    out = base / f"curl{n}.tar.zst"
-                    url = f"{index.url}/{entry['file']}"
-                    times["curl"].append(run(["curl", "-sSf", "-o", str(out), url], fleet)[0])
-                    out.unlink()
-                    shutil.rmtree(base / f"fleet{n}")
+            entry = json.loads((pub / "index.json").read_text())["templates"][0]
+            for rate, label in ((None, ""), (LINK_RATE, " 1G")):
+                with RateServer(pub, rate) as index:
+                    for n in range(args.rounds):
+                        fleet = host_conf(base / f"fleet{n}", metadata, base / f"fleet{n}" / "p",
+                                          f'TEMPLATE_INDEX="{index.url}/index.json"\n'
+                                          f'TEMPLATE_INDEX_KEYS="{repo.key_file}"\n')  # fmt: skip
+                        fetch = [str(BIN / "vzpkgcache"), "fetch", DEFAULT]
+                        times[f"fetch{label}"].append(run(fetch, fleet)[0])
+                        out = base / f"curl{n}.tar.zst"
+                        url = f"{index.url}/{entry['file']}"
+                        curl = ["curl", "-sSf", "-o", str(out), url]
+                        times[f"curl{label}"].append(run(curl, fleet)[0])
+                        out.unlink()
+                        shutil.rmtree(base / f"fleet{n}")
             size = entry["size"]
 
         nightly = None
@@ -168,6 +222,8 @@ def main() -> None:
                   f"{seconds / count:.2f} s each  (goal < 1 s each)")  # fmt: skip
         print(f"fetch / curl              {med['fetch'] / med['curl']:.2f}  (goal <= 1.20; "
               f"{size / 2**20:.0f} MiB, curl {size / 2**20 / med['curl']:.0f} MiB/s)")  # fmt: skip
+        print(f"fetch / curl at 1 Gbit/s  {med['fetch 1G'] / med['curl 1G']:.2f}  (the server "
+              f"sends {LINK_RATE / 2**20:.0f} MiB/s)")  # fmt: skip
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -63,6 +63,12 @@ class HostConfig:
     index_gnupghome: str | None = None  # the gpg home holding it (default: gpg's own)
     source: str = "built-in defaults"
 
+    @property
+    def validated_dir(self) -> Path:
+        """Where the caches checked in full are remembered (cache.archive.unpack_archive):
+        root-only, and in RUN_DIR, so that a reboot forgets them."""
+        return self.run_dir / "validated"
+
     def mirror(self, name: str) -> str | None:
         return self.mirrors.get(name)
 

@@ -50,7 +50,7 @@ def host(
         host.conf.write_text(
             f'METADATA_DIR="{metadata}"\nCACHE_DIR="{host.cache_dir}"\n'
             f'LOCKDIR="{vzhost.lock_dir}"\nPKGCACHE_DIR="{host.pkgcache_dir}"\n'
-            f'VZLOCAL_MIRROR="{server.url}"\n'
+            f'VZLOCAL_MIRROR="{server.url}"\nRUN_DIR="{base / "run"}"\n'
         )
         yield host
     shutil.rmtree(base, ignore_errors=True)

@@ -431,6 +431,15 @@ def _validated(
         return None
 
 
+def remember_validated(
+    directory: Path, archive: Path, sha256: str, members: int, size: int
+) -> None:
+    """Record that ``archive`` (as it is now) was checked in full, as an unpack with
+    ``validated=directory`` would: the caller validated these very bytes and moved them
+    here, so the first unpack (an update, a VPS's tree) skips the check."""
+    _remember(directory, sha256, archive.stat(), UnpackResult(members, size))
+
+
 def _remember(directory: Path, sha256: str, st: os.stat_result, result: UnpackResult) -> None:
     record = {"file": _identity(st), "members": result.members, "size": result.uncompressed_size}
     try:

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vzpkg import fsutil, lock, run
-from vzpkg.cache.archive import pack_tree, unpack_archive, validate_archive
+from vzpkg.cache.archive import (
+    pack_tree,
+    remember_validated,
+    unpack_archive,
+    validate_archive,
+)
 from vzpkg.cache.freshness import staleness
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore, remove_tree_safely
@@ -281,7 +286,7 @@ def _make_root(
                 plan.start.archive,
                 root,
                 expected_sha256=plan.start.sha256,
-                validated=host.run_dir / "validated",  # as vzctl create remembers checks
+                validated=host.validated_dir,
             )
     pkgcache = host.pkgcache_dir / pkgcache_key(template)
     pkgcache.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -380,6 +385,8 @@ def _build_locked(
             changes=changes(plan.start.manifest.packages, packages) if plan else (),
         )
         store.publish(template.name, archive, manifest)
+        remember_validated(host.validated_dir, store.archive_path(template.name),
+                           packed.sha256, packed.members, packed.uncompressed_size)  # fmt: skip
         for path in store.keep_dated(template.name, manifest, host.cache_keep_dated):
             report.detail(f"removed {path} (CACHE_KEEP_DATED={host.cache_keep_dated})")
         return manifest

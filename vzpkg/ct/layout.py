@@ -273,9 +273,7 @@ def create_private(
     space = disk_of.space if disk_of is not None else None
     size = None if space is None else (space, disk_of.inodes if disk_of else None)
     if layout == "plain":
-        _create_plain(
-            number, cache_archive, sha, private, tmp, userns, trees.validated_dir(host), size
-        )
+        _create_plain(number, cache_archive, sha, private, tmp, userns, host.validated_dir, size)
     else:
         _create_overlay(host, number, cache_archive, sha, private, tmp, userns, size)
 

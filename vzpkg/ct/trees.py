@@ -46,12 +46,6 @@ def sha_valid(sha256: str) -> str:
     return sha256
 
 
-def validated_dir(host: HostConfig) -> Path:
-    """Where the caches checked in full are remembered (see cache.archive.unpack_archive):
-    root-only, and in RUN_DIR, so that a reboot forgets them."""
-    return host.run_dir / "validated"
-
-
 def tree_path(host: HostConfig, sha256: str) -> Path:
     return host.trees_dir / sha_valid(sha256)
 
@@ -153,7 +147,7 @@ def _make_tree(host: HostConfig, archive: Path, sha: str, tree: Path) -> None:
         mkdir_mode(tmp / "refs", 0o700)
         from vzpkg.cache.archive import unpack_archive
 
-        unpack_archive(archive, tmp / "root", expected_sha256=sha, validated=validated_dir(host))
+        unpack_archive(archive, tmp / "root", expected_sha256=sha, validated=host.validated_dir)
         syncfs(tmp)
         os.chown(tmp, 0, 0)
         # Root's only: the tree holds the template's setuid-root programs, with host uid 0.
