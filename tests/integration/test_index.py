@@ -185,11 +185,13 @@ def test_publish_writes_a_signed_index_of_the_caches(operator: VzHost, published
 def test_fetch_publishes_the_operators_cache(operator: VzHost, fleet: VzHost) -> None:
     code, data, err = fetch(fleet, NAME)
     assert code == 0, err
-    assert data["results"] == [{"template": NAME, "status": "fetched"}]
+    entry = data["results"][0]
+    assert (entry["template"], entry["status"]) == (NAME, "fetched")
+    assert entry["sha256"] == sha256(operator.archive(NAME))
     assert sha256(fleet.archive(NAME)) == sha256(operator.archive(NAME))
     assert fleet.manifest(NAME) == operator.manifest(NAME)
     assert fleet.leftovers() == []
-    assert not list((fleet.pkgcache_dir / "fetch").iterdir())
+    assert not list((fleet.pkgcache_dir / "fetch").glob("*.part"))
     # Fetched again: nothing to do. And a build finds it current.
     assert fetch(fleet, NAME)[1]["results"][0]["status"] == "up-to-date"
     assert fleet.build(NAME)["status"] == "up-to-date"
@@ -268,7 +270,7 @@ def test_a_cache_that_is_not_the_indexed_one_is_refused(
     assert code == 202, err
     assert "not the cache the index names" in err
     nothing_left(fleet, NAME)
-    assert not list((fleet.pkgcache_dir / "fetch").iterdir())  # a wrong file is not resumed
+    assert not list((fleet.pkgcache_dir / "fetch").glob("*.part"))  # a wrong file is not resumed
 
 
 def test_a_cut_download_is_refused_then_resumed(fleet: VzHost, published: Path) -> None:
@@ -314,3 +316,43 @@ def test_an_index_older_than_the_local_cache_is_refused(
     assert "offers an older cache" in err
     assert sha256(fleet.archive(NAME)) == before
     assert fleet.leftovers() == []
+
+
+def test_a_named_publish_keeps_the_others_and_fetch_refreshes_the_hosts_caches(
+    operator: VzHost, published: Path, fleet: VzHost
+) -> None:
+    assert fetch(fleet, NAME)[0] == 0
+    proc = operator.run("vzpkgcache", "publish", str(published), DEFAULT)
+    assert proc.returncode == 0, proc.stderr
+    offered = {t["template"] for t in json.loads((published / "index.json").read_text())[
+        "templates"]}  # fmt: skip
+    assert offered == {NAME, DEFAULT}
+    # No name: what this host has (NAME), not what it lacks (DEFAULT).
+    code, data, err = fetch(fleet)
+    assert code == 0, err
+    assert [(r["template"], r["status"]) for r in data["results"]] == [(NAME, "up-to-date")]
+
+
+def test_a_replayed_older_index_is_refused(
+    fleet: VzHost, published: Path, tmp_path: Path, fixture_repo: FixtureRepo
+) -> None:
+    assert fetch(fleet, NAME)[0] == 0  # the host has read the current index
+    path = variant(published, tmp_path)
+    index = json.loads((path / "index.json").read_text())
+    index["created"] = "2000-01-01T00:00:00+00:00"
+    (path / "index.json").write_text(json.dumps(index))
+    (path / "index.json.asc").unlink()
+    with gnupg_session(fixture_repo.gnupg_home) as home:  # signed by the operator's key
+        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--armor", "--local-user",
+                        fixture_repo.key_id, "--detach-sign", "--output",
+                        str(path / "index.json.asc"), str(path / "index.json")],
+                       check=True, capture_output=True)  # fmt: skip
+    with IndexServer(path) as srv:
+        url = f"http://127.0.0.1:{srv.server.server_address[1]}/index.json"
+        seen = fleet.pkgcache_dir / "fetch" / "seen.json"
+        # The same URL as the one read before: the host's record says what it saw there.
+        record = json.loads(seen.read_text())
+        seen.write_text(json.dumps({url: next(iter(record.values()))}))
+        code, _, err = fetch(fleet, NAME, env=with_index(fleet, url))
+    assert code == 202, err
+    assert "replayed or rolled back" in err

@@ -69,7 +69,7 @@ def test_dnf_conf_and_argv_keep_everything_on_the_host(tmp_path: Path) -> None:
     for key, sub in (("reposdir", "r"), ("varsdir", "v"), ("cachedir", "c")):
         assert f"--setopt={key}={tmp_path / sub}" in argv
     assert "--forcearch=x86_64" not in argv
-    assert argv[-3:] == ["install", "bash", "rpm"]
+    assert argv[-4:] == ["install", "--", "bash", "rpm"]  # a package named -x is no option
     other = dnf.dnf_install_argv(
         root=tmp_path,
         config=tmp_path,

@@ -174,6 +174,24 @@ def test_the_build_roots_pid_1_stays_outside_it() -> None:
     assert "--net" not in in_root_argv(Path("/r"), ["true"])
 
 
+def test_a_stalling_server_meets_a_deadline() -> None:
+    import socket
+    import time
+
+    left, right = socket.socketpair()
+    start = time.monotonic()
+    stall = index._deadline(0.3, "http://slow/index.json")
+    with left, right, pytest.raises(VzError, match="no answer within"), stall:
+        left.recv(1)  # nothing ever comes
+    assert time.monotonic() - start < 2
+
+
+def test_a_key_file_without_a_key_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(VzError, match="holds no OpenPGP public key") as e:
+        index._public_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\ngarbage\n", "k.asc", tmp_path)
+    assert e.value.code == 10
+
+
 def index_entry(**overrides: object) -> dict[str, object]:
     entry: dict[str, object] = {
         "template": MINIMAL, "file": "m.tar.zst", "size": 1, "sha256": "a" * 64,
@@ -188,10 +206,17 @@ def index_entry(**overrides: object) -> dict[str, object]:
     "entry",
     [
         index_entry(file="../../etc/passwd"),
+        index_entry(sha256="../../../outside/evil"),
+        index_entry(manifest_sha256="B" * 64),
+        index_entry(template="x\n\x1b[31mfake"),
+        index_entry(size=10**15),
+        index_entry(source_date_epoch="1"),
+        index_entry(created=1),
         index_entry(manifest=".hidden.json"),
         index_entry(size=-1),
         index_entry(size="1"),
         {"template": MINIMAL},
+        [],
     ],
 )
 def test_an_index_naming_files_elsewhere_or_malformed_is_refused(

@@ -22,12 +22,15 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +41,7 @@ from vzpkg.cache.manifest import Manifest, manifest_from_dict
 from vzpkg.cache.store import CacheStore
 from vzpkg.errors import ExitCode, VzError, network_reason
 from vzpkg.hostconf import HostConfig
+from vzpkg.pkgmgr.installed import printable
 
 INDEX = "index.json"
 SIGNATURE = "index.json.asc"
@@ -208,6 +212,33 @@ def _sign(data: bytes, host: HostConfig) -> bytes:
 # -- fetching ---------------------------------------------------------------------------------
 
 
+REQUEST_DEADLINE = 120  # seconds for an index, a signature or a manifest, whole
+MIN_RATE = 256 << 10  # bytes per second a cache download must average (it resumes later)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, what: str) -> Iterator[None]:
+    """At most ``seconds`` for the block, whatever a server does (a byte every 29 s keeps
+    each read within its timeout): SIGALRM interrupts the blocked read. Main thread only;
+    elsewhere the block runs with the per-read timeouts alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise VzError(f"{what}: no answer within {seconds:.0f} s", ExitCode.UPSTREAM,
+                      hint="the server is too slow or stalls; try again (a cache download "
+                      "resumes where it stopped)")  # fmt: skip
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def index_url(url: str) -> str:
     return url if url.endswith(".json") else url.rstrip("/") + "/" + INDEX
 
@@ -216,20 +247,36 @@ def _get(url: str, limit: int) -> bytes:
     import requests  # only fetches need it
 
     try:
-        with requests.get(url, timeout=TIMEOUT, stream=True) as response:
-            if response.status_code != 200:
-                raise VzError(f"{url}: HTTP {response.status_code}", ExitCode.UPSTREAM,
+        with _deadline(REQUEST_DEADLINE, url), requests.get(url, timeout=TIMEOUT, stream=True) as r:
+            if r.status_code != 200:
+                raise VzError(f"{url}: HTTP {r.status_code}", ExitCode.UPSTREAM,
                               hint="is TEMPLATE_INDEX right?")  # fmt: skip
             data = b""
-            for chunk in response.iter_content(65536):
+            for chunk in r.iter_content(65536):
                 data += chunk
                 if len(data) > limit:
                     raise VzError(f"{url}: larger than {limit} bytes", ExitCode.ARCHIVE)
             return data
-    except requests.RequestException as e:
+    except (requests.RequestException, ValueError) as e:  # ValueError: a malformed redirect
         hint = "is the index server up and TEMPLATE_INDEX right?"
         raise VzError(f"cannot reach {url}: {network_reason(e)}", ExitCode.UPSTREAM,
                       hint=hint) from None  # fmt: skip
+
+
+def _public_key(raw: bytes, name: str, work: Path) -> bytes:
+    """The binary OpenPGP key of the file ``name`` (armored or not), or a configuration error
+    naming it: a file that holds no key must not read as a bad signature."""
+    if b"-----BEGIN PGP" in raw:
+        proc = run.run(["gpg", "--batch", "--dearmor"], input=raw[raw.index(b"-----BEGIN PGP"):],
+                       stdout=-1, env={"GNUPGHOME": str(work)}, check=False)  # fmt: skip
+        raw = proc.stdout if proc.returncode == 0 else b""
+    shown = run.run(["gpg", "--batch", "--with-colons", "--show-keys"], input=raw, stdout=-1,
+                    env={"GNUPGHOME": str(work)}, check=False)  # fmt: skip
+    if not raw or shown.returncode != 0 or b"\npub:" not in b"\n" + shown.stdout:
+        raise VzError(f"TEMPLATE_INDEX_KEYS: {name} holds no OpenPGP public key",
+                      ExitCode.CONFIG, hint="name the operator's public key files (gpg --export "
+                      "[--armor] KEY)")  # fmt: skip
+    return raw
 
 
 def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None:
@@ -246,11 +293,7 @@ def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None
                 except OSError as e:
                     raise VzError(f"TEMPLATE_INDEX_KEYS: cannot read {key}: {e.strerror}",
                                   ExitCode.CONFIG) from None  # fmt: skip
-                if raw.lstrip().startswith(b"-----BEGIN PGP"):
-                    proc = run.run(["gpg", "--batch", "--dearmor"], input=raw, stdout=-1,
-                                   env={"GNUPGHOME": str(work)}, check=False)  # fmt: skip
-                    raw = proc.stdout
-                out.write(raw)
+                out.write(_public_key(raw, key, work))
         (work / "data").write_bytes(data)
         (work / "data.asc").write_bytes(signature)
         proc = run.run(["gpgv", "--keyring", str(keyring), str(work / "data.asc"),
@@ -263,23 +306,57 @@ def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None
         )
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TEMPLATE = re.compile(r"[a-z][a-z0-9]*-[A-Za-z0-9._]+-[a-z0-9_]+-[a-z][a-z0-9_]*")
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.(tar\.zst|json)")
+MAX_CACHE = 64 << 30  # bytes: no cache comes near; a bigger "size" is refused unread
+
+
+def _entry(raw: object) -> Entry:
+    """One index entry, every field of the type and shape it must have: the index is read
+    from the network, maybe unsigned, and names local paths (the part file is its sha256)."""
+    if not isinstance(raw, dict):
+        raise ValueError("an entry is not an object")
+    want: dict[str, type] = {"template": str, "file": str, "size": int, "sha256": str,
+                             "manifest": str, "manifest_sha256": str, "created": str,
+                             "source_date_epoch": int, "family": str, "arch": str}  # fmt: skip
+    for key, kind in want.items():
+        if type(raw.get(key)) is not kind:
+            raise ValueError(f"{key} is not a {kind.__name__}")
+    checks = (
+        (_TEMPLATE, "template"),
+        (_FILE, "file"),
+        (_FILE, "manifest"),
+        (_HEX64, "sha256"),
+        (_HEX64, "manifest_sha256"),
+    )
+    for pattern, key in checks:
+        if not pattern.fullmatch(raw[key]) or len(raw[key]) > 200:
+            raise ValueError(f"{key} {printable(raw[key][:80].encode())!r}")
+    if not 0 < raw["size"] <= MAX_CACHE or raw["source_date_epoch"] < 0:
+        raise ValueError(f"size {raw['size']} or source_date_epoch {raw['source_date_epoch']}")
+    upstream = raw.get("upstream", [])
+    if not isinstance(upstream, list) or not all(isinstance(u, dict) for u in upstream):
+        raise ValueError("upstream is not a list of objects")
+    return Entry(**{k: raw[k] for k in want}, upstream=tuple(upstream))
+
+
 def parse_index(data: bytes, url: str, signed: bool) -> Index:
     try:
         raw = json.loads(data)
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"unsupported format {raw.get('format')!r}")
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ValueError(
+                f"unsupported format {raw.get('format') if isinstance(raw, dict) else raw!r}"
+            )
+        if not isinstance(raw["created"], str) or not isinstance(raw["templates"], list):
+            raise ValueError("no created date or no templates")
         entries = {}
         for t in raw["templates"]:
-            entry = Entry(**{**t, "upstream": tuple(t.get("upstream", ()))})
-            for name in (entry.file, entry.manifest):
-                if "/" in name or name.startswith(".") or not name:
-                    raise ValueError(f"file name {name!r}")
-            if not isinstance(entry.size, int) or entry.size < 0:
-                raise ValueError(f"size {entry.size!r}")
+            entry = _entry(t)
             entries[entry.template] = entry
-        return Index(url, str(raw["created"]), entries, signed)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise VzError(f"{url}: not a template index ({e})", ExitCode.ARCHIVE) from None
+        return Index(url, raw["created"], entries, signed)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise VzError(f"{url}: not a template index ({str(e)[:200]})", ExitCode.ARCHIVE) from None
 
 
 def fetch_index(url: str, host: HostConfig) -> Index:
@@ -314,21 +391,67 @@ def _signature(url: str) -> bytes:
 
 
 def indexes(host: HostConfig) -> list[Index]:
+    """Every configured index, in order; one that cannot be read stops the listing."""
+    _require_indexes(host)
+    return [fetch_index(url, host) for url in host.template_indexes]
+
+
+def _require_indexes(host: HostConfig) -> None:
     if not host.template_indexes:
         raise VzError("no template index is configured", ExitCode.CONFIG,
                       hint='set TEMPLATE_INDEX="https://..." in the host configuration '
                       "(and TEMPLATE_INDEX_KEYS)")  # fmt: skip
-    return [fetch_index(url, host) for url in host.template_indexes]
 
 
-def find(host: HostConfig, name: str) -> tuple[Index, Entry]:
-    for index in indexes(host):
+def find(host: HostConfig, name: str, say: Say) -> tuple[Index, Entry]:
+    """The first index that offers ``name``; an index that cannot be read is passed over
+    (with a warning) when a later one offers it."""
+    _require_indexes(host)
+    failures: list[VzError] = []
+    for url in host.template_indexes:
+        try:
+            index = fetch_index(url, host)
+        except VzError as e:
+            failures.append(e)
+            continue
         if name in index.entries:
+            for failure in failures:
+                say(f"warning: {failure.message}")
             return index, index.entries[name]
+    if failures:
+        raise failures[0]
     raise VzError(f"no cache of {name} in the configured template indexes",
                   ExitCode.TEMPLATE_NOT_FOUND,
                   hint=f"vzpkgls --remote lists what they offer; vzpkgcache {name} builds it "
                   "here")  # fmt: skip
+
+
+def is_older(entry: Entry, manifest: Manifest) -> bool:
+    """Whether the index's cache is older than the local one: the upstream state it was
+    built from, then when it was built."""
+    return (entry.source_date_epoch, entry.created) < (manifest.source_date_epoch,
+                                                       manifest.created)  # fmt: skip
+
+
+def _remember_index(host: HostConfig, index: Index) -> None:
+    """Refuse an index older than one seen before from the same URL (a replayed one would
+    otherwise hold a host at old caches for ever); remember this one's date."""
+    where = host.pkgcache_dir / "fetch"
+    lock.ensure_private_dir(where, "download directory", "PKGCACHE_DIR")
+    path = where / "seen.json"
+    try:
+        seen = json.loads(path.read_text())
+        seen = seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        seen = {}
+    newest = seen.get(index.url)
+    if isinstance(newest, str) and index.created < newest:
+        raise VzError(f"{index.url} is older ({index.created}) than the index this host read "
+                      f"there before ({newest}): replayed or rolled back", ExitCode.SIGNATURE,
+                      hint=f"if the operator rolled it back on purpose, remove {path}")  # fmt: skip
+    if newest != index.created:
+        seen[index.url] = index.created
+        fsutil.atomic_write(path, json.dumps(seen, sort_keys=True).encode(), 0o600)
 
 
 def fetch_cache(
@@ -337,7 +460,7 @@ def fetch_cache(
     """Fetch ``name``'s cache from the first index that has it and publish it; what was
     done (status "fetched" or "up-to-date", the file, its size and sha256, the index).
     Nothing is published unless everything checks out."""
-    index, entry = find(host, name)
+    index, entry = find(host, name, say)
     done: dict[str, str | int] = {
         "template": name,
         "status": "up-to-date",
@@ -350,11 +473,13 @@ def fetch_cache(
         say(f"{name}: warning: {index.url} is not verified (TEMPLATE_INDEX_KEYS is empty)")
     store = CacheStore(host.cache_dir)
     with lock.locked(host.lock_dir, f"cache-{name}", timeout=lock_timeout, what=f"cache {name}"):
+        _remember_index(host, index)
+        _sweep_parts(host.pkgcache_dir / "fetch", index)
         local = store.info(name)
         if local is not None and local.manifest is not None and local.usable:
             if local.manifest.archive.sha256 == entry.sha256:
                 return done
-            if local.manifest.source_date_epoch > entry.source_date_epoch:
+            if is_older(entry, local.manifest):
                 raise VzError(
                     f"{index.url} offers an older cache of {name} (upstream state of "
                     f"{_date(entry.source_date_epoch)}) than this host has "
@@ -388,6 +513,15 @@ def fetch_cache(
     return {**done, "status": "fetched"}
 
 
+def _sweep_parts(where: Path, index: Index) -> None:
+    """Parts of downloads this index no longer offers: they would never be resumed."""
+    wanted = {f"{e.sha256}.part" for e in index.entries.values()}
+    for part in where.glob("*.part"):
+        if part.name not in wanted:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+
 def _date(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -418,6 +552,12 @@ def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
     # Root's alone: nobody else plants a file or a link there.
     lock.ensure_private_dir(where, "download directory", "PKGCACHE_DIR")
     part = where / f"{entry.sha256}.part"
+    assert part.parent == where and _HEX64.fullmatch(entry.sha256)  # checked by _entry
+    free = shutil.disk_usage(where).free
+    if free < entry.size + (256 << 20):
+        raise VzError(f"{entry.template}: {entry.size / 2**20:.0f} MiB to download and "
+                      f"{free / 2**20:.0f} MiB free in {where}", ExitCode.FAILURE,
+                      hint="make room in PKGCACHE_DIR; nothing was fetched")  # fmt: skip
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "r+b") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -428,9 +568,13 @@ def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
         while chunk := f.read(min(1 << 20, have - f.tell())):
             digest.update(chunk)
         headers = {"Range": f"bytes={have}-"} if 0 < have < entry.size else {}
+        allowed = REQUEST_DEADLINE + (entry.size - have) / MIN_RATE
         try:
             if have < entry.size:
-                with requests.get(url, timeout=TIMEOUT, stream=True, headers=headers) as answer:
+                with (
+                    _deadline(allowed, url),
+                    requests.get(url, timeout=TIMEOUT, stream=True, headers=headers) as answer,
+                ):
                     if answer.status_code == 200:
                         have, digest = 0, hashlib.sha256()
                         f.seek(0)
@@ -441,9 +585,12 @@ def _download(url: str, entry: Entry, where: Path, say: Say) -> Path:
                     if have:
                         say(f"{entry.template}: resuming at {have / 2**20:.1f} MiB")
                     _receive(answer, f, digest, have, entry)
-        except requests.RequestException as e:
+        except (requests.RequestException, ValueError, VzError) as e:
             f.flush()
             got = os.fstat(fd).st_size
+            if isinstance(e, VzError):
+                raise VzError(f"{e.message} (the {got} bytes received are kept)", e.code,
+                              hint=e.hint) from None  # fmt: skip
             hint = "try again: the part already fetched is kept and resumed"
             why = network_reason(e)
             raise VzError(f"{url}: the download was cut after {got} of {entry.size} bytes "

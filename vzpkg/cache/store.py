@@ -182,7 +182,7 @@ class CacheStore:
         if current.exists():
             old_link, old_manifest = workdir / "old.tar.zst", workdir / "old.json"
             os.link(current, old_link)
-            if current_manifest.exists():
+            if current_manifest.is_file() and not current_manifest.is_symlink():
                 shutil.copyfile(current_manifest, old_manifest)
                 os.replace(old_manifest, self.old_manifest_path(name))
             else:

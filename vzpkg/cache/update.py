@@ -15,6 +15,7 @@ why.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +54,17 @@ def same_upstream(manifest: Manifest, upstream: Sequence[Fingerprint]) -> bool:
     return {f.url: f.sha256 for f in manifest.upstream} == {f.url: f.sha256 for f in upstream}
 
 
+# What a package name may be (Debian's and rpm's): the names an update passes to apt-get and
+# dnf come from a manifest, which a fetched cache brings from elsewhere.
+_PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._~-]*(:[a-z0-9_-]+)?")
+
+
 def _change(
     template: Template, manifest: Manifest, wanted_before: Sequence[str], upgrade: bool
 ) -> RootChange:
-    installed = {p.name for p in manifest.packages}
-    before = {_name(p) for p in wanted_before}
+    installed = {p.name for p in manifest.packages if _PACKAGE.fullmatch(p.name)}
+    listed = wanted_before if isinstance(wanted_before, list | tuple) else ()
+    before = {_name(p) for p in listed if isinstance(p, str) and _PACKAGE.fullmatch(p)}
     now = {_name(p) for p in template.packages}
     return RootChange(
         upgrade=upgrade,

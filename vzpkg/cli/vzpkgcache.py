@@ -237,7 +237,9 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
         try:
             results.append(cache_index.fetch_cache(
                 host, name, lambda s: click.echo(s, err=True), lock_timeout=seconds))  # fmt: skip
-        except VzError as e:
+        except (VzError, OSError) as e:
+            if isinstance(e, OSError):  # a file in the way (a FIFO, a link): say which
+                e = VzError(f"{e.filename}: {e.strerror}", ExitCode.SYSTEM)
             click.echo(f"vzpkgcache: {name}: {e.message}", err=True)
             if e.hint:
                 click.echo(f"  hint: {e.hint}", err=True)

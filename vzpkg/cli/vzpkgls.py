@@ -128,8 +128,8 @@ def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
             state = (
                 "missing" if local is None
                 else "same" if local.archive.sha256 == e.sha256
-                else "newer" if e.source_date_epoch > local.source_date_epoch
-                else "older"
+                else "older" if cache_index.is_older(e, local)
+                else "newer"
             )  # fmt: skip
             rows[name] = {"name": name, "index": index.url, "signed": index.signed,
                           "size": e.size, "sha256": e.sha256, "created": e.created,

@@ -108,7 +108,7 @@ def dnf_install_argv(
     ]
     if arch != host_arch:
         argv.append(f"--forcearch={arch}")
-    argv += [*command, *packages]
+    argv += [*command, "--", *packages] if packages else command
     return argv
 
 
