@@ -271,3 +271,20 @@ def test_index_and_retention_settings_are_checked(key: str, value: str, problem:
     )
     assert good["template_indexes"] == ("https://a/x", "http://b/")
     assert good["cache_keep_dated"] == 3
+
+
+def test_a_cache_from_an_unverified_index_is_never_updated(
+    tmp_path: Path, templates: dict[str, Template]
+) -> None:
+    """An update runs the cache's own apt-get as root: not that of a cache nobody vouched for."""
+    t = templates[MINIMAL]
+    store = CacheStore(tmp_path / "cache")
+    put_cache(store, t, inputs={**inputs_of(t), "packages": []})
+    store.set_origin(t.name, {"index": "http://x/index.json", "signed": False})
+    plan, why = plan_build(t, store, UPSTREAM, no_parent, False)
+    assert plan is None and "came from an unverified template index" in why
+    store.set_origin(t.name, {"index": "http://x/index.json", "signed": True})
+    plan, _ = plan_build(t, store, UPSTREAM, no_parent, False)
+    assert plan is not None and plan.path == "update"
+    store.set_origin(t.name, None)
+    assert store.origin(t.name) is None

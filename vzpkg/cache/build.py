@@ -385,6 +385,7 @@ def _build_locked(
             changes=changes(plan.start.manifest.packages, packages) if plan else (),
         )
         store.publish(template.name, archive, manifest)
+        store.set_origin(template.name, None)  # built here
         remember_validated(host.validated_dir, store.archive_path(template.name),
                            packed.sha256, packed.members, packed.uncompressed_size)  # fmt: skip
         for path in store.keep_dated(template.name, manifest, host.cache_keep_dated):

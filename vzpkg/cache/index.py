@@ -507,6 +507,7 @@ def fetch_cache(
                 say(f"{name}: verifying the archive")
                 validate_archive(archive)
             store.publish(name, archive, manifest)
+            store.set_origin(name, {"index": index.url, "signed": index.signed})
         finally:
             fsutil.remove_tree_safely(workdir)
     say(f"{name}: fetched {entry.file} ({entry.size / 2**20:.1f} MiB) from {index.base()}")

@@ -4,6 +4,7 @@ Layout of CACHE_DIR::
 
     <name>.tar.zst, <name>.json          the published cache and its manifest
     <name>-old.tar.zst, <name>-old.json  the previous one, kept when a new one is published
+    <name>.origin                        the template index the cache was fetched from
     dated/<name>/<stamp>.tar.zst, .json  dated copies (CACHE_KEEP_DATED: how many are kept)
     .tmp-<name>-<pid>-<rand>/            a build in progress (swept by the next build)
 
@@ -14,6 +15,7 @@ reader sees either the previous cache or the new one, never a partial file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from vzpkg.cache.manifest import Manifest, read_manifest, write_file_durably
 from vzpkg.errors import ExitCode, VzError
+from vzpkg.fsutil import atomic_write
 from vzpkg.fsutil import fsync_dir as fsync_dir  # also used from here
 from vzpkg.fsutil import remove_tree_safely as remove_tree_safely
 
@@ -133,6 +136,27 @@ class CacheStore:
                 swept.append(path)
         return swept
 
+    def origin_path(self, name: str) -> Path:
+        return self.dir / f"{name}.origin"
+
+    def origin(self, name: str) -> dict[str, object] | None:
+        """Where the cache came from when it was fetched from a template index (None: built
+        here)."""
+        try:
+            data = json.loads(self.origin_path(name).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"index": "?", "signed": False}  # unreadable: the least trusted
+        return data if isinstance(data, dict) else {"index": "?", "signed": False}
+
+    def set_origin(self, name: str, origin: dict[str, object] | None) -> None:
+        if origin is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.origin_path(name).unlink()
+        else:
+            atomic_write(self.origin_path(name), json.dumps(origin).encode(), 0o644)
+
     def dated_dir(self, name: str) -> Path:
         return self.dir / "dated" / name
 
@@ -198,6 +222,7 @@ class CacheStore:
         for path in (
             self.archive_path(name),
             self.manifest_path(name),
+            self.origin_path(name),
             self.old_archive_path(name),
             self.old_manifest_path(name),
         ):

@@ -125,10 +125,16 @@ def plan_build(
 
 
 def _usable(store: CacheStore, name: str) -> UsableCache | str:
+    """A cache an update may start from, or why not. An update runs the cache's own apt-get
+    and dpkg as root (chrooted): never those of a cache from an index nobody verified."""
     try:
-        return store.usable(name)
+        cache = store.usable(name)
     except VzError as e:
         return e.message
+    origin = store.origin(name)
+    if origin is not None and origin.get("signed") is not True:
+        return f"the cache of {name} came from an unverified template index ({origin.get('index')})"
+    return cache
 
 
 def changes(
