@@ -6,17 +6,22 @@ update of a set's packages is byte for byte the bootstrap of the new set."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from debian.debian_support import version_compare
 
 from tests.debfixture import DebRepo, DebSpec, add_local_suite, make_repo, publish
 from tests.integration.conftest import REPO, VzHost, passable
 from tests.rpmfixture import RepoServer
+from vzpkg.cache.archive import pack_tree, unpack_archive
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.network]
 
@@ -122,3 +127,52 @@ def test_default_from_minimal_has_the_packages_of_a_clean_default(host: VzHost) 
     assert {"sysvinit-core", "openssh-server", "cron"} <= set(from_parent)
     assert built(host, "-f", DEFAULT)["path"] == "bootstrap"
     assert versions(host.manifest(DEFAULT)) == from_parent
+
+
+def older_version(name: str) -> str:
+    """A version of ``name`` the host's mirror has besides its candidate (an older one of
+    the release, when a point release or a security update moved it on)."""
+    out = subprocess.run(["apt-cache", "madison", name], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    versions = sorted({line.split("|")[1].strip() for line in out.splitlines()},
+                      key=functools.cmp_to_key(version_compare))  # fmt: skip
+    assert len(versions) > 1, f"the mirror has one version of {name} only: {versions}"
+    return versions[0]
+
+
+def test_an_update_against_the_real_mirror_upgrades_what_it_changed(
+    host: VzHost, tmp_path: Path
+) -> None:
+    """The cache says it has an older tzdata than the mirror's and was built from an older
+    state of bookworm-updates: the update fetches and installs the mirror's tzdata."""
+    assert built(host, MINIMAL)["status"] in ("up-to-date", "updated")
+    manifest = host.manifest(MINIMAL)
+    now = versions(manifest)["tzdata"]
+    old = older_version("tzdata")
+    root = tmp_path / "root"
+    root.mkdir()
+    unpack_archive(host.archive(MINIMAL), root)
+    status = root / "var/lib/dpkg/status"
+    text = status.read_text()
+    stanza = text.index("Package: tzdata\n")
+    end = text.index("\n\n", stanza)
+    status.write_text(text[:stanza] + text[stanza:end].replace(f"Version: {now}",
+                      f"Version: {old}") + text[end:])  # fmt: skip
+    archive = tmp_path / "stale.tar.zst"
+    packed = pack_tree(root, archive, source_date_epoch=manifest["source_date_epoch"])
+    for f in manifest["upstream"]:
+        if f["repository"] == "updates":
+            f["sha256"] = "0" * 64  # as it was when the stale cache was built
+    manifest["packages"] = [p if p["name"] != "tzdata" else {**p, "version": old}
+                            for p in manifest["packages"]]  # fmt: skip
+    manifest["archive"] = {**manifest["archive"], "sha256": packed.sha256,
+                           "size": packed.compressed_size}  # fmt: skip
+    shutil.copy(archive, host.archive(MINIMAL))
+    (host.cache_dir / f"{MINIMAL}.json").write_text(json.dumps(manifest))
+
+    result = built(host, MINIMAL)
+    assert (result["status"], result["path"]) == ("updated", "update")
+    assert "upstream changed" in result["reason"]
+    assert "bootstrapping" not in result["stderr"]
+    assert {"name": "tzdata", "arch": "all", "from": old, "to": now} in result["changes"]
+    assert versions(host.manifest(MINIMAL))["tzdata"] == now
