@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -201,3 +202,18 @@ def test_a_second_nightly_run_is_refused_while_one_runs(host: VzHost) -> None:
     assert proc.returncode == 9, proc.stderr
     assert "vzpkgcache --all" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_dated_copies_are_kept_as_configured(host: VzHost) -> None:
+    env = {**host.env, "VZPKG_CACHE_KEEP_DATED": "2"}
+    for _ in range(3):
+        proc = host.run("vzpkgcache", "-f", NAME, env=env)
+        assert proc.returncode == 0, proc.stderr
+        time.sleep(1.1)  # dated by the second
+    dated = sorted((host.cache_dir / "dated" / NAME).glob("*.tar.zst"))
+    assert len(dated) == 2
+    assert dated[-1].stat().st_ino == host.archive(NAME).stat().st_ino  # a link, not a copy
+    assert (host.cache_dir / "dated" / NAME / dated[0].name.replace(".tar.zst", ".json")).is_file()
+    proc = host.run("vzpkgcache", "-r", NAME)
+    assert proc.returncode == 0, proc.stderr
+    assert not list((host.cache_dir / "dated" / NAME).iterdir())
