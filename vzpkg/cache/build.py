@@ -181,11 +181,6 @@ def build_parent(host: HostConfig) -> Path:
     return shm if st.f_bavail * st.f_frsize >= SHM_MIN_FREE else host.cache_dir
 
 
-def pkgcache_key(template: Template) -> str:
-    # Sets of one release share downloaded packages.
-    return f"{template.distribution.name}-{template.release.version}-{template.arch}"
-
-
 def build_cache(
     template: Template,
     host: HostConfig,
@@ -288,11 +283,11 @@ def _make_root(
                 expected_sha256=plan.start.sha256,
                 validated=host.validated_dir,
             )
-    pkgcache = host.pkgcache_dir / pkgcache_key(template)
+    pkgcache = host.pkgcache_dir / template.pkgcache_key
     pkgcache.mkdir(parents=True, exist_ok=True, mode=0o700)
     with lock.locked(
         host.lock_dir,
-        f"pkgcache-{pkgcache_key(template)}",
+        f"pkgcache-{template.pkgcache_key}",
         timeout=-1,
         on_wait=f"{template.name}: waiting for package cache",
     ):

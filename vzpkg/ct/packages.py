@@ -137,7 +137,7 @@ def transaction(
         if template.family == "rpm":
             return _rpm_transaction(host, ctid, pid, root, template, request, say)
         before = _status(root)
-        shared = SharedCache(host, template)
+        shared = _shared_cache(host, template)
         outcome = functools.partial(Outcome, ctid, template.name)
         fetched, fetches = 0, []
         with shared.scratch() as tmp:
@@ -309,11 +309,20 @@ def _reading(
             raise VzError(f"CT {ctid}: vzpkg info and list --available read Debian repositories "
                           "only so far", ExitCode.PKGMGR_FAILED)  # fmt: skip
         status = _status(root)
-    shared = SharedCache(host, template)
+    shared = _shared_cache(host, template)
     with shared.locked():
         shared.prepare(say)
         shared.refresh_lists(say, force=False)
     return status, shared
+
+
+def _shared_cache(host: HostConfig, template: Template) -> SharedCache:
+    from vzpkg.distro.base import family_for
+    from vzpkg.distro.debian import Debian
+
+    family = family_for(template, host)
+    assert isinstance(family, Debian)
+    return family.shared_cache()
 
 
 def _views(cache: PackageCache, pid: int, scratch: Path, files: Sequence[str]) -> dict[str, Path]:

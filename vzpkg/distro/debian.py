@@ -8,46 +8,24 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vzpkg import fsutil, run
 from vzpkg.distro.base import (
     BootstrapResult,
-    Diagnosis,
     Family,
     Fingerprint,
     InstalledPackage,
     Progress,
     RootChange,
     in_root_argv,
+    missing_packages,
 )
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.metadata.model import DEB_ARCH, Repository
 from vzpkg.pkgmgr import apt
-
-if TYPE_CHECKING:
-    from vzpkg.pkgmgr.hostapt import SharedCache
+from vzpkg.pkgmgr.hostapt import SharedCache, diagnose_apt, host_aptopts
 
 _DATE = re.compile(rb"^Date:\s*(.+)$", re.MULTILINE)
-_SIGNATURE_TROUBLE = (
-    "NO_PUBKEY",
-    "not signed",
-    "signatures couldn't be verified",
-    "is not signed",
-    "EXPKEYSIG",
-    "BADSIG",
-    "The following signatures",
-)
-
-
-def diagnose_apt(lines: list[str]) -> Diagnosis | None:
-    if any(s in line for line in lines for s in _SIGNATURE_TROUBLE):
-        return (
-            ExitCode.SIGNATURE,
-            "repository signature check failed with the template's keys",
-            "the keys in metadata do not sign this mirror's Release files; fix the metadata's keys",
-        )
-    return None
 
 
 class Debian(Family):
@@ -194,9 +172,7 @@ class Debian(Family):
         """The host's apt-get resolves and fetches (the template's lists and keys, the shared
         pool, as for a running VPS: vzpkg.pkgmgr.hostapt); the root's own apt-get and dpkg
         install the files, chrooted, with no repository in sight."""
-        from vzpkg.pkgmgr.hostapt import SharedCache
-
-        shared = SharedCache(self.host, self.template)
+        shared = self.shared_cache()
         shared.prepare(progress)
         shared.refresh_lists(progress, force=change.upgrade)
         # As the bootstrap's: users' password dates and other stamps are the upstream's.
@@ -210,6 +186,11 @@ class Debian(Family):
         version = run.run(["apt-get", "--version"], stdout=-1, check=False).stdout
         text = version.decode(errors="replace").strip().splitlines()
         return BootstrapResult("apt-get", text[0] if text else "unknown")
+
+    def shared_cache(self) -> SharedCache:
+        """The template's package pool and apt lists on the host, as VPS transactions and
+        updates use them."""
+        return SharedCache(self.host, self.template, self.source_lines(), self.keyring_dir)
 
     def _transaction(
         self,
@@ -230,7 +211,13 @@ class Debian(Family):
         with shared.scratch() as tmp:
             scratch = Path(tmp)
             host_apt = shared.host_apt(scratch, status, marks, apt.BUILD_RESOLVER_OPTIONS)
-            fetches = host_apt.resolve(args)
+            try:
+                fetches = host_apt.resolve(args)
+            except VzError as e:  # packages the metadata names and no repository has
+                missing = missing_packages([f"E: {m}" for m in e.message.split("; ")])
+                if missing:
+                    raise self._missing_packages(missing, e) from None
+                raise VzError(f"{self.template.name}: {e.message}", e.code, e.hint) from None
             host_apt.fetch(fetches, progress)
             inside, new_marks = as_files(args, fetches, status)
             if not inside:
@@ -299,22 +286,3 @@ class Debian(Family):
             "var/log/apt",
         ):
             fsutil.remove_beneath(root, log)
-
-
-def host_aptopts() -> list[str]:
-    """Apt options the host's own apt needs to use its mirror (e.g. a snapshot mirror whose
-    Release files are past Valid-Until). Only these well-known keys are carried over."""
-    opts = []
-    try:
-        dump = run.run(["apt-config", "dump"], stdout=-1, check=False).stdout.decode()
-    except VzError:
-        return []
-    for key in (
-        "Acquire::Check-Valid-Until",
-        "Acquire::Check-Date",
-        "Acquire::http::Proxy",
-        "Acquire::https::Proxy",
-    ):
-        if m := re.search(rf'^{re.escape(key)} "([^"]*)";$', dump, re.MULTILINE):
-            opts.append(f'{key} "{m.group(1)}"')
-    return opts

@@ -155,6 +155,11 @@ class Template:
     def summary(self) -> str:
         return f"{self.release.summary}, {self.package_set.summary}"
 
+    @property
+    def pkgcache_key(self) -> str:
+        """The package cache's name: sets of one release share downloaded packages."""
+        return f"{self.distribution.name}-{self.release.version}-{self.arch}"
+
     def portable(self, path: Path) -> str:
         """``path`` as the same metadata has it on any host: relative to the metadata
         directory when it is in it (a host keyring stays absolute)."""

@@ -92,14 +92,53 @@ def as_files(
     return ["install", *options, *extra, *files], marks
 
 
+_SIGNATURE_TROUBLE = (
+    "NO_PUBKEY",
+    "not signed",
+    "signatures couldn't be verified",
+    "is not signed",
+    "EXPKEYSIG",
+    "BADSIG",
+    "The following signatures",
+)
+
+
+def diagnose_apt(lines: list[str]) -> tuple[ExitCode, str, str | None] | None:
+    """What apt's output says went wrong with the template's signatures, if that was it."""
+    if any(s in line for line in lines for s in _SIGNATURE_TROUBLE):
+        return (
+            ExitCode.SIGNATURE,
+            "repository signature check failed with the template's keys",
+            "the keys in metadata do not sign this mirror's Release files; fix the metadata's keys",
+        )
+    return None
+
+
+def host_aptopts() -> list[str]:
+    """Apt options the host's own apt needs to use its mirror (e.g. a snapshot mirror whose
+    Release files are past Valid-Until). Only these well-known keys are carried over."""
+    opts = []
+    try:
+        dump = run.run(["apt-config", "dump"], stdout=-1, check=False).stdout.decode()
+    except VzError:
+        return []
+    for key in (
+        "Acquire::Check-Valid-Until",
+        "Acquire::Check-Date",
+        "Acquire::http::Proxy",
+        "Acquire::https::Proxy",
+    ):
+        if m := re.search(rf'^{re.escape(key)} "([^"]*)";$', dump, re.MULTILINE):
+            opts.append(f'{key} "{m.group(1)}"')
+    return opts
+
+
 class PackageCache:
     """The template's package cache: ``pool`` (packages, shared with cache builds), the host
     root's and world-readable; a transaction's private directory beside it."""
 
     def __init__(self, host: HostConfig, template: Template) -> None:
-        from vzpkg.cache.build import pkgcache_key
-
-        self.key = pkgcache_key(template)
+        self.key = template.pkgcache_key
         self.base = host.pkgcache_dir
         self.pool = host.pkgcache_dir / self.key
         self.host = host
@@ -138,16 +177,19 @@ class PackageCache:
 class SharedCache(PackageCache):
     """The Debian side: ``apt`` beside the pool (sources.list, keys, lists)."""
 
-    def __init__(self, host: HostConfig, template: Template) -> None:
-        from vzpkg.distro.base import family_for
-        from vzpkg.distro.debian import Debian, host_aptopts
-
+    def __init__(
+        self,
+        host: HostConfig,
+        template: Template,
+        sources: Sequence[str],
+        keyring: Callable[[Path], tuple[Path, Path]],
+    ) -> None:
+        """``sources``: the template's sources.list lines; ``keyring``: writes its keys into
+        a directory apt trusts alone (vzpkg.distro.debian makes both)."""
         super().__init__(host, template)
         self.apt = host.pkgcache_dir / f"{self.key}.apt"
-        family = family_for(template, host)
-        assert isinstance(family, Debian)
-        self.family = family
-        self.sources = ("\n".join(family.source_lines()) + "\n").encode()
+        self.keyring = keyring
+        self.sources = ("\n".join(sources) + "\n").encode()
         self.options = host_aptopts()
         self.proxy = next((o.split('"')[1] for o in self.options
                            if o.startswith("Acquire::http::Proxy ")), None)  # fmt: skip
@@ -164,7 +206,7 @@ class SharedCache(PackageCache):
             fsutil.atomic_write(self.apt / "sources.list", self.sources, 0o644)
         keys = self.apt / "trusted.gpg.d"
         with tempfile.TemporaryDirectory(prefix="keys.", dir=self.apt) as tmp:
-            fresh, _ = self.family.keyring_dir(Path(tmp))
+            fresh, _ = self.keyring(Path(tmp))
             if not keys.is_dir() or _tree_digest(keys) != _tree_digest(fresh):
                 old = self.apt / f".old-keys.{os.getpid()}"
                 if keys.is_dir():
@@ -197,8 +239,6 @@ class SharedCache(PackageCache):
             proc = run.run(["apt-get", "-q", "update", "-o", "APT::Update::Error-Mode=any"],
                            env={"APT_CONFIG": str(conf)}, stdout=-1, check=False)  # fmt: skip
         if proc.returncode != 0:
-            from vzpkg.distro.debian import diagnose_apt
-
             text = (proc.stdout + proc.stderr).decode(errors="replace")
             found = diagnose_apt(text.splitlines())
             if found is not None:
@@ -335,8 +375,6 @@ class HostApt:
         return len(missing)
 
     def _failure(self, text: str, code: int) -> VzError:
-        from vzpkg.distro.debian import diagnose_apt
-
         found = diagnose_apt(text.splitlines())
         if found is not None:
             return VzError(found[1], found[0], hint=found[2])
