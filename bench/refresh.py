@@ -23,7 +23,6 @@ fetch/curl <= 1.2.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import shutil
@@ -31,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,59 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.debfixture import DebSpec, add_local_suite, make_repo, publish  # noqa: E402
+from tests.httpserve import FileServer  # noqa: E402
 from tests.rpmfixture import RepoServer, gnupg_session  # noqa: E402
 from vzpkg.pkgmgr import apt  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LINK_RATE = 110 * 2**20  # bytes per second: what a 1 Gbit/s link carries
-
-
-class RateServer:
-    """A directory on loopback, each response sent at ``rate`` bytes per second at most
-    (None: as fast as it goes), with byte ranges."""
-
-    def __init__(self, root: Path, rate: int | None) -> None:
-        outer = self
-        self.root, self.rate = root, rate
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = outer.root / self.path.lstrip("/")
-                if not path.is_file() or ".." in self.path:
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                start = time.monotonic()
-                for offset in range(0, len(data), 1 << 20):
-                    self.wfile.write(data[offset : offset + (1 << 20)])
-                    if outer.rate:
-                        ahead = (offset + (1 << 20)) / outer.rate - (time.monotonic() - start)
-                        if ahead > 0:
-                            time.sleep(ahead)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> RateServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 LOCAL = "debian-12-x86_64-localset"
 MINIMAL = "debian-12-x86_64-minimal"
 DEFAULT = "debian-12-x86_64-default"
@@ -174,15 +125,15 @@ def main() -> None:
             run([str(BIN / "vzpkgcache"), "publish", str(pub), DEFAULT], env)
             entry = json.loads((pub / "index.json").read_text())["templates"][0]
             for rate, label in ((None, ""), (LINK_RATE, " 1G")):
-                with RateServer(pub, rate) as index:
+                with FileServer(pub, rate=rate) as index:
                     for n in range(args.rounds):
                         fleet = host_conf(base / f"fleet{n}", metadata, base / f"fleet{n}" / "p",
-                                          f'TEMPLATE_INDEX="{index.url}/index.json"\n'
+                                          f'TEMPLATE_INDEX="{index.url}"\n'
                                           f'TEMPLATE_INDEX_KEYS="{repo.key_file}"\n')  # fmt: skip
                         fetch = [str(BIN / "vzpkgcache"), "fetch", DEFAULT]
                         times[f"fetch{label}"].append(run(fetch, fleet)[0])
                         out = base / f"curl{n}.tar.zst"
-                        url = f"{index.url}/{entry['file']}"
+                        url = f"{index.base}/{entry['file']}"
                         curl = ["curl", "-sSf", "-o", str(out), url]
                         times[f"curl{label}"].append(run(curl, fleet)[0])
                         out.unlink()

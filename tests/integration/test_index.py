@@ -6,12 +6,10 @@ refused with nothing left in the second host's cache directory."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.httpserve import FileServer
 from tests.integration.conftest import VzHost, rpm_fixture_host, stop_everything
 from tests.rpmfixture import (
     FixtureRepo,
@@ -35,59 +34,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 NAME = "vzfix-1-x86_64-minimal"
 DEFAULT = "vzfix-1-x86_64-default"
-
-
-class IndexServer:
-    """Serves a directory on loopback with byte ranges (resumed downloads); ``cut`` makes it
-    send only that many bytes of a .tar.zst and then close the connection."""
-
-    def __init__(self, root: Path, cut: int | None = None) -> None:
-        self.root, self.cut = root, cut
-        self.ranges: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = outer.root / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                wanted = self.headers.get("Range")
-                if wanted:
-                    outer.ranges.append(wanted)
-                    start = int(wanted.removeprefix("bytes=").partition("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if outer.cut is not None and path.suffix == ".zst":
-                    body = body[: outer.cut]
-                self.wfile.write(body)
-                self.close_connection = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/index.json"
-
-    def __enter__(self) -> IndexServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +60,14 @@ def published(operator: VzHost) -> Path:
 
 
 @pytest.fixture(scope="module")
-def index_server(published: Path) -> Iterator[IndexServer]:
-    with IndexServer(published) as srv:
+def index_server(published: Path) -> Iterator[FileServer]:
+    with FileServer(published) as srv:
         yield srv
 
 
 @pytest.fixture
 def fleet(
-    tmp_path: Path, fixture_repo: FixtureRepo, server: RepoServer, index_server: IndexServer
+    tmp_path: Path, fixture_repo: FixtureRepo, server: RepoServer, index_server: FileServer
 ) -> Iterator[VzHost]:
     """A host of the fleet: the same metadata, no cache, the operator's index and key."""
     (tmp_path / "fleet").mkdir()
@@ -153,6 +99,16 @@ def variant(published: Path, where: Path) -> Path:
     path = where / "variant"
     shutil.copytree(published, path)
     return path
+
+
+def sign_index(directory: Path, gnupg_home: Path, key: str) -> None:
+    """A new detached signature of ``directory``'s index.json, by ``key``."""
+    (directory / "index.json.asc").unlink(missing_ok=True)
+    index, signature = directory / "index.json", directory / "index.json.asc"
+    with gnupg_session(gnupg_home) as home:
+        gpg = ["gpg", "--homedir", str(home), "--batch", "--armor", "--local-user", key]
+        sign = [*gpg, "--detach-sign", "--output", str(signature), str(index)]
+        subprocess.run(sign, check=True, capture_output=True)
 
 
 def with_index(host: VzHost, url: str) -> dict[str, str]:
@@ -227,7 +183,7 @@ def test_an_index_changed_after_signing_is_refused(
     path = variant(published, tmp_path)
     index = path / "index.json"
     index.write_text(index.read_text().replace('"format": 1', '"format": 1, "x": 1'))
-    with IndexServer(path) as srv:
+    with FileServer(path) as srv:
         code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
     assert code == 202, err
     assert "signature does not verify" in err
@@ -239,16 +195,12 @@ def test_an_index_signed_by_another_key_or_unsigned_is_refused(
 ) -> None:
     path = variant(published, tmp_path)
     fingerprint, _ = generate_key(tmp_path / "other-gnupg")
-    with gnupg_session(tmp_path / "other-gnupg") as home:
-        (path / "index.json.asc").unlink()
-        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--armor", "--local-user",
-                        fingerprint, "--detach-sign", "--output", str(path / "index.json.asc"),
-                        str(path / "index.json")], check=True, capture_output=True)  # fmt: skip
-    with IndexServer(path) as srv:
+    sign_index(path, tmp_path / "other-gnupg", fingerprint)
+    with FileServer(path) as srv:
         code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
     assert code == 202, err
     (path / "index.json.asc").unlink()
-    with IndexServer(path) as srv:
+    with FileServer(path) as srv:
         code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
     assert code == 202, err  # no signature where keys are configured: fail closed
     assert "is not signed" in err
@@ -265,7 +217,7 @@ def test_a_cache_that_is_not_the_indexed_one_is_refused(
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     archive.write_bytes(bytes(data))
-    with IndexServer(path) as srv:
+    with FileServer(path) as srv:
         code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
     assert code == 202, err
     assert "not the cache the index names" in err
@@ -274,12 +226,12 @@ def test_a_cache_that_is_not_the_indexed_one_is_refused(
 
 
 def test_a_cut_download_is_refused_then_resumed(fleet: VzHost, published: Path) -> None:
-    with IndexServer(published, cut=100_000) as srv:
+    with FileServer(published, cut=100_000) as srv:
         code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
     assert code == 206, err
     assert "cut after" in err
     nothing_left(fleet, NAME)
-    with IndexServer(published) as srv:
+    with FileServer(published) as srv:
         code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
         # What came before the cut is kept: asked from there on (chunks of 64 KiB).
         assert srv.ranges == ["bytes=65536-"]
@@ -341,14 +293,9 @@ def test_a_replayed_older_index_is_refused(
     index = json.loads((path / "index.json").read_text())
     index["created"] = "2000-01-01T00:00:00+00:00"
     (path / "index.json").write_text(json.dumps(index))
-    (path / "index.json.asc").unlink()
-    with gnupg_session(fixture_repo.gnupg_home) as home:  # signed by the operator's key
-        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--armor", "--local-user",
-                        fixture_repo.key_id, "--detach-sign", "--output",
-                        str(path / "index.json.asc"), str(path / "index.json")],
-                       check=True, capture_output=True)  # fmt: skip
-    with IndexServer(path) as srv:
-        url = f"http://127.0.0.1:{srv.server.server_address[1]}/index.json"
+    sign_index(path, fixture_repo.gnupg_home, fixture_repo.key_id)  # the operator's key
+    with FileServer(path) as srv:
+        url = srv.url
         seen = fleet.pkgcache_dir / "fetch" / "seen.json"
         # The same URL as the one read before: the host's record says what it saw there.
         record = json.loads(seen.read_text())

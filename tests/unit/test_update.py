@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vzpkg import hostvalues
-from vzpkg.cache import index
+from vzpkg.cache import fetch, index
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore
 from vzpkg.cache.update import changes, inputs_of, plan_build
@@ -180,7 +180,7 @@ def test_a_stalling_server_meets_a_deadline() -> None:
 
     left, right = socket.socketpair()
     start = time.monotonic()
-    stall = index._deadline(0.3, "http://slow/index.json")
+    stall = fetch._deadline(0.3, "http://slow/index.json")
     with left, right, pytest.raises(VzError, match="no answer within"), stall:
         left.recv(1)  # nothing ever comes
     assert time.monotonic() - start < 2
@@ -188,7 +188,7 @@ def test_a_stalling_server_meets_a_deadline() -> None:
 
 def test_a_key_file_without_a_key_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(VzError, match="holds no OpenPGP public key") as e:
-        index._public_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\ngarbage\n", "k.asc", tmp_path)
+        fetch._public_key(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\ngarbage\n", "k.asc", tmp_path)
     assert e.value.code == 10
 
 
@@ -234,8 +234,8 @@ def test_a_good_index_parses_and_other_formats_do_not() -> None:
     assert parsed.base() == "http://h/v"
     with pytest.raises(VzError):
         index.parse_index(json.dumps({**data, "format": 2}).encode(), "u", True)
-    assert index.index_url("http://h/v") == "http://h/v/index.json"
-    assert index.index_url("http://h/v/other.json") == "http://h/v/other.json"
+    assert fetch.index_url("http://h/v") == "http://h/v/index.json"
+    assert fetch.index_url("http://h/v/other.json") == "http://h/v/other.json"
 
 
 def test_dated_copies_are_kept_and_pruned(tmp_path: Path, templates: dict[str, Template]) -> None:

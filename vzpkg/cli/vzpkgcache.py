@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from vzpkg import checks, lock
+from vzpkg.cache import fetch as cache_fetch
 from vzpkg.cache import index as cache_index
 from vzpkg.cache.build import BuildOptions, BuildResult, build_cache
 from vzpkg.cache.store import CacheStore
@@ -225,7 +226,7 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
         names = [canonical_name(n, catalog) for n in args]
     else:
         store = CacheStore(host.cache_dir)
-        offered = {n for index in cache_index.indexes(host) for n in index.entries}
+        offered = {n for index in cache_fetch.indexes(host) for n in index.entries}
         names = [n for n in sorted(catalog.templates) if n in offered and _usable(store, n)]
         if not names:
             raise VzError("this host has no cache that the template indexes offer",
@@ -235,7 +236,7 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
     results: list[dict[str, str | int]] = []
     for name in names:
         try:
-            results.append(cache_index.fetch_cache(
+            results.append(cache_fetch.fetch_cache(
                 host, name, lambda s: click.echo(s, err=True), lock_timeout=seconds))  # fmt: skip
         except (VzError, OSError) as e:
             if isinstance(e, OSError):  # a file in the way (a FIFO, a link): say which

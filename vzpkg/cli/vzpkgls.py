@@ -110,13 +110,13 @@ def main(
 def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
     """The caches of every configured index (the first one offering a template wins, as
     vzpkgcache fetch picks), and how each compares with this host's."""
-    from vzpkg.cache import index as cache_index
+    from vzpkg.cache import fetch
     from vzpkg.hostconf import load_host_config
 
     host = load_host_config()
     store = CacheStore(host.cache_dir)
     rows: dict[str, dict[str, Any]] = {}
-    for index in cache_index.indexes(host):
+    for index in fetch.indexes(host):
         if not index.signed:
             click.echo(f"vzpkgls: warning: {index.url} is not verified (TEMPLATE_INDEX_KEYS "
                        "is empty)", err=True)  # fmt: skip
@@ -128,7 +128,7 @@ def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
             state = (
                 "missing" if local is None
                 else "same" if local.archive.sha256 == e.sha256
-                else "older" if cache_index.is_older(e, local)
+                else "older" if fetch.is_older(e, local)
                 else "newer"
             )  # fmt: skip
             rows[name] = {"name": name, "index": index.url, "signed": index.signed,

@@ -290,7 +290,7 @@ def usable_or_fetched(host: HostConfig, template: str) -> UsableCache:
     except VzError as e:
         if e.code != ExitCode.TEMPLATE_NOT_FOUND or not host.template_indexes:
             raise
-    from vzpkg.cache.index import fetch_cache
+    from vzpkg.cache.fetch import fetch_cache
 
     def say(line: str) -> None:
         sys.stderr.write(f"vzctl: {line}\n")
