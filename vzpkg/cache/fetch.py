@@ -106,21 +106,16 @@ def _public_key(raw: bytes, name: str, work: Path) -> bytes:
     return raw
 
 
-def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None:
+def verify(
+    data: bytes, signature: bytes, keys: Sequence[str], url: str, keep: Path | None = None
+) -> None:
     """``signature`` of ``data`` is good and made by one of ``keys`` (gpgv with a keyring of
-    those only), or VzError (exit 202)."""
+    those only), or VzError (exit 202). ``keep``: a root-only directory where the keyring
+    made of these keys' bytes is kept, so that the next fetch runs gpgv alone."""
     run.check_tool("gpgv", "to verify template indexes", package="gpgv")
     with tempfile.TemporaryDirectory(prefix="vzpkg-verify.") as tmp:
         work = Path(tmp)
-        keyring = work / "trusted.gpg"
-        with keyring.open("wb") as out:
-            for key in keys:
-                try:
-                    raw = Path(key).read_bytes()
-                except OSError as e:
-                    raise VzError(f"TEMPLATE_INDEX_KEYS: cannot read {key}: {e.strerror}",
-                                  ExitCode.CONFIG) from None  # fmt: skip
-                out.write(_public_key(raw, key, work))
+        keyring = _keyring(keys, work, keep)
         (work / "data").write_bytes(data)
         (work / "data.asc").write_bytes(signature)
         proc = run.run(["gpgv", "--keyring", str(keyring), str(work / "data.asc"),
@@ -133,6 +128,32 @@ def verify(data: bytes, signature: bytes, keys: Sequence[str], url: str) -> None
         )
 
 
+def _keyring(keys: Sequence[str], work: Path, keep: Path | None) -> Path:
+    """A binary keyring of ``keys`` (checked to hold keys), kept in ``keep`` by the digest of
+    the key files' bytes."""
+    raws = []
+    for key in keys:
+        try:
+            raws.append(Path(key).read_bytes())
+        except OSError as e:
+            raise VzError(f"TEMPLATE_INDEX_KEYS: cannot read {key}: {e.strerror}",
+                          ExitCode.CONFIG) from None  # fmt: skip
+    digest = hashlib.sha256(b"\0".join(hashlib.sha256(r).digest() for r in raws)).hexdigest()
+    if keep is not None:
+        lock.ensure_private_dir(keep, "download directory", "PKGCACHE_DIR")
+        kept = keep / f"keyring-{digest}.gpg"
+        if kept.is_file() and not kept.is_symlink():
+            return kept
+    data = b"".join(_public_key(raw, key, work) for raw, key in zip(raws, keys, strict=True))
+    if keep is None:
+        (work / "trusted.gpg").write_bytes(data)
+        return work / "trusted.gpg"
+    for old in keep.glob("keyring-*.gpg"):
+        old.unlink()  # of keys no longer configured
+    fsutil.atomic_write(kept, data, 0o600)
+    return kept
+
+
 def fetch_index(url: str, host: HostConfig) -> Index:
     """The index at ``url``, its signature verified when TEMPLATE_INDEX_KEYS names keys."""
     url = index_url(url)
@@ -142,7 +163,7 @@ def fetch_index(url: str, host: HostConfig) -> Index:
         if not keys:
             return parse_index(data, url, signed=False)
         try:
-            verify(data, _signature(url), keys, url)
+            verify(data, _signature(url), keys, url, host.pkgcache_dir / "fetch")
         except VzError:
             if attempt == 2:
                 raise
