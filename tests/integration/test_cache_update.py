@@ -174,7 +174,9 @@ def test_a_changed_base_is_rebuilt_and_says_why(host: VzHost) -> None:
     assert "an update cannot express" in result["reason"]
 
 
-def test_the_nightly_run_reports_each_template_and_survives_a_failure(host: VzHost) -> None:
+def test_the_nightly_run_reports_each_template_and_survives_a_failure(
+    host: VzHost, server: RepoServer
+) -> None:
     """hooked fails (test_a_failing_hook_keeps_the_previous_cache left it so): the others are
     still made current, its published cache is untouched, the exit code is its failure's."""
     before = sha256(host.archive(HOOKED))
@@ -191,6 +193,12 @@ def test_the_nightly_run_reports_each_template_and_survives_a_failure(host: VzHo
     assert sum(report["summary"].values()) == 3
     assert all(isinstance(r["seconds"], float) for r in report["results"])
     assert sha256(host.archive(HOOKED)) == before
+    # Two sets of one repository, both current: its state is asked for once in the run.
+    asked = len(server.access_log)
+    both = host.run("vzpkgcache", NAME, "vzfix-1-x86_64-default")
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.splitlines()[-1] == "2 up-to-date"
+    assert server.access_log[asked:] == ["/repodata/repomd.xml"]
     # Run again: what succeeded is now up to date.
     again = json.loads(host.run("vzpkgcache", "--all", "--json").stdout)
     assert {r["template"]: r["status"] for r in again["results"]}[NAME] == "up-to-date"

@@ -41,6 +41,9 @@ class BuildOptions:
     lock_timeout: float = 0
     mirror_overrides: Mapping[str, str] = field(default_factory=dict)
     verbose: bool = True
+    # Upstream answers (InRelease, repomd.xml) by URL, shared by the templates of one run:
+    # the sets of a release ask once, and all see the same upstream state.
+    upstream_answers: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ def build_cache(
 
     try:
         family = family_for(template, host, options.mirror_overrides)
+        family.answers = options.upstream_answers
         family.check_host()
         with lock.locked(
             host.lock_dir,

@@ -126,6 +126,7 @@ class Family(ABC):
         self.template = template
         self.host = host
         self.mirror_overrides = dict(mirror_overrides or {})
+        self.answers: dict[str, bytes] = {}  # fetch's, by URL (a run shares one: BuildOptions)
 
     def codenames(self) -> tuple[str, ...]:
         return self.template.distribution.codenames or (self.template.release.codename or "",)
@@ -159,7 +160,12 @@ class Family(ABC):
         )
 
     def fetch(self, url: str) -> bytes:
-        """One small upstream request (InRelease, repomd.xml, a metalink)."""
+        """One small upstream request (InRelease, repomd.xml, a metalink); once per URL."""
+        if url not in self.answers:
+            self.answers[url] = self._fetch(url)
+        return self.answers[url]
+
+    def _fetch(self, url: str) -> bytes:
         import requests  # imported here: vzctl and vzlist never fetch, and it costs 40 ms
 
         try:
