@@ -263,6 +263,8 @@ def test_an_index_older_than_the_local_cache_is_refused(
     refresh_repodata(fixture_repo.path, fixture_repo.gnupg_home)
     assert fleet.build(NAME)["returncode"] == 0
     before = sha256(fleet.archive(NAME))
+    rows = {r["name"]: r for r in json.loads(fleet.run("vzpkgls", "--remote", "--json").stdout)}
+    assert rows[NAME]["here"] == "newer"  # this host's, against the index's
     code, _, err = fetch(fleet, NAME)
     assert code == 205, err
     assert "offers an older cache" in err

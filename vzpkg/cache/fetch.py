@@ -276,11 +276,12 @@ def fetch_cache(
                 return done
             if is_older(entry, local.manifest):
                 raise VzError(
-                    f"{index.url} offers an older cache of {name} (upstream state of "
-                    f"{_date(entry.source_date_epoch)}) than this host has "
-                    f"({_date(local.manifest.source_date_epoch)})",
+                    f"{index.url} offers an older cache of {name} than this host has "
+                    f"(upstream state of {_date(entry.source_date_epoch)}, built "
+                    f"{entry.created}; here: {_date(local.manifest.source_date_epoch)}, "
+                    f"built {local.manifest.created})",
                     ExitCode.ARCHIVE,
-                    hint="the index is behind; nothing was changed",
+                    hint="nothing was changed; vzpkgcache -r NAME first to take the index's",
                 )
         manifest_bytes = _get(f"{index.base()}/{entry.manifest}", MANIFEST_MAX)
         if hashlib.sha256(manifest_bytes).hexdigest() != entry.manifest_sha256:

@@ -77,13 +77,12 @@ def publish(
     directory.mkdir(parents=True, exist_ok=True)
     previous = _previous_entries(directory / INDEX)
     was_signed = (directory / SIGNATURE).exists()
-    entries, lines = [], []
+    entries, lines, files = [], [], []
     for name in names:
         cache = store.usable(name)
         stem = f"{name}-{cache.sha256[:16]}"
-        _put(cache.archive, directory / f"{stem}.tar.zst", cache.sha256)
         manifest_bytes = store.manifest_path(name).read_bytes()
-        _put_bytes(manifest_bytes, directory / f"{stem}.json")
+        files.append((cache.archive, manifest_bytes, stem))
         m = cache.manifest
         entries.append(
             Entry(
@@ -120,10 +119,14 @@ def publish(
         "templates": [asdict(e) for e in everything],
     }
     data = (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
-    if host.index_signing_key:
+    signature = _sign(data, host) if host.index_signing_key else None  # may fail: nothing yet
+    for archive, manifest_bytes, stem in files:  # the files before the index that names them
+        _put(archive, directory / f"{stem}.tar.zst")
+        fsutil.atomic_write(directory / f"{stem}.json", manifest_bytes, 0o644)
+    if signature is not None:
         # The signature first: a host that reads the new index with the old signature
         # fails closed and tries again (fetch_index), never the other way round unnoticed.
-        fsutil.atomic_write(directory / SIGNATURE, _sign(data, host), 0o644)
+        fsutil.atomic_write(directory / SIGNATURE, signature, 0o644)
     else:
         if was_signed:
             say(f"warning: {directory / INDEX} was signed and is not any more (no "
@@ -150,7 +153,7 @@ def _previous_entries(path: Path) -> list[Entry]:
         return []
 
 
-def _put(source: Path, target: Path, sha256: str) -> None:
+def _put(source: Path, target: Path) -> None:
     if target.is_file() and target.stat().st_size == source.stat().st_size:
         return  # published before: the name is its content
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
@@ -164,10 +167,6 @@ def _put(source: Path, target: Path, sha256: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def _put_bytes(data: bytes, target: Path) -> None:
-    fsutil.atomic_write(target, data, 0o644)
 
 
 def _gpg_env(host: HostConfig) -> dict[str, str]:

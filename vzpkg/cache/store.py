@@ -191,6 +191,9 @@ class CacheStore:
                     pruned.append(path)
         if pruned:
             fsync_dir(self.dated_dir(name))
+        if keep == 0:
+            with contextlib.suppress(OSError):  # gone, or not empty
+                self.dated_dir(name).rmdir()
         return pruned
 
     def publish(self, name: str, new_archive: Path, manifest: Manifest) -> None:

@@ -93,8 +93,11 @@ def main(
     or a package list changed, a bootstrap otherwise (-f: always). The previous cache stays
     as NAME-old.
 
+    Without names, CACHE_TEMPLATES (patterns) can limit what the run makes.
+
     vzpkgcache publish DIR [NAME...] writes caches and a (signed) index of them into DIR;
-    vzpkgcache fetch NAME... gets caches from the indexes of TEMPLATE_INDEX.
+    vzpkgcache fetch NAME... gets caches from the indexes of TEMPLATE_INDEX; vzpkgcache fetch
+    alone refreshes the caches this host fetched before.
     Exit codes: docs/exit-codes.md."""
     setup(debug)
     seconds = checks.timeout(timeout, "--timeout", forever=True)
@@ -144,6 +147,8 @@ def main(
                 paths = store.remove(t.name)
             if not paths:
                 click.echo(f"vzpkgcache: {t.name}: no cache to remove", err=True)
+            elif not as_json:
+                click.echo(f"{t.name}: removed {len(paths)} file(s)")
             removed.append({"template": t.name, "removed": [str(p) for p in paths]})
         if as_json:
             print_json({"removed": removed})
@@ -214,7 +219,9 @@ def publish_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...],
                     **index})  # fmt: skip
     else:
         signed = "signed" if host.index_signing_key else "not signed (no INDEX_SIGNING_KEY)"
-        click.echo(f"{directory / cache_index.INDEX}: {len(names)} cache(s), {signed}")
+        offered = len(index["templates"])
+        click.echo(f"{directory / cache_index.INDEX}: {len(names)} cache(s) published, "
+                   f"{offered} offered, {signed}")  # fmt: skip
     return 0
 
 
@@ -224,15 +231,15 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
     names, every cache this host has that an index offers (a fleet host's nightly run)."""
     if args:
         names = [canonical_name(n, catalog) for n in args]
-    else:
+    else:  # the caches this host fetched before; those it builds itself are its own
         store = CacheStore(host.cache_dir)
         offered = {n for index in cache_fetch.indexes(host) for n in index.entries}
-        names = [n for n in sorted(catalog.templates) if n in offered and _usable(store, n)]
-        if not names:
-            raise VzError("this host has no cache that the template indexes offer",
-                          ExitCode.TEMPLATE_NOT_FOUND,
-                          hint="vzpkgcache fetch NAME...; vzpkgls --remote lists what they "
-                          "offer")  # fmt: skip
+        names = [
+            n
+            for n in sorted(catalog.templates)
+            if n in offered and _usable(store, n) and store.origin(n) is not None
+        ]
+    started = time.time()
     results: list[dict[str, str | int]] = []
     for name in names:
         try:
@@ -246,11 +253,22 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
                 click.echo(f"  hint: {e.hint}", err=True)
             results.append({"template": name, "status": "failed", "message": e.message,
                             "code": int(e.code)})  # fmt: skip
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
     if as_json:
-        report_json({"results": results})
+        report_json({
+            "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+                timespec="seconds"),
+            "seconds": round(time.time() - started, 1),
+            "summary": counts,
+            "results": results,
+        })  # fmt: skip
     else:
         for r in results:
             click.echo(f"{r['template']}: {r['status']}")
+        click.echo(", ".join(f"{n} {status}" for status, n in counts.items()) or
+                   "nothing to fetch: this host has no cache from a template index")  # fmt: skip
     codes = {int(str(r["code"])) for r in results if r["status"] == "failed"}
     return 0 if not codes else codes.pop() if len(codes) == 1 else int(ExitCode.FAILURE)
 

@@ -125,11 +125,11 @@ def list_remote(long_: bool, arch: str | None, as_json: bool) -> None:
                 continue
             info = store.info(name)
             local = info.manifest if info is not None and info.usable else None
-            state = (
+            state = (  # this host's cache, against the index's
                 "missing" if local is None
                 else "same" if local.archive.sha256 == e.sha256
-                else "older" if fetch.is_older(e, local)
-                else "newer"
+                else "newer" if fetch.is_older(e, local)
+                else "older"
             )  # fmt: skip
             rows[name] = {"name": name, "index": index.url, "signed": index.signed,
                           "size": e.size, "sha256": e.sha256, "created": e.created,

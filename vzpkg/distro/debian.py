@@ -174,7 +174,9 @@ class Debian(Family):
         install the files, chrooted, with no repository in sight."""
         shared = self.shared_cache()
         shared.prepare(progress)
-        shared.refresh_lists(progress, force=change.upgrade)
+        # Its lines name the template, which the build's own lines do already.
+        shared.refresh_lists(lambda line: progress(line.removeprefix(f"{self.template.name}: ")),
+                             force=change.upgrade)  # fmt: skip
         # As the bootstrap's: users' password dates and other stamps are the upstream's.
         env = {"SOURCE_DATE_EPOCH": str(source_date_epoch), **self.template.environment}
         if change.drop or change.purge:
