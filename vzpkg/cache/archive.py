@@ -194,6 +194,7 @@ class _ZstdReader(io.RawIOBase):
         self._done = False
         self.digest = hashlib.sha256()
         self.total = 0  # decompressed bytes handed out
+        self.limit: int | None = None  # more than this is corrupt (a bomb stops here)
 
     def readable(self) -> bool:
         return True
@@ -206,6 +207,9 @@ class _ZstdReader(io.RawIOBase):
         view[:size] = self._output[:size]
         del self._output[:size]
         self.total += size
+        if self.limit is not None and self.total > self.limit:
+            raise _corrupt(self._name, f"it decompresses to more than the {self.limit} bytes "
+                           "its manifest says")  # fmt: skip
         return size
 
     def _decompress_some(self) -> None:
@@ -323,10 +327,15 @@ class _TreeModel:
         self.kinds[path] = kind
 
 
-def _check_stream(archive: Path, reader: _ZstdReader) -> int:
-    """Check every member of the tar stream in ``reader``; return the number of members."""
+MAX_TRAILER = 1 << 20  # GNU tar pads to its record size (10 KiB by default)
+
+
+def _check_stream(archive: Path, reader: _ZstdReader, max_size: int | None = None) -> int:
+    """Check every member of the tar stream in ``reader``; return the number of members.
+    ``max_size``: the most the stream may decompress to (a bomb stops there)."""
     model = _TreeModel()
     members = 0
+    reader.limit = max_size
     try:
         with _StreamTarFile.open(fileobj=io.BufferedReader(reader, CHUNK_SIZE), mode="r|") as tar:
             while (info := tar.next()) is not None:
@@ -341,6 +350,8 @@ def _check_stream(archive: Path, reader: _ZstdReader) -> int:
                 if block.count(0) != len(block):
                     raise ValueError("data after the end-of-archive marker")
                 trailer += len(block)
+                if trailer > MAX_TRAILER:
+                    raise ValueError("more padding after the end-of-archive marker than tar writes")
             if trailer < tarfile.BLOCKSIZE:
                 raise ValueError("truncated tar stream (end-of-archive marker incomplete)")
     except (tarfile.TarError, ValueError, EOFError) as e:
@@ -348,10 +359,11 @@ def _check_stream(archive: Path, reader: _ZstdReader) -> int:
     return members
 
 
-def validate_archive(archive: Path) -> int:
-    """Check that ``archive`` is intact and safe to unpack; return its member count."""
+def validate_archive(archive: Path, max_size: int | None = None) -> int:
+    """Check that ``archive`` is intact and safe to unpack; return its member count.
+    ``max_size``: the most it may decompress to (what its manifest says, for a fetched one)."""
     with _open_archive(archive) as raw:
-        return _check_stream(archive, _ZstdReader(raw, archive))
+        return _check_stream(archive, _ZstdReader(raw, archive), max_size)
 
 
 def _open_archive(archive: Path) -> io.BufferedReader:

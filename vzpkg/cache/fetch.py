@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from vzpkg import fsutil, lock, run
 from vzpkg.cache.archive import validate_archive
-from vzpkg.cache.index import INDEX, Entry, Index, Say, parse_index
+from vzpkg.cache.index import INDEX, Entry, Index, Say, date_of, parse_index
 from vzpkg.cache.manifest import Manifest, manifest_from_dict
 from vzpkg.cache.store import CacheStore
 from vzpkg.errors import ExitCode, VzError, network_reason
@@ -41,6 +41,7 @@ MANIFEST_MAX = 16 << 20
 INDEX_MAX = 16 << 20
 REQUEST_DEADLINE = 120  # seconds for an index, a signature or a manifest, whole
 MIN_RATE = 256 << 10  # bytes per second a cache download must average (it resumes later)
+RATE_GRACE = 60  # seconds before the rate counts (a slow start is no stall)
 
 
 @contextlib.contextmanager
@@ -239,8 +240,10 @@ def _remember_index(host: HostConfig, index: Index) -> None:
         seen = seen if isinstance(seen, dict) else {}
     except (OSError, ValueError):
         seen = {}
+    if not index.signed:
+        return  # anyone could have written an unsigned one's date: it vouches for nothing
     newest = seen.get(index.url)
-    if isinstance(newest, str) and index.created < newest:
+    if isinstance(newest, str) and date_of(index.created) < date_of(newest):
         raise VzError(f"{index.url} is older ({index.created}) than the index this host read "
                       f"there before ({newest}): replayed or rolled back", ExitCode.SIGNATURE,
                       hint=f"if the operator rolled it back on purpose, remove {path}")  # fmt: skip
@@ -301,7 +304,7 @@ def fetch_cache(
                 # Signed: these are the bytes the operator's build validated before it
                 # published them; every unpack checks every member again in any case.
                 say(f"{name}: verifying the archive")
-                validate_archive(archive)
+                validate_archive(archive, manifest.archive.uncompressed_size)
             store.publish(name, archive, manifest)
             store.set_origin(name, {"index": index.url, "signed": index.signed})
         finally:
@@ -331,11 +334,14 @@ def _manifest(data: bytes, entry: Entry) -> Manifest:
     if not isinstance(raw, dict):
         raise VzError(f"{entry.manifest}: not a cache manifest", ExitCode.ARCHIVE)
     manifest = manifest_from_dict(raw, entry.manifest)
-    if (manifest.template, manifest.archive.sha256, manifest.archive.size) != (
-        entry.template,
-        entry.sha256,
-        entry.size,
-    ):
+    said = (entry.template, entry.sha256, entry.size, entry.source_date_epoch, entry.created)
+    if (
+        manifest.template,
+        manifest.archive.sha256,
+        manifest.archive.size,
+        manifest.source_date_epoch,
+        manifest.created,
+    ) != said:
         raise VzError(f"{entry.manifest} describes another cache than the index names",
                       ExitCode.SIGNATURE, hint="nothing was fetched")  # fmt: skip
     return manifest
@@ -408,7 +414,7 @@ def _receive(answer: Any, out: IO[bytes], digest: Any, have: int, entry: Entry) 
     """The body of ``answer`` appended to ``out`` and ``digest``, never past the entry's
     size; progress on a terminal."""
     show = sys.stderr.isatty()
-    done, last = have, 0.0
+    done, last, began = have, 0.0, time.monotonic()
     for chunk in answer.iter_content(65536):
         chunk = chunk[: entry.size - done]
         done += len(chunk)
@@ -416,6 +422,11 @@ def _receive(answer: Any, out: IO[bytes], digest: Any, have: int, entry: Entry) 
         out.write(chunk)
         if done >= entry.size:
             break
+        elapsed = time.monotonic() - began
+        if elapsed > RATE_GRACE and (done - have) / elapsed < MIN_RATE:
+            raise VzError(f"{entry.template}: the server sends less than "
+                          f"{MIN_RATE >> 10} KiB/s", ExitCode.UPSTREAM,
+                          hint="try again later: the download resumes")  # fmt: skip
         if show and time.monotonic() - last > 0.5:
             last = time.monotonic()
             sys.stderr.write(f"\r{entry.template}: {done * 100 // entry.size}% of "

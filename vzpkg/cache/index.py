@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vzpkg import fsutil, run
+from vzpkg.cache.manifest import MAX_EPOCH
 from vzpkg.cache.store import CacheStore
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
@@ -223,13 +224,25 @@ def _entry(raw: object) -> Entry:
     )
     for pattern, key in checks:
         if not pattern.fullmatch(raw[key]) or len(raw[key]) > 200:
-            raise ValueError(f"{key} {printable(raw[key][:80].encode())!r}")
-    if not 0 < raw["size"] <= MAX_CACHE or raw["source_date_epoch"] < 0:
+            raise ValueError(f"{key} {printable(raw[key][:80])!r}")
+    if not 0 < raw["size"] <= MAX_CACHE or not 0 <= raw["source_date_epoch"] < MAX_EPOCH:
         raise ValueError(f"size {raw['size']} or source_date_epoch {raw['source_date_epoch']}")
+    date_of(raw["created"])
     upstream = raw.get("upstream", [])
     if not isinstance(upstream, list) or not all(isinstance(u, dict) for u in upstream):
         raise ValueError("upstream is not a list of objects")
     return Entry(**{k: raw[k] for k in want}, upstream=tuple(upstream))
+
+
+def date_of(text: str) -> datetime.datetime:
+    """An ISO 8601 date with a time zone, as publish writes them (nothing else is shown to a
+    user or compared)."""
+    if len(text) > 40:
+        raise ValueError("a date too long")
+    date = datetime.datetime.fromisoformat(text)
+    if date.tzinfo is None:
+        raise ValueError(f"date {printable(text)!r} has no time zone")
+    return date
 
 
 def parse_index(data: bytes, url: str, signed: bool) -> Index:
@@ -241,6 +254,7 @@ def parse_index(data: bytes, url: str, signed: bool) -> Index:
             )
         if not isinstance(raw["created"], str) or not isinstance(raw["templates"], list):
             raise ValueError("no created date or no templates")
+        date_of(raw["created"])
         entries = {}
         for t in raw["templates"]:
             entry = _entry(t)

@@ -5,6 +5,7 @@ The format is documented in docs/caches.md; ``format`` is bumped on incompatible
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import Sequence
@@ -61,10 +62,46 @@ class Manifest:
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
+MAX_EPOCH = 1 << 33  # seconds: the year 2242; a bigger source_date_epoch is not a date
+
+
+def _checked(data: dict[str, Any]) -> None:
+    """Every field vzpkg reads, of the type it must have: a manifest may come from a template
+    index, and its values reach comparisons, dates and package managers' command lines."""
+    for key in ("template", "metadata_digest", "family", "arch", "created"):
+        if not isinstance(data[key], str):
+            raise ValueError(f"{key} is not a string")
+    datetime.datetime.fromisoformat(data["created"])
+    epoch = data["source_date_epoch"]
+    if type(epoch) is not int or not 0 <= epoch < MAX_EPOCH:
+        raise ValueError(f"source_date_epoch {str(epoch)[:30]} is not a date")
+    archive = data["archive"]
+    if not isinstance(archive, dict) or not all(
+        type(archive.get(k)) is int for k in ("size", "uncompressed_size", "members")
+    ) or not isinstance(archive.get("sha256"), str):  # fmt: skip
+        raise ValueError("archive is not what it must be")
+    for group, fields in (("upstream", ("repository", "url", "sha256")),
+                          ("packages", ("name", "version", "arch"))):  # fmt: skip
+        items = data.get(group, [])
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and all(isinstance(i.get(f), str) for f in fields) for i in items
+        ):
+            raise ValueError(f"{group} is not a list of records of strings")
+    for f in data.get("upstream", []):
+        if f.get("epoch") is not None and (type(f["epoch"]) is not int or f["epoch"] >= MAX_EPOCH):
+            raise ValueError("an upstream epoch is not a date")
+    for key in ("inputs", "build", "timings"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ValueError(f"{key} is not an object")
+    if not isinstance(data.get("changes", []), list):
+        raise ValueError("changes is not a list")
+
+
 def manifest_from_dict(data: dict[str, Any], source: str) -> Manifest:
     try:
         if data.get("format") != FORMAT:
             raise ValueError(f"unsupported format {data.get('format')!r}")
+        _checked(data)
         return Manifest(
             template=data["template"],
             metadata_digest=data["metadata_digest"],
@@ -80,9 +117,9 @@ def manifest_from_dict(data: dict[str, Any], source: str) -> Manifest:
             inputs=dict(data.get("inputs", {})),
             changes=tuple(dict(c) for c in data.get("changes", ())),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as e:
         raise VzError(
-            f"{source}: not a valid cache manifest ({e})",
+            f"{source}: not a valid cache manifest ({str(e)[:200]})",
             ExitCode.ARCHIVE,
             hint="rebuild the cache with vzpkgcache -f",
         ) from None
@@ -95,9 +132,9 @@ def read_manifest(path: Path) -> Manifest:
         raise VzError(
             f"{path}: no manifest", ExitCode.ARCHIVE, hint="rebuild the cache with vzpkgcache -f"
         ) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise VzError(
-            f"{path}: unreadable manifest ({e})",
+            f"{path}: unreadable manifest ({str(e)[:200]})",
             ExitCode.ARCHIVE,
             hint="rebuild the cache with vzpkgcache -f",
         ) from None
