@@ -169,6 +169,9 @@ def test_an_update_against_the_real_mirror_upgrades_what_it_changed(
                            "size": packed.compressed_size}  # fmt: skip
     shutil.copy(archive, host.archive(MINIMAL))
     (host.cache_dir / f"{MINIMAL}.json").write_text(json.dumps(manifest))
+    # This host built it (the test plays its builder): an update may start from it.
+    origin = {"sha256": packed.sha256, "source": "built"}
+    (host.cache_dir / f"{MINIMAL}.origin").write_text(json.dumps(origin))
 
     result = built(host, MINIMAL)
     assert (result["status"], result["path"]) == ("updated", "update")

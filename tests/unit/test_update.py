@@ -56,6 +56,7 @@ def put_cache(
         inputs=inputs_of(template) if inputs is None else inputs,
     )
     store.manifest_path(template.name).write_text(manifest.to_json())
+    store.set_origin(template.name, {"sha256": "a" * 64, "source": "built"})
 
 
 def no_parent(t: Template) -> Template | None:
@@ -195,7 +196,8 @@ def test_a_key_file_without_a_key_is_a_configuration_error(tmp_path: Path) -> No
 def index_entry(**overrides: object) -> dict[str, object]:
     entry: dict[str, object] = {
         "template": MINIMAL, "file": "m.tar.zst", "size": 1, "sha256": "a" * 64,
-        "manifest": "m.json", "manifest_sha256": "b" * 64, "created": "x",
+        "manifest": "m.json", "manifest_sha256": "b" * 64,
+        "created": "2026-12-03T01:00:00+00:00",
         "source_date_epoch": 1, "family": "deb", "arch": "x86_64", "upstream": [],
     }  # fmt: skip
     entry.update(overrides)
@@ -212,6 +214,9 @@ def index_entry(**overrides: object) -> dict[str, object]:
         index_entry(size=10**15),
         index_entry(source_date_epoch="1"),
         index_entry(created=1),
+        index_entry(created="\x1b]0;owned\x07"),
+        index_entry(created="2026-12-03T01:00:00"),  # no zone
+        index_entry(source_date_epoch=10**20),
         index_entry(manifest=".hidden.json"),
         index_entry(size=-1),
         index_entry(size="1"),
@@ -222,13 +227,14 @@ def index_entry(**overrides: object) -> dict[str, object]:
 def test_an_index_naming_files_elsewhere_or_malformed_is_refused(
     entry: dict[str, object],
 ) -> None:
-    data = json.dumps({"format": 1, "created": "x", "templates": [entry]}).encode()
+    data = json.dumps({"format": 1, "created": "2026-12-03T01:00:00+00:00",
+                       "templates": [entry]}).encode()  # fmt: skip
     with pytest.raises(VzError, match="not a template index"):
         index.parse_index(data, "http://h/index.json", signed=True)
 
 
 def test_a_good_index_parses_and_other_formats_do_not() -> None:
-    data = {"format": 1, "created": "now", "templates": [index_entry()]}
+    data = {"format": 1, "created": "2026-12-03T01:00:00+00:00", "templates": [index_entry()]}
     parsed = index.parse_index(json.dumps(data).encode(), "http://h/v/index.json", True)
     assert parsed.entries[MINIMAL].file == "m.tar.zst"
     assert parsed.base() == "http://h/v"
@@ -251,7 +257,7 @@ def test_dated_copies_are_kept_and_pruned(tmp_path: Path, templates: dict[str, T
                                                      "20261203T010203Z.tar.zst"]  # fmt: skip
     assert (store.dated_dir(t.name) / "20261203T010203Z.json").is_file()
     removed = store.remove(t.name)
-    assert store.dated(t.name) == [] and len(removed) == 6
+    assert store.dated(t.name) == [] and len(removed) == 7  # 4 dated, archive, manifest, origin
 
 
 @pytest.mark.parametrize(
@@ -273,18 +279,25 @@ def test_index_and_retention_settings_are_checked(key: str, value: str, problem:
     assert good["cache_keep_dated"] == 3
 
 
-def test_a_cache_from_an_unverified_index_is_never_updated(
+def test_only_a_cache_built_here_or_verified_with_trusted_keys_is_updated(
     tmp_path: Path, templates: dict[str, Template]
 ) -> None:
-    """An update runs the cache's own apt-get as root: not that of a cache nobody vouched for."""
+    """An update runs the cache's own apt-get as root: not that of a cache nobody vouched for,
+    nor of bytes other than those the record names."""
     t = templates[MINIMAL]
     store = CacheStore(tmp_path / "cache")
     put_cache(store, t, inputs={**inputs_of(t), "packages": []})
-    store.set_origin(t.name, {"index": "http://x/index.json", "signed": False})
-    plan, why = plan_build(t, store, UPSTREAM, no_parent, False)
-    assert plan is None and "came from an unverified template index" in why
-    store.set_origin(t.name, {"index": "http://x/index.json", "signed": True})
-    plan, _ = plan_build(t, store, UPSTREAM, no_parent, False)
-    assert plan is not None and plan.path == "update"
-    store.set_origin(t.name, None)
-    assert store.origin(t.name) is None
+
+    def path_with(origin: dict[str, object] | None, keys: str | None = "k") -> str | None:
+        store.set_origin(t.name, origin)
+        plan, why = plan_build(t, store, UPSTREAM, no_parent, False, keys)
+        return plan.path if plan is not None else why
+
+    fetched = {"sha256": "a" * 64, "source": "index", "index": "http://x/index.json"}
+    assert path_with({"sha256": "a" * 64, "source": "built"}) == "update"
+    assert path_with({**fetched, "keys": "k"}) == "update"
+    assert "not verified with the keys trusted now" in str(path_with({**fetched, "keys": None}))
+    assert "not verified" in str(path_with({**fetched, "keys": "k"}, keys="other"))
+    assert "not verified" in str(path_with({**fetched, "keys": "k"}, keys=None))
+    assert "nothing says where" in str(path_with({"sha256": "b" * 64, "source": "built"}))
+    assert "nothing says where" in str(path_with(None))

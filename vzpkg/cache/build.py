@@ -23,9 +23,10 @@ from vzpkg.cache.archive import (
     validate_archive,
 )
 from vzpkg.cache.freshness import staleness
+from vzpkg.cache.index import keys_digest
 from vzpkg.cache.manifest import ArchiveInfo, Manifest
 from vzpkg.cache.store import CacheStore, remove_tree_safely
-from vzpkg.cache.update import Plan, changes, inputs_of, plan_build
+from vzpkg.cache.update import Plan, changes, inputs_of, origin_of_build, plan_build
 from vzpkg.distro.base import BootstrapResult, Family, Fingerprint, family_for, in_root_argv
 from vzpkg.errors import ExitCode, VzError
 from vzpkg.hostconf import HostConfig
@@ -229,7 +230,8 @@ def build_cache(
                         size=existing.size,
                         seconds=seconds(),
                     )
-            plan, why = plan_build(template, store, fingerprints, parent_of, options.force)
+            keys = keys_digest(host.template_index_keys)
+            plan, why = plan_build(template, store, fingerprints, parent_of, options.force, keys)
             how = "bootstrap" if plan is None else plan.path
             if existing is not None:
                 report.phase(f"{'updating' if how == 'update' else 'rebuilding'}: {why}")
@@ -383,8 +385,8 @@ def _build_locked(
             inputs=inputs_of(template),
             changes=changes(plan.start.manifest.packages, packages) if plan else (),
         )
+        store.set_origin(template.name, origin_of_build(store, plan, packed.sha256))
         store.publish(template.name, archive, manifest)
-        store.set_origin(template.name, None)  # built here
         remember_validated(host.validated_dir, store.archive_path(template.name),
                            packed.sha256, packed.members, packed.uncompressed_size)  # fmt: skip
         for path in store.keep_dated(template.name, manifest, host.cache_keep_dated):

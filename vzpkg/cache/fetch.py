@@ -30,7 +30,16 @@ from typing import IO, Any
 
 from vzpkg import fsutil, lock, run
 from vzpkg.cache.archive import validate_archive
-from vzpkg.cache.index import INDEX, Entry, Index, Say, date_of, parse_index
+from vzpkg.cache.index import (
+    INDEX,
+    Entry,
+    Index,
+    Say,
+    date_of,
+    digest_of_keys,
+    keys_digest,
+    parse_index,
+)
 from vzpkg.cache.manifest import Manifest, manifest_from_dict
 from vzpkg.cache.store import CacheStore
 from vzpkg.errors import ExitCode, VzError, network_reason
@@ -139,7 +148,7 @@ def _keyring(keys: Sequence[str], work: Path, keep: Path | None) -> Path:
         except OSError as e:
             raise VzError(f"TEMPLATE_INDEX_KEYS: cannot read {key}: {e.strerror}",
                           ExitCode.CONFIG) from None  # fmt: skip
-    digest = hashlib.sha256(b"\0".join(hashlib.sha256(r).digest() for r in raws)).hexdigest()
+    digest = digest_of_keys(raws)
     if keep is not None:
         lock.ensure_private_dir(keep, "download directory", "PKGCACHE_DIR")
         kept = keep / f"keyring-{digest}.gpg"
@@ -305,8 +314,12 @@ def fetch_cache(
                 # published them; every unpack checks every member again in any case.
                 say(f"{name}: verifying the archive")
                 validate_archive(archive, manifest.archive.uncompressed_size)
+            # Where these bytes came from, before they are the cache: a crash in between
+            # leaves a record that names other bytes, which vouches for nothing.
+            keys = keys_digest(host.template_index_keys) if index.signed else None
+            store.set_origin(name, {"sha256": entry.sha256, "source": "index",
+                                    "index": index.url, "keys": keys})  # fmt: skip
             store.publish(name, archive, manifest)
-            store.set_origin(name, {"index": index.url, "signed": index.signed})
         finally:
             fsutil.remove_tree_safely(workdir)
     say(f"{name}: fetched {entry.file} ({entry.size / 2**20:.1f} MiB) from {index.base()}")

@@ -145,6 +145,21 @@ def publish(
     return index
 
 
+def digest_of_keys(raws: Sequence[bytes]) -> str:
+    """What names a set of trusted keys: the digest of the key files' bytes."""
+    return hashlib.sha256(b"\0".join(hashlib.sha256(r).digest() for r in raws)).hexdigest()
+
+
+def keys_digest(keys: Sequence[str]) -> str | None:
+    """The digest of the key files ``keys`` (TEMPLATE_INDEX_KEYS) as they are now; None when
+    there are none or one cannot be read (nothing is vouched for then)."""
+    try:
+        raws = [Path(key).read_bytes() for key in keys]
+    except OSError:
+        return None
+    return digest_of_keys(raws) if raws else None
+
+
 def _previous_entries(path: Path) -> list[Entry]:
     """The entries of the index a previous publish wrote in the directory (none if it is
     missing or unreadable)."""

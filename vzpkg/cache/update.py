@@ -25,6 +25,7 @@ from vzpkg.cache.store import CacheStore, UsableCache
 from vzpkg.distro.base import Fingerprint, InstalledPackage, RootChange
 from vzpkg.errors import VzError
 from vzpkg.metadata.model import Template, base_digest
+from vzpkg.pkgmgr.installed import printable
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,14 @@ def plan_build(
     upstream: Sequence[Fingerprint],
     parent_of: Callable[[Template], Template | None],
     force: bool,
+    trusted_keys: str | None = None,
 ) -> tuple[Plan | None, str]:
-    """How to make ``template``'s cache: a Plan, or None for a bootstrap; and why."""
+    """How to make ``template``'s cache: a Plan, or None for a bootstrap; and why.
+    ``trusted_keys``: the digest of TEMPLATE_INDEX_KEYS (index.keys_digest), which a cache
+    fetched from an index must have been verified with to be updated."""
     if force:
         return None, "-f forces a bootstrap"
-    own = _usable(store, template.name)
+    own = _usable(store, template.name, trusted_keys)
     if isinstance(own, UsableCache):
         inputs = own.manifest.inputs
         if inputs.get("base_digest") == base_digest(template):
@@ -109,7 +113,7 @@ def plan_build(
     parent = parent_of(template)
     if parent is None:
         return None, why
-    found = _usable(store, parent.name)
+    found = _usable(store, parent.name, trusted_keys)
     if not isinstance(found, UsableCache):
         return None, f"{why}; no cache of its base set {parent.name} to start from"
     if found.manifest.inputs.get("base_digest") != base_digest(template):
@@ -124,17 +128,33 @@ def plan_build(
     return Plan("parent", found, change, reason), reason
 
 
-def _usable(store: CacheStore, name: str) -> UsableCache | str:
+def _usable(store: CacheStore, name: str, trusted_keys: str | None) -> UsableCache | str:
     """A cache an update may start from, or why not. An update runs the cache's own apt-get
-    and dpkg as root (chrooted): never those of a cache from an index nobody verified."""
+    and dpkg as root (chrooted): only those of a cache this host built, or fetched from an
+    index signed by a key it still trusts, recorded for these very bytes (CACHE_DIR/NAME.origin,
+    written before the cache is published: a crash leaves a record of other bytes)."""
     try:
         cache = store.usable(name)
     except VzError as e:
         return e.message
     origin = store.origin(name)
-    if origin is not None and origin.get("signed") is not True:
-        return f"the cache of {name} came from an unverified template index ({origin.get('index')})"
-    return cache
+    if origin is None or origin.get("sha256") != cache.sha256:
+        return f"nothing says where the cache of {name} came from (built here, or verified)"
+    if origin.get("source") == "built":
+        return cache
+    if origin.get("source") == "index" and trusted_keys and origin.get("keys") == trusted_keys:
+        return cache
+    where = printable(str(origin.get("index"))[:200])
+    return f"the cache of {name} came from {where}, not verified with the keys trusted now"
+
+
+def origin_of_build(store: CacheStore, plan: Plan | None, sha256: str) -> dict[str, object]:
+    """The record of a cache made here: built, or, when it was made from a cache fetched from
+    an index, that cache's record (its trust is the index's, not this host's)."""
+    start = store.origin(plan.start.name) if plan is not None else None
+    if start is not None and start.get("source") == "index":
+        return {**start, "sha256": sha256}
+    return {"sha256": sha256, "source": "built"}
 
 
 def changes(

@@ -122,7 +122,7 @@ def main(
         verb, rest = names[0], names[1:]
         if verb == "publish":
             sys.exit(publish_command(host, catalog, rest, as_json))
-        sys.exit(fetch_command(host, catalog, rest, as_json, seconds))
+        sys.exit(fetch_command(host, catalog, rest, as_json, seconds, debug))
     if names:
         templates = [catalog.get(canonical_name(n, catalog)) for n in names]
     else:
@@ -179,7 +179,14 @@ def main(
             )
         for t in templates:
             emit = lambda line: click.echo(line, err=True)  # noqa: E731
-            results.append(build_cache(t, host, options, emit, parent_of))
+            try:
+                results.append(build_cache(t, host, options, emit, parent_of))
+            except Exception as e:  # a bug in one template's build stops none of the others
+                if debug:
+                    raise
+                results.append(BuildResult(t.name, "failed", f"internal error: {e!r}"[:300],
+                                           int(ExitCode.FAILURE),
+                                           hint="vzpkgcache --debug NAME shows where"))  # fmt: skip
     counts = summary(results)
     if as_json:
         report_json({
@@ -226,7 +233,7 @@ def publish_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...],
 
 
 def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_json: bool,
-                  seconds: float) -> int:  # fmt: skip
+                  seconds: float, debug: bool = False) -> int:  # fmt: skip
     """vzpkgcache fetch [NAME...]: caches from the configured template indexes; without
     names, every cache this host has that an index offers (a fleet host's nightly run)."""
     if args:
@@ -245,9 +252,13 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
         try:
             results.append(cache_fetch.fetch_cache(
                 host, name, lambda s: click.echo(s, err=True), lock_timeout=seconds))  # fmt: skip
-        except (VzError, OSError) as e:
+        except Exception as e:  # one name's failure stops none of the others
             if isinstance(e, OSError):  # a file in the way (a FIFO, a link): say which
                 e = VzError(f"{e.filename}: {e.strerror}", ExitCode.SYSTEM)
+            elif not isinstance(e, VzError):
+                if debug:
+                    raise
+                e = VzError(f"internal error: {e!r}"[:300], ExitCode.FAILURE)
             click.echo(f"vzpkgcache: {name}: {e.message}", err=True)
             if e.hint:
                 click.echo(f"  hint: {e.hint}", err=True)

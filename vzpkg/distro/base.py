@@ -93,8 +93,10 @@ def in_root_argv(root: Path, argv: list[str], *, network: bool = True) -> list[s
     otherwise try to restart an init for 45 s."""
     binds = " ".join(ROOT_DEVICES)
     script = (
-        f'r=$1; shift; mkdir -p "$r/dev" || exit 1; for d in {binds}; do : > "$r/dev/$d" && '
-        'mount --bind "/dev/$d" "$r/dev/$d" || exit 1; done; chroot "$r" "$@"'
+        # Links the root holds where the devices go are not followed (a bind mount would).
+        f'r=$1; shift; [ ! -L "$r/dev" ] && mkdir -p "$r/dev" || exit 1; for d in {binds}; do '
+        'rm -f "$r/dev/$d" && : > "$r/dev/$d" && mount --bind "/dev/$d" "$r/dev/$d" || exit 1; '
+        'done; chroot "$r" "$@"'
     )
     wrapper = namespace_wrapper()[:-1]
     if not network:

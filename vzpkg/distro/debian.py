@@ -226,6 +226,9 @@ class Debian(Family):
                 return
             progress(f"apt-get {' '.join(args)}: {len(fetches)} package(s)")
             pool = root / apt.VPS_POOL_DIR.lstrip("/")
+            if any(p.is_symlink() for p in (root / "run", pool.parent, pool)):
+                raise VzError(f"{self.template.name}: the cache's /run holds links where the "
+                              "packages go", ExitCode.ARCHIVE, hint="vzpkgcache -f")  # fmt: skip
             pool.parent.mkdir(parents=True, exist_ok=True)
             shared.view(pool, [f.file for f in fetches], copy=False)
             try:
