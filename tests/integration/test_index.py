@@ -111,6 +111,12 @@ def sign_index(directory: Path, gnupg_home: Path, key: str) -> None:
         subprocess.run(sign, check=True, capture_output=True)
 
 
+def fetch_from(host: VzHost, directory: Path, **server: Any) -> tuple[int, Any, str]:
+    """vzpkgcache fetch NAME on ``host``, the index being ``directory`` served on loopback."""
+    with FileServer(directory, **server) as srv:
+        return fetch(host, NAME, env=with_index(host, srv.url))
+
+
 def with_index(host: VzHost, url: str) -> dict[str, str]:
     return {**host.env, "VZPKG_TEMPLATE_INDEX": url}
 
@@ -183,8 +189,7 @@ def test_an_index_changed_after_signing_is_refused(
     path = variant(published, tmp_path)
     index = path / "index.json"
     index.write_text(index.read_text().replace('"format": 1', '"format": 1, "x": 1'))
-    with FileServer(path) as srv:
-        code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
+    code, _, err = fetch_from(fleet, path)
     assert code == 202, err
     assert "signature does not verify" in err
     nothing_left(fleet, NAME)
@@ -196,12 +201,10 @@ def test_an_index_signed_by_another_key_or_unsigned_is_refused(
     path = variant(published, tmp_path)
     fingerprint, _ = generate_key(tmp_path / "other-gnupg")
     sign_index(path, tmp_path / "other-gnupg", fingerprint)
-    with FileServer(path) as srv:
-        code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
+    code, _, err = fetch_from(fleet, path)
     assert code == 202, err
     (path / "index.json.asc").unlink()
-    with FileServer(path) as srv:
-        code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
+    code, _, err = fetch_from(fleet, path)
     assert code == 202, err  # no signature where keys are configured: fail closed
     assert "is not signed" in err
     nothing_left(fleet, NAME)
@@ -217,8 +220,7 @@ def test_a_cache_that_is_not_the_indexed_one_is_refused(
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one byte changed
     archive.write_bytes(bytes(data))
-    with FileServer(path) as srv:
-        code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
+    code, _, err = fetch_from(fleet, path)
     assert code == 202, err
     assert "not the cache the index names" in err
     nothing_left(fleet, NAME)
@@ -226,8 +228,7 @@ def test_a_cache_that_is_not_the_indexed_one_is_refused(
 
 
 def test_a_cut_download_is_refused_then_resumed(fleet: VzHost, published: Path) -> None:
-    with FileServer(published, cut=100_000) as srv:
-        code, _, err = fetch(fleet, NAME, env=with_index(fleet, srv.url))
+    code, _, err = fetch_from(fleet, published, cut=100_000)
     assert code == 206, err
     assert "cut after" in err
     nothing_left(fleet, NAME)

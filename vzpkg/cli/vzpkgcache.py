@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -189,13 +190,7 @@ def main(
                                            hint="vzpkgcache --debug NAME shows where"))  # fmt: skip
     counts = summary(results)
     if as_json:
-        report_json({
-            "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
-                timespec="seconds"),
-            "seconds": round(time.time() - started, 1),
-            "summary": counts,
-            "results": [asdict(r) for r in results],
-        })  # fmt: skip
+        report_json(run_report(started, counts, [asdict(r) for r in results]))
     else:
         for r in results:
             click.echo(f"{r.template}: {describe(r)}")
@@ -268,13 +263,7 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
     for r in results:
         counts[str(r["status"])] = counts.get(str(r["status"]), 0) + 1
     if as_json:
-        report_json({
-            "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
-                timespec="seconds"),
-            "seconds": round(time.time() - started, 1),
-            "summary": counts,
-            "results": results,
-        })  # fmt: skip
+        report_json(run_report(started, counts, results))
     else:
         for r in results:
             click.echo(f"{r['template']}: {r['status']}")
@@ -287,6 +276,18 @@ def fetch_command(host: HostConfig, catalog: Catalog, args: tuple[str, ...], as_
 def _usable(store: CacheStore, name: str) -> bool:
     info = store.info(name)
     return info is not None and info.usable
+
+
+def run_report(started: float, counts: dict[str, int], results: list[Any]) -> dict[str, Any]:
+    """A run's report: when it started, how long it took, how many ended how, and each."""
+    return {
+        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
+        "seconds": round(time.time() - started, 1),
+        "summary": counts,
+        "results": results,
+    }
 
 
 def report_json(data: object) -> None:
