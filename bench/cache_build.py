@@ -75,7 +75,8 @@ def main() -> None:
         cache, pkgcache = base / "cache", base / "pkgcache"
         conf.write_text(
             f'CACHE_DIR="{cache}"\nPKGCACHE_DIR="{pkgcache}"\n'
-            f'LOCKDIR="{base / "lock"}"\nMETADATA_DIR="{host.metadata_dir}"\n'
+            f'LOCKDIR="{base / "lock"}"\nRUN_DIR="{base / "run"}"\n'
+            f'METADATA_DIR="{host.metadata_dir}"\n'
         )
         env = {**os.environ, "VZPKG_CONF": str(conf)}
         vzpkgcache = [str(BIN / "vzpkgcache"), "-q"]

@@ -60,7 +60,7 @@ def main() -> None:
             conf = base / "vzpkg.conf"
             conf.write_text(
                 f'METADATA_DIR="{metadata}"\nCACHE_DIR="{base / "cache"}"\n'
-                f'LOCKDIR="{base / "lock"}"\nPKGCACHE_DIR="{pkgcache}"\n'
+                f'LOCKDIR="{base / "lock"}"\nRUN_DIR="{base / "run"}"\nPKGCACHE_DIR="{pkgcache}"\n'
                 f'VZFIX_MIRROR="{server.url}"\n'
             )
             env = {**os.environ, "VZPKG_CONF": str(conf)}

@@ -46,7 +46,7 @@ def debian_root_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         conf = base / "conf"
         conf.write_text(
             f'CACHE_DIR="{base / "cache"}"\nLOCKDIR="{base / "lock"}"\n'
-            f'PKGCACHE_DIR="{base / "pkgcache"}"\n'
+            f'PKGCACHE_DIR="{base / "pkgcache"}"\nRUN_DIR="{base / "run"}"\n'
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("VZPKG_")}
         env["VZPKG_CONF"] = str(conf)
