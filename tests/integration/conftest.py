@@ -191,7 +191,6 @@ HOST_RUNTIME_PLACES = (
     Path("/run/vzpkg/runc"),
     Path("/run/vzpkg/ct"),
     Path("/run/vzpkg/net"),
-    Path("/run/vzpkg/validated"),  # caches checked in full: a build remembers its own
 )
 
 
